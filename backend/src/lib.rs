@@ -1,0 +1,5 @@
+//! vfio-sidecar backend library: devices (VFIO and built-in models), the DMA
+//! memory table, interrupts and EOI, device profiles, and the server glue that
+//! connects them to the vfio-user protocol crate.
+
+pub mod device;

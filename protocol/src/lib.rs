@@ -1,0 +1,1 @@
+//! vfio-user protocol (placeholder; see issue 2).
