@@ -3,3 +3,10 @@
 //! connects them to the vfio-user protocol crate.
 
 pub mod device;
+pub mod dma;
+pub mod dt;
+pub mod irq;
+pub mod model;
+pub mod profile;
+pub mod server;
+pub mod vfio;

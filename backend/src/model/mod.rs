@@ -1,0 +1,3 @@
+//! Built-in device models.
+
+pub mod pl330;

@@ -1,0 +1,1 @@
+//! ARM PrimeCell DMA-330 (PL330) model (in progress).

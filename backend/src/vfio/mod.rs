@@ -1,0 +1,1 @@
+//! VFIO devices opened by sysfs path (in progress).
