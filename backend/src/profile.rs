@@ -191,6 +191,10 @@ pub struct Profile {
     /// DT compatible list, most specific first.
     #[serde(default)]
     pub compatible: Vec<String>,
+    /// DT node name (generic name per the DT spec, e.g. "dma-controller"; default:
+    /// the profile name).
+    #[serde(default)]
+    pub node_name: Option<String>,
     /// How the device is recognised.
     #[serde(default, rename = "match")]
     pub matches: Vec<MatchRule>,
@@ -413,6 +417,7 @@ pub const BUILTIN_TOML: &str = r#"
 [[device]]
 name = "pl330"
 compatible = ["arm,pl330", "arm,primecell"]
+node-name = "dma-controller"
 regions = ["pl330-regs"]
 default-eoi = "clear-register"
 match = [{ primecell = { id = 0x00041330, mask = 0x000fffff } }, { compatible = "arm,pl330" }]
@@ -422,6 +427,7 @@ clear = { region = 0, offset = 0x02c, width = 4, mode = "w1c", bits = "per-irq" 
 
 [[device]]
 name = "sp804"
+node-name = "timer"
 compatible = ["arm,sp804", "arm,primecell"]
 regions = ["sp804-regs"]
 default-eoi = "clear-register"
@@ -432,6 +438,7 @@ irqs = [{ name = "timer", trigger = "level-high", clear = { region = 0, offset =
 
 [[device]]
 name = "sp804-timer2"
+node-name = "timer"
 compatible = ["arm,sp804", "arm,primecell"]
 regions = ["sp804-regs"]
 default-eoi = "clear-register"
@@ -441,6 +448,7 @@ irqs = [{ name = "timer", trigger = "level-high", clear = { region = 0, offset =
 
 [[device]]
 name = "pl031"
+node-name = "rtc"
 compatible = ["arm,pl031", "arm,primecell"]
 regions = ["pl031-regs"]
 default-eoi = "clear-register"
@@ -450,6 +458,7 @@ clear = { region = 0, offset = 0x1c, width = 4, mode = "w1c", bits = "all" }
 
 [[device]]
 name = "pl061"
+node-name = "gpio"
 compatible = ["arm,pl061", "arm,primecell"]
 regions = ["pl061-regs"]
 default-eoi = "clear-register"
