@@ -162,7 +162,11 @@ impl Node {
 
     fn print(&self, s: &mut String, depth: usize) {
         let ind = "\t".repeat(depth);
-        let name = if self.name.is_empty() { "/" } else { &self.name };
+        let name = if self.name.is_empty() {
+            "/"
+        } else {
+            &self.name
+        };
         match &self.label {
             Some(l) => s.push_str(&format!("{ind}{l}: {name} {{\n")),
             None => s.push_str(&format!("{ind}{name} {{\n")),
@@ -247,11 +251,7 @@ fn label_of(clock: &str) -> String {
 }
 
 /// The device node plus the fixed-clock nodes it references.
-pub fn device_nodes(
-    profile: &Profile,
-    dev: &DtDevice,
-    p: &DtParams,
-) -> Result<Vec<Node>, DtError> {
+pub fn device_nodes(profile: &Profile, dev: &DtDevice, p: &DtParams) -> Result<Vec<Node>, DtError> {
     if profile.compatible.is_empty() {
         return Err(DtError::Invalid(format!(
             "profile {} has no compatible strings: cannot build a DT node",
@@ -261,7 +261,12 @@ pub fn device_nodes(
     let mut reg = Vec::new();
     let mut addr = p.base;
     for &size in dev.region_sizes.iter().filter(|s| **s > 0) {
-        reg.extend([(addr >> 32) as u32, addr as u32, (size >> 32) as u32, size as u32]);
+        reg.extend([
+            (addr >> 32) as u32,
+            addr as u32,
+            (size >> 32) as u32,
+            size as u32,
+        ]);
         let pages = size.div_ceil(0x1000) * 0x1000;
         addr = addr
             .checked_add(pages)
@@ -347,7 +352,10 @@ pub fn device_tree(profile: &Profile, dev: &DtDevice, p: &DtParams) -> Result<No
         .u32s("#size-cells", &[2], 1)
         .strs("compatible", &["vfio-sidecar,virt"])
         .strs("model", &["vfio-sidecar"])
-        .prop("interrupt-parent", Value::Cells(vec![Cell::Ref("gic".into())], 1));
+        .prop(
+            "interrupt-parent",
+            Value::Cells(vec![Cell::Ref("gic".into())], 1),
+        );
     root.children.push(gic);
     root.children.extend(device_nodes(profile, dev, p)?);
     Ok(root)
@@ -377,7 +385,13 @@ mod tests {
     fn pl330_node_shape() {
         let t = pl330_tree(2);
         let dma = t.find("dma-controller@c000000").unwrap();
-        let get = |n: &str| dma.props.iter().find(|(k, _)| k == n).map(|(_, v)| v).unwrap();
+        let get = |n: &str| {
+            dma.props
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v)
+                .unwrap()
+        };
         assert_eq!(
             get("compatible"),
             &Value::Strings(vec!["arm,pl330".into(), "arm,primecell".into()])
@@ -404,7 +418,10 @@ mod tests {
         let dts = t.to_dts();
         assert!(dts.contains("clocks = <&apb_pclk>;"), "{dts}");
         assert!(dts.contains("apb_pclk: apb-pclk {"), "{dts}");
-        assert!(dts.contains("interrupts = <0x0 0x20 0x4>, <0x0 0x21 0x4>;"), "{dts}");
+        assert!(
+            dts.contains("interrupts = <0x0 0x20 0x4>, <0x0 0x21 0x4>;"),
+            "{dts}"
+        );
         assert!(dts.contains("#dma-cells = <0x1>;"), "{dts}");
     }
 
@@ -417,7 +434,13 @@ mod tests {
         assert_eq!(total, dtb.len());
         // Strings used in the tree are present.
         let hay = String::from_utf8_lossy(&dtb);
-        for s in ["arm,pl330", "apb_pclk", "fixed-clock", "#dma-cells", "phandle"] {
+        for s in [
+            "arm,pl330",
+            "apb_pclk",
+            "fixed-clock",
+            "#dma-cells",
+            "phandle",
+        ] {
             assert!(hay.contains(s), "{s}");
         }
     }

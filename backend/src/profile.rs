@@ -468,6 +468,15 @@ note = "GPIOIC clears edge-detected interrupts only; a level-sensitive GPIO re-a
 clear = { region = 0, offset = 0x41c, width = 4, mode = "w1c", bits = "all" }
 
 [[device]]
+name = "scratch"
+compatible = ["vfio-sidecar,scratch"]
+node-name = "scratch"
+regions = ["scratch"]
+default-eoi = "clear-register"
+note = "built-in test model (model:scratch); INTCLR 0x0C W1C"
+clear = { region = 0, offset = 0x0c, width = 4, mode = "w1c", bits = "per-irq" }
+
+[[device]]
 name = "edu"
 compatible = []
 regions = ["BAR0"]
@@ -497,7 +506,7 @@ mod tests {
     #[test]
     fn builtin_table_parses_and_validates() {
         let b: ProfileFile = toml::from_str(BUILTIN_TOML).unwrap();
-        assert_eq!(b.device.len(), 6);
+        assert_eq!(b.device.len(), 7);
         for p in &b.device {
             p.validate().unwrap();
         }
