@@ -57,7 +57,7 @@ pub const DMA_FLAG_READ: u32 = 1 << 0;
 pub const DMA_FLAG_WRITE: u32 = 1 << 1;
 /// vfio-sidecar extension flag: device may fetch instructions (only with the
 /// extension negotiated; see the protocol crate's `ext` module).
-pub const DMA_FLAG_EXEC: u32 = 1 << 2;
+pub const DMA_FLAG_EXEC: u32 = 1 << 16;
 
 /// Errors of the memory table.
 #[derive(Debug, Error)]
