@@ -421,7 +421,11 @@ impl Handler for Backend {
                 Errno(e.errno())
             })?;
         if let Err(e) = self.dev.dma_map(&region) {
-            log::warn!("device refused DMA map {:#x}+{:#x}: {e}", region.iova, region.size);
+            log::warn!(
+                "device refused DMA map {:#x}+{:#x}: {e}",
+                region.iova,
+                region.size
+            );
             let _ = self.dma.unmap(region.iova, region.size);
             return Err(errno_of(&e));
         }
@@ -715,7 +719,10 @@ fn prepare_socket(path: &Path) -> Result<(), ServeError> {
     match UnixStream::connect(path) {
         Ok(_) => Err(ServeError::SocketInUse(path.into())),
         Err(_) => {
-            log::warn!("removing stale socket {} (nothing listens on it)", path.display());
+            log::warn!(
+                "removing stale socket {} (nothing listens on it)",
+                path.display()
+            );
             std::fs::remove_file(path).map_err(|e| ServeError::Bind {
                 path: path.into(),
                 source: e,
@@ -813,10 +820,20 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(ServeError::EventLoop)?;
     let sig = SignalFd::new().map_err(ServeError::EventLoop)?;
     let epoll = Epoll::new().map_err(ServeError::EventLoop)?;
-    ctl(&epoll, ControlOperation::Add, listener.as_raw_fd(), TOKEN_LISTEN)
-        .map_err(ServeError::EventLoop)?;
-    ctl(&epoll, ControlOperation::Add, sig.fd.as_raw_fd(), TOKEN_SIGNAL)
-        .map_err(ServeError::EventLoop)?;
+    ctl(
+        &epoll,
+        ControlOperation::Add,
+        listener.as_raw_fd(),
+        TOKEN_LISTEN,
+    )
+    .map_err(ServeError::EventLoop)?;
+    ctl(
+        &epoll,
+        ControlOperation::Add,
+        sig.fd.as_raw_fd(),
+        TOKEN_SIGNAL,
+    )
+    .map_err(ServeError::EventLoop)?;
     let policies: BTreeSet<String> = backend
         .eoi()
         .rules()
@@ -955,10 +972,9 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                 }
                 TOKEN_REJECT => {
                     let done = match rejecting.as_mut() {
-                        Some(c) => !matches!(
-                            c.handle_readable(&mut BusyHandler),
-                            Ok(ConnStatus::Open)
-                        ),
+                        Some(c) => {
+                            !matches!(c.handle_readable(&mut BusyHandler), Ok(ConnStatus::Open))
+                        }
                         None => false,
                     };
                     if done {
@@ -1005,6 +1021,9 @@ mod tests {
             ]
         );
         assert!(subtract_trapped(&areas, &[(0, 0x4000)]).is_empty());
-        assert_eq!(subtract_trapped(&areas, &[(0x8000, 0x9000)]), areas.to_vec());
+        assert_eq!(
+            subtract_trapped(&areas, &[(0x8000, 0x9000)]),
+            areas.to_vec()
+        );
     }
 }
