@@ -321,8 +321,8 @@ pub fn open_device(
 /// The `dt` subcommand.
 pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let dev = open_device(&args.device, false, true)?;
+    let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let info = dev.info();
     let mut region_sizes = Vec::new();
     for i in 0..info.num_regions {

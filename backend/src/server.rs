@@ -800,9 +800,19 @@ fn ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::R
 /// Opens the device per `args` and builds the [`Backend`].
 pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let dev = open_device(&args.device, args.no_dmago_gate, args.no_mmap)?;
     let is_model = matches!(args.device, DeviceSpec::Model(_));
+    let profile = match select_profile(&set, &args.device, args.profile_name.as_deref()) {
+        Ok(p) => p,
+        Err(CliError::NoProfile(what)) if !is_model && args.profile_name.is_none() => {
+            log::warn!(
+                "no device profile for {what}: serving it without DT data or clear \
+                 registers (EOI by resample eventfd only); add one with --profile FILE"
+            );
+            Profile::generic()
+        }
+        Err(e) => return Err(e.into()),
+    };
     Backend::new(dev, profile, args.eoi, is_model, args.max_dma_maps)
 }
 
