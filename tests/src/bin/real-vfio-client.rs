@@ -8,6 +8,13 @@
 //! unmask (+ refire count) + kernel virqfd unmask, MSI, /proc/interrupts counters,
 //! reset. Prints `PASS`/`FAIL` lines; exit status = number of failures (0 = all pass).
 //!
+//! `real-vfio-client e2e BACKEND [SYSFS]`: starts `BACKEND serve --socket
+//! /tmp/real-vfio.sock --device vfio:SYSFS` and checks the same device end to end
+//! through the vfio-user protocol `Client`: info, sparse mmap with the ack-register
+//! page trapped, DMA from a memfd, INTx with the backend's clear-register EOI,
+//! IRQ_STATS, MSI, and an abrupt disconnect after which a new client finds no
+//! leftover mapping or interrupt trigger.
+//!
 //! Every wait has a timeout (3 s for an expected event); "nothing arrives" checks
 //! wait 200-300 ms.
 
@@ -447,10 +454,439 @@ fn direct(path: &Path) -> u32 {
     c.failed
 }
 
+// ---------------------------------------------------------------------------
+// e2e: through the vfio-sidecar backend and the vfio-user protocol
+
+mod e2e {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::process::{Child, Command};
+    use vfio_sidecar_protocol::client::IrqData as PIrqData;
+    use vfio_sidecar_protocol::message::IrqAction as PAction;
+    use vfio_sidecar_protocol::{Client, ClientOptions, DmaProt as PProt};
+
+    const SOCK: &str = "/tmp/real-vfio.sock";
+    const IOVA2: u64 = 0x20_0000;
+    const RW: PProt = PProt {
+        read: true,
+        write: true,
+        exec: false,
+    };
+
+    struct Backend(Child);
+    impl Drop for Backend {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            for _ in 0..100 {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start(backend: &Path, dev: &Path) -> Result<Backend, String> {
+        let _ = std::fs::remove_file(SOCK);
+        let child = Command::new(backend)
+            .args(["serve", "--socket", SOCK, "--device"])
+            .arg(format!("vfio:{}", dev.display()))
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", backend.display()))?;
+        let mut b = Backend(child);
+        for _ in 0..500 {
+            if Path::new(SOCK).exists() {
+                return Ok(b);
+            }
+            if let Ok(Some(st)) = b.0.try_wait() {
+                return Err(format!("backend exited early: {st}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("backend socket did not appear within 10 s".into())
+    }
+
+    fn connect() -> Result<Client, String> {
+        let mut last = String::new();
+        for _ in 0..50 {
+            match Client::connect(Path::new(SOCK), ClientOptions::default()) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("connect {SOCK}: {last}"))
+    }
+
+    fn rd(c: &mut Client, off: u64) -> u32 {
+        match c.region_read(0, off, 4) {
+            Ok(v) if v.len() == 4 => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            Ok(_) => 0xdead_dead,
+            Err(e) => {
+                println!("  REGION_READ BAR0+{off:#x}: {e}");
+                0xdead_dead
+            }
+        }
+    }
+    fn wr(c: &mut Client, off: u64, data: &[u8]) {
+        if let Err(e) = c.region_write(0, off, data) {
+            println!("  REGION_WRITE BAR0+{off:#x}: {e}");
+        }
+    }
+    fn wr32(c: &mut Client, off: u64, v: u32) {
+        wr(c, off, &v.to_le_bytes());
+    }
+    fn dma(c: &mut Client, src: u64, dst: u64, len: u64, to_ram: bool) -> bool {
+        wr(c, 0x80, &src.to_le_bytes());
+        wr(c, 0x88, &dst.to_le_bytes());
+        wr(c, 0x90, &len.to_le_bytes());
+        wr(c, 0x98, &(if to_ram { 3u64 } else { 1 }).to_le_bytes());
+        for _ in 0..300 {
+            if rd(c, 0x98) & 1 == 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// A memfd of `len` bytes mapped shared into this process.
+    struct Mem {
+        fd: OwnedFd,
+        ptr: *mut u8,
+        len: usize,
+    }
+    impl Mem {
+        fn new(len: usize) -> Mem {
+            // SAFETY: the name is a valid C string; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"real-vfio-dma".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+            // SAFETY: fd is new and ours.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: plain syscall on our fd.
+            assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
+            // SAFETY: shared mapping of our memfd; accessed only with volatile ops.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            assert!(p != libc::MAP_FAILED, "mmap memfd");
+            Mem {
+                fd,
+                ptr: p.cast(),
+                len,
+            }
+        }
+        fn get(&self, i: usize) -> u8 {
+            assert!(i < self.len);
+            // SAFETY: i < len; volatile because the device writes by DMA.
+            unsafe { self.ptr.add(i).read_volatile() }
+        }
+        fn set(&self, i: usize, v: u8) {
+            assert!(i < self.len);
+            // SAFETY: i < len.
+            unsafe { self.ptr.add(i).write_volatile(v) }
+        }
+    }
+    impl Drop for Mem {
+        fn drop(&mut self) {
+            // SAFETY: unmapping our own mapping.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+
+    pub fn run(backend: &Path, dev: &Path) -> u32 {
+        let mut c = Checks {
+            failed: 0,
+            passed: 0,
+        };
+        let _b = match start(backend, dev) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("FAIL start backend: {e}");
+                return 1;
+            }
+        };
+        let mut cl = match connect() {
+            Ok(cl) => cl,
+            Err(e) => {
+                println!("FAIL {e}");
+                return 1;
+            }
+        };
+        c.check(
+            cl.negotiated().extension(),
+            "VERSION: org.vfio-sidecar extension negotiated",
+        );
+
+        // ---- info
+        let info = cl.device_info();
+        println!("  DEVICE_GET_INFO: {info:?}");
+        c.check(
+            info.as_ref()
+                .is_ok_and(|i| i.flags & 3 == 3 && i.num_regions >= 8 && i.num_irqs >= 2),
+            "device info: PCI|RESET, >= 8 regions, >= 2 irqs",
+        );
+        let r0 = cl.region_info(0);
+        println!(
+            "  REGION_INFO 0: {:?}",
+            r0.as_ref().map(|(i, fd)| (i, fd.is_some()))
+        );
+        let (r0, r0fd) = match r0 {
+            Ok(v) => v,
+            Err(e) => {
+                println!("FAIL REGION_INFO 0: {e}");
+                return c.failed + 1;
+            }
+        };
+        c.check(
+            r0.size == 0x10_0000 && r0.flags & 4 != 0 && r0fd.is_some(),
+            "BAR0: 1 MiB, MMAP, fd sent",
+        );
+        let areas = r0.sparse.clone().unwrap_or_default();
+        c.check(!areas.is_empty(), "BAR0 has sparse mmap areas");
+        c.check(
+            !areas
+                .iter()
+                .any(|a| a.offset <= 0x64 && 0x64 < a.offset + a.size),
+            "the page of the 0x64 ack register is trapped (not in the sparse areas)",
+        );
+        let i0 = cl.irq_info(0);
+        println!("  IRQ_INFO 0: {i0:?}");
+        c.check(
+            i0.is_ok_and(|i| i.count == 1 && i.flags & 7 == 7),
+            "INTx: EVENTFD|MASKABLE|AUTOMASKED",
+        );
+
+        // ---- registers through REGION_READ/WRITE and the mmap of a sparse area
+        c.check(rd(&mut cl, 0) == EDU_ID, "edu ID via REGION_READ");
+        wr32(&mut cl, 4, 0x1357_9bdf);
+        c.check(
+            rd(&mut cl, 4) == !0x1357_9bdf,
+            "edu liveness via REGION_WRITE/READ",
+        );
+        if let (Some(fd), Some(a)) = (&r0fd, areas.first()) {
+            let len = a.size.min(0x1000) as usize;
+            // SAFETY: maps the fd the server sent at the region's mmap offset plus the
+            // sparse area's offset; accessed with volatile reads only, unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    (r0.offset + a.offset) as i64,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                c.check(false, "mmap of the first sparse area");
+            } else {
+                // edu decodes only its first 0x100 bytes; elsewhere it reads all-ones. The
+                // mmap and REGION_READ must agree on every probed word.
+                let mut agree = true;
+                for off in [0u64, 4, 0x80, 0x800] {
+                    // SAFETY: off + 4 <= len (len >= 0x1000 or the area's size).
+                    let m = if (off as usize) + 4 <= len {
+                        unsafe {
+                            p.cast::<u8>()
+                                .add(off as usize)
+                                .cast::<u32>()
+                                .read_volatile()
+                        }
+                    } else {
+                        continue;
+                    };
+                    let r = rd(&mut cl, a.offset + off);
+                    if m != r {
+                        println!(
+                            "  BAR0+{:#x}: mmap {m:#x} != REGION_READ {r:#x}",
+                            a.offset + off
+                        );
+                        agree = false;
+                    }
+                }
+                c.check(agree, "sparse-area mmap reads agree with REGION_READ");
+                // SAFETY: unmapping the mapping made above.
+                unsafe { libc::munmap(p, len) };
+            }
+        }
+
+        // ---- DMA through the real IOMMU, memfd from the client
+        let mem = Mem::new(0x3000);
+        for i in 0..0x1000 {
+            mem.set(i, (i * 13 + 1) as u8);
+        }
+        let m = cl.dma_map(IOVA, 0x3000, mem.fd.as_fd(), 0, RW);
+        if let Err(e) = &m {
+            println!("  DMA_MAP: {e}");
+        }
+        c.check(
+            m.is_ok(),
+            "DMA_MAP of a memfd (backend maps it into the IOMMU)",
+        );
+        let ok = dma(&mut cl, IOVA, 0x40000, 0x200, false)
+            && dma(&mut cl, 0x40000, IOVA + 0x1000, 0x200, true);
+        c.check(
+            ok && (0..0x200).all(|i| mem.get(0x1000 + i) == mem.get(i)),
+            "edu DMA RAM -> device -> RAM through the backend",
+        );
+        c.check(cl.dma_unmap(IOVA, 0x3000).is_ok(), "DMA_UNMAP");
+        for i in 0x2000..0x2200 {
+            mem.set(i, 0xa5);
+        }
+        let _ = dma(&mut cl, 0x40000, IOVA + 0x2000, 0x200, true);
+        c.check(
+            (0x2000..0x2200).all(|i| mem.get(i) == 0xa5),
+            "DMA to the unmapped IOVA does not reach memory",
+        );
+
+        // ---- INTx with the backend's clear-register EOI
+        let trig = eventfd();
+        let r = cl.set_irqs(
+            0,
+            PAction::Trigger,
+            PIrqData::Eventfds(&[Some(trig.as_fd())]),
+            0,
+            1,
+        );
+        if let Err(e) = &r {
+            println!("  SET_IRQS INTx: {e}");
+        }
+        c.check(r.is_ok(), "SET_IRQS index 0 trigger eventfd");
+        c.check(wait_event(&trig, 100) == 0, "no spurious INTx");
+        wr32(&mut cl, 0x60, 1);
+        c.check(wait_event(&trig, 3000) != 0, "INTx raised (0x60) and seen");
+        wr32(&mut cl, 0x60, 1);
+        c.check(
+            wait_event(&trig, 300) == 0,
+            "second raise before the ack is not delivered",
+        );
+        wr32(&mut cl, 0x64, 1); // ack through the trapped page: the backend unmasks after it
+        c.check(wait_event(&trig, 200) == 0, "nothing pending after the ack");
+        wr32(&mut cl, 0x60, 1);
+        c.check(
+            wait_event(&trig, 3000) != 0,
+            "after the ack the next raise is delivered (EOI unmasked)",
+        );
+        wr32(&mut cl, 0x64, 1);
+        match cl.irq_stats(0, 0, 1) {
+            Ok(s) => {
+                println!("  IRQ_STATS INTx: {s:?}");
+                let s = s.first().copied().unwrap_or_default();
+                c.check(
+                    s.device_events == 2 && s.host_interrupts == 2,
+                    "IRQ_STATS: 2 events, 2 host interrupts (1 host interrupt per event)",
+                );
+                c.check(
+                    s.unmasks >= 2 && s.refires == 0,
+                    "IRQ_STATS: unmasked by the clear register, no refires",
+                );
+            }
+            Err(e) => c.check(false, &format!("IRQ_STATS: {e}")),
+        }
+
+        // ---- MSI
+        let msi_n = cl.irq_info(1).map(|i| i.count).unwrap_or(0);
+        if msi_n >= 1 {
+            c.check(
+                cl.set_irqs(0, PAction::Trigger, PIrqData::None, 0, 0)
+                    .is_ok(),
+                "INTx trigger removed",
+            );
+            let msi = eventfd();
+            let r = cl.set_irqs(
+                1,
+                PAction::Trigger,
+                PIrqData::Eventfds(&[Some(msi.as_fd())]),
+                0,
+                1,
+            );
+            c.check(r.is_ok(), "SET_IRQS index 1 (MSI) trigger");
+            wr32(&mut cl, 0x60, 1);
+            let e1 = wait_event(&msi, 3000);
+            wr32(&mut cl, 0x64, 1);
+            wr32(&mut cl, 0x60, 1);
+            let e2 = wait_event(&msi, 3000);
+            wr32(&mut cl, 0x64, 1);
+            c.check(e1 != 0 && e2 != 0, "MSI delivered twice");
+            c.check(
+                cl.set_irqs(1, PAction::Trigger, PIrqData::None, 0, 0)
+                    .is_ok(),
+                "MSI trigger removed",
+            );
+        } else {
+            println!("SKIP MSI: no MSI vector offered");
+        }
+
+        // ---- abrupt disconnect with a mapping and an INTx trigger in place
+        let old = Mem::new(0x1000);
+        for i in 0..0x100 {
+            old.set(i, 0x3c);
+        }
+        c.check(
+            cl.dma_map(IOVA2, 0x1000, old.fd.as_fd(), 0, RW).is_ok(),
+            "DMA_MAP left in place",
+        );
+        let stale = eventfd();
+        let _ = cl.set_irqs(
+            0,
+            PAction::Trigger,
+            PIrqData::Eventfds(&[Some(stale.as_fd())]),
+            0,
+            1,
+        );
+        drop(cl); // no DMA_UNMAP, no SET_IRQS teardown: the socket just closes
+        std::thread::sleep(Duration::from_millis(200));
+        let mut cl = match connect() {
+            Ok(cl) => cl,
+            Err(e) => {
+                c.check(
+                    false,
+                    &format!("reconnect after the abrupt disconnect: {e}"),
+                );
+                return c.failed;
+            }
+        };
+        c.check(rd(&mut cl, 0) == EDU_ID, "new client: edu ID");
+        let _ = dma(&mut cl, 0x40000, IOVA2, 0x100, true);
+        c.check(
+            (0..0x100).all(|i| old.get(i) == 0x3c),
+            "new client: the old client's mapping is gone (DMA does not reach it)",
+        );
+        let fresh = Mem::new(0x1000);
+        c.check(
+            cl.dma_map(IOVA2, 0x1000, fresh.fd.as_fd(), 0, RW).is_ok(),
+            "new client: the same IOVA maps again (no leftover IOMMU mapping)",
+        );
+        wr32(&mut cl, 0x60, 1);
+        c.check(
+            wait_event(&stale, 300) == 0,
+            "new client: the old INTx trigger is not signalled",
+        );
+        wr32(&mut cl, 0x64, 1);
+        let _ = cl.dma_unmap(IOVA2, 0x1000);
+        drop(cl);
+        println!("e2e: {} passed, {} failed", c.passed, c.failed);
+        c.failed
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("direct");
-    let path = args.get(2).map(PathBuf::from).or_else(find_edu);
+    // direct [SYSFS] | e2e BACKEND [SYSFS]
+    let path_arg = if mode == "e2e" { 3 } else { 2 };
+    let path = args.get(path_arg).map(PathBuf::from).or_else(find_edu);
     let Some(path) = path else {
         println!("FAIL no edu (1234:11e8) device found");
         std::process::exit(1);
@@ -458,6 +894,13 @@ fn main() {
     println!("real-vfio-client {mode} {}", path.display());
     let failed = match mode {
         "direct" => direct(&path),
+        "e2e" => match args.get(2) {
+            Some(b) => e2e::run(Path::new(b), &path),
+            None => {
+                println!("FAIL usage: real-vfio-client e2e BACKEND [SYSFS]");
+                1
+            }
+        },
         other => {
             println!("FAIL unknown mode {other}");
             1
