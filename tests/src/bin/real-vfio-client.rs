@@ -695,8 +695,8 @@ mod e2e {
                 // mmap and REGION_READ must agree on every probed word.
                 let mut agree = true;
                 for off in [0u64, 4, 0x80, 0x800] {
-                    // SAFETY: off + 4 <= len (len >= 0x1000 or the area's size).
                     let m = if (off as usize) + 4 <= len {
+                        // SAFETY: off + 4 <= len, inside the mapping; MMIO needs volatile.
                         unsafe {
                             p.cast::<u8>()
                                 .add(off as usize)
