@@ -40,6 +40,8 @@ install -m755 "$script" "$work/root/test.sh"
 for f in "${files[@]}"; do
     [ -f "$f" ] || { echo "real-vfio: $f: no such file" >&2; exit 1; }
     install -m755 "$f" "$work/root/bin/"
+    # debug builds are ~50 MB each, mostly DWARF: strip it (symbols stay for backtraces)
+    command -v strip >/dev/null && strip --strip-debug "$work/root/bin/$(basename "$f")" 2>/dev/null
     if ldd "$f" >/dev/null 2>&1; then
         for lib in $(ldd "$f" | grep -o '/[^ ]*'); do
             mkdir -p "$work/root$(dirname "$lib")"; cp -L "$lib" "$work/root$lib"
