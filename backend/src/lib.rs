@@ -5,8 +5,10 @@
 pub mod device;
 pub mod dma;
 pub mod dt;
+pub mod host;
 pub mod irq;
 pub mod model;
 pub mod profile;
+pub mod sandbox;
 pub mod server;
 pub mod vfio;
