@@ -533,6 +533,12 @@ impl Pl330 {
         }
     }
 
+    /// INTMIS: bit n = interrupt n asserted (per-event lines), whatever
+    /// `combined_irq` says.
+    pub fn intmis(&self) -> u32 {
+        self.ris & self.inten
+    }
+
     /// Level of `irq_abort`: some thread is faulting.
     pub fn abort_level(&self) -> bool {
         self.manager.state.is_faulting() || self.channels.iter().any(|c| c.state.is_faulting())
