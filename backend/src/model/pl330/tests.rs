@@ -1544,7 +1544,15 @@ fn reset_restores_initial_state() {
 // ------------------------------------------------------------- proptests
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // Regression seeds go next to this file (`tests.proptest-regressions`),
+    // inside the module's directory.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn linux_copy_is_exact(len in 1u32..=0x1_0000, so in 0u32..64, doff in 0u32..64, rev in 0u8..3) {
