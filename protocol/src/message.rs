@@ -1592,3 +1592,6 @@ impl IrqStatsReply {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
