@@ -190,7 +190,10 @@ fn region_info_with_and_without_room_for_caps() {
     // Truncated / bad capability chains.
     assert!(is_trunc(RegionInfo::decode_reply(&b[..31])));
     let good = info.encode_reply(1000);
-    assert!(RegionInfo::decode_reply(&good[..good.len() - 8]).is_err());
+    // Cut short: argsz > payload, so it reads as a truncated reply.
+    assert!(RegionInfo::decode_reply(&good[..good.len() - 8])
+        .unwrap()
+        .is_truncated());
     let mut backwards = good.clone();
     backwards[36..40].copy_from_slice(&8u32.to_ne_bytes()); // next < current
     assert!(RegionInfo::decode_reply(&backwards).is_err());
@@ -504,4 +507,19 @@ fn irq_stats() {
 fn empty_messages() {
     decode_empty("DEVICE_RESET", &[]).unwrap();
     assert!(is_len(decode_empty("DEVICE_RESET", &[0])));
+}
+
+#[test]
+fn region_info_truncated_reply_with_stale_cap_offset() {
+    // Some servers (the vfio_user crate) keep cap_offset = 32 in a reply that
+    // has no room for the caps; argsz > payload marks it as truncated.
+    let mut b = Vec::new();
+    for v in [80u32, REGION_INFO_FLAG_CAPS | REGION_INFO_FLAG_MMAP, 1, 32] {
+        b.extend_from_slice(&v.to_ne_bytes());
+    }
+    b.extend_from_slice(&0x2000u64.to_ne_bytes());
+    b.extend_from_slice(&0u64.to_ne_bytes());
+    let r = RegionInfo::decode_reply(&b).unwrap();
+    assert!(r.is_truncated());
+    assert_eq!(r.argsz, 80);
 }

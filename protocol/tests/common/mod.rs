@@ -86,6 +86,7 @@ pub struct ToyHandler {
     pub io_fd: OwnedFd,
     pub io_fds_empty: bool,
     pub writes: Vec<(u32, u64, Vec<u8>)>,
+    pub device_flags: u32,
 }
 
 impl Default for ToyHandler {
@@ -104,6 +105,7 @@ impl Default for ToyHandler {
             io_fd: eventfd(),
             io_fds_empty: false,
             writes: Vec::new(),
+            device_flags: 1 | 8,
         }
     }
 }
@@ -189,7 +191,7 @@ impl Handler for ToyHandler {
     fn device_info(&mut self) -> Result<DeviceInfo, Errno> {
         Ok(DeviceInfo {
             argsz: 0,
-            flags: 1 | 8,
+            flags: self.device_flags,
             num_regions: 3,
             num_irqs: 1,
         })
