@@ -1,0 +1,256 @@
+//! Fuzz harness: the PL330 model on its own. The input chooses a configuration,
+//! then becomes register reads/writes, microcode and data in guest memory,
+//! DMAGO/DMAKILL/DMASEV through the debug interface, peripheral requests,
+//! pending-work steps and resets. Guest memory is the backend's real
+//! [`DmaTable`] over a memfd with windows of different permissions and a hole.
+//!
+//! Shared by the cargo-fuzz target `pl330_model` and
+//! `tests/tests/hostile_fuzz_replay.rs` (included by path).
+//!
+//! Memory layout (IOVA = memfd offset, 64 KiB memfd):
+//! `[0x0000, 0x4000)` R+W+X (code and data), `[0x4000, 0x8000)` R only,
+//! `[0x8000, 0xc000)` W only, `[0xc000, 0xd000)` unmapped, `[0xd000, 0x10000)`
+//! R+W (no X).
+//!
+//! Checked: no panic; aligned 32-bit accesses inside the frame never fail and
+//! every other width/offset always fails; per-event IRQ lines equal INTMIS;
+//! the device never changes bytes it cannot write (R-only window and hole,
+//! compared with a shadow copy that follows the harness's own writes).
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::{AsFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+
+use vfio_sidecar::device::DmaProt;
+use vfio_sidecar::dma::DmaTable;
+use vfio_sidecar::model::pl330::asm::dbginst;
+use vfio_sidecar::model::pl330::insn::Insn;
+use vfio_sidecar::model::pl330::{Pl330, Pl330Config};
+
+const MEM: u64 = 0x10000;
+/// Windows the device must never write: (start, end).
+const READ_ONLY: [(u64, u64); 2] = [(0x4000, 0x8000), (0xc000, 0xd000)];
+
+const DBGCMD: u64 = 0xd04;
+const DBGINST0: u64 = 0xd08;
+const DBGINST1: u64 = 0xd0c;
+const INTMIS: u64 = 0x28;
+
+/// Byte reader; past the end everything is 0.
+struct Input<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Input<'a> {
+    fn done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+    fn u8(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let start = self.pos.min(self.data.len());
+        let end = start.saturating_add(n).min(self.data.len());
+        self.pos = self.pos.saturating_add(n);
+        self.data.get(start..end).unwrap_or_default()
+    }
+}
+
+fn memfd(size: u64) -> File {
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd.
+    let fd = unsafe { libc::memfd_create(c"pl330-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fd owned here.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(size).expect("memfd set_len");
+    f
+}
+
+fn prot(read: bool, write: bool, exec: bool) -> DmaProt {
+    DmaProt { read, write, exec }
+}
+
+/// Decodes the configuration from 6 input bytes (always a valid one).
+fn config(inp: &mut Input<'_>) -> Pl330Config {
+    let a = inp.u8();
+    let b = inp.u8();
+    let c = inp.u8();
+    let d = inp.u8();
+    let e = inp.u16();
+    Pl330Config {
+        channels: 1 + (a & 7),
+        events: 1 + (b % 32),
+        periph_reqs: c % 33,
+        revision: d & 15,
+        data_width_bits: [32, 64, 128, 64][usize::from((a >> 3) & 3)],
+        data_buffer_lines: 1 + u32::from(e % 1024),
+        combined_irq: a & 0x20 != 0,
+        dmago_exec_gate: a & 0x40 != 0,
+        step_budget: 1 + u64::from(d >> 4) * 256,
+    }
+}
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let mut inp = Input { data, pos: 0 };
+    let cfg = config(&mut inp);
+    let mut pl = match Pl330::new(cfg.clone()) {
+        Ok(p) => p,
+        Err(e) => panic!("valid config {cfg:?} refused: {e}"),
+    };
+    let mem = memfd(MEM);
+    let mut table = DmaTable::new(16);
+    let windows = [
+        (0x0000, 0x4000, prot(true, true, true)),
+        (0x4000, 0x4000, prot(true, false, false)),
+        (0x8000, 0x4000, prot(false, true, false)),
+        (0xd000, 0x3000, prot(true, true, false)),
+    ];
+    for (iova, size, p) in windows {
+        let fd = mem.as_fd().try_clone_to_owned().expect("dup memfd");
+        table.map(iova, size, fd, iova, p).expect("map window");
+    }
+    let mut shadow = vec![0u8; MEM as usize];
+    let lines = pl.num_irq_lines();
+    let mut steps = 0;
+    while !inp.done() && steps < 1024 {
+        steps += 1;
+        match inp.u8() % 10 {
+            0 => {
+                // Register read, any offset/width.
+                let off = u64::from(inp.u16() & 0x1fff);
+                let size = [1usize, 2, 4, 8][usize::from(inp.u8() & 3)];
+                let valid = off % 4 == 0 && size == 4 && off < 0x1000;
+                assert_eq!(pl.read(off, size).is_ok(), valid, "read {off:#x}/{size}");
+            }
+            1 => {
+                // Register write, any offset/width.
+                let off = u64::from(inp.u16() & 0x1fff);
+                let size = [1usize, 2, 4, 8][usize::from(inp.u8() & 3)];
+                let v = inp.u32();
+                let valid = off % 4 == 0 && size == 4 && off < 0x1000;
+                assert_eq!(
+                    pl.write(off, size, v, &table).is_ok(),
+                    valid,
+                    "write {off:#x}/{size}"
+                );
+            }
+            2 => {
+                // Register write at a 4-aligned offset in the frame (DBGINST,
+                // INTEN, INTCLR are reachable quickly).
+                let off = u64::from(inp.u16() & 0xffc);
+                let v = inp.u32();
+                pl.write(off, 4, v, &table).expect("aligned write");
+            }
+            3 => {
+                // Microcode/data into guest memory.
+                let off = u64::from(inp.u16()) % MEM;
+                let len = usize::from(inp.u8());
+                let b = inp.bytes(len);
+                let n = (MEM - off).min(b.len() as u64) as usize;
+                let b = b.get(..n).unwrap_or_default();
+                mem.write_all_at(b, off).expect("guest write");
+                if let Some(s) = shadow.get_mut(off as usize..off as usize + n) {
+                    s.copy_from_slice(b);
+                }
+            }
+            4 => {
+                // DMAGO via the debug interface (as Linux's _execute_DBGINSN).
+                let chan = inp.u8() & 7;
+                let ns = inp.u8() & 1 != 0;
+                let addr = u32::from(inp.u16());
+                let (d0, d1) = dbginst(Insn::Go { chan, ns, addr }, None);
+                pl.write(DBGINST0, 4, d0, &table).expect("dbginst0");
+                pl.write(DBGINST1, 4, d1, &table).expect("dbginst1");
+                pl.write(DBGCMD, 4, 0, &table).expect("dbgcmd");
+            }
+            5 => {
+                // DMAKILL or DMASEV on a channel or the manager.
+                let c = inp.u8();
+                let target = if c & 8 != 0 { None } else { Some(c & 7) };
+                let insn = if c & 16 != 0 {
+                    Insn::Sev { event: inp.u8() & 31 }
+                } else {
+                    Insn::Kill
+                };
+                let (d0, d1) = dbginst(insn, target);
+                pl.write(DBGINST0, 4, d0, &table).expect("dbginst0");
+                pl.write(DBGINST1, 4, d1, &table).expect("dbginst1");
+                pl.write(DBGCMD, 4, 0, &table).expect("dbgcmd");
+            }
+            6 => {
+                let n = 1 + inp.u8() % 8;
+                for _ in 0..n {
+                    if !pl.run_pending(&table) {
+                        break;
+                    }
+                }
+            }
+            7 => {
+                let p = inp.u8();
+                pl.peripheral_request(p & 63, p & 64 != 0, &table);
+            }
+            8 => pl.reset(),
+            _ => {
+                // Program: raw microcode at a code offset, then DMAGO on it.
+                let off = u64::from(inp.u16() & 0x3fff);
+                let len = usize::from(inp.u8() % 64);
+                let b = inp.bytes(len);
+                let n = (0x4000 - off).min(b.len() as u64) as usize;
+                let b = b.get(..n).unwrap_or_default();
+                mem.write_all_at(b, off).expect("guest write");
+                if let Some(s) = shadow.get_mut(off as usize..off as usize + n) {
+                    s.copy_from_slice(b);
+                }
+                let chan = inp.u8() & 7;
+                let (d0, d1) = dbginst(
+                    Insn::Go {
+                        chan,
+                        ns: true,
+                        addr: off as u32,
+                    },
+                    None,
+                );
+                pl.write(DBGINST0, 4, d0, &table).expect("dbginst0");
+                pl.write(DBGINST1, 4, d1, &table).expect("dbginst1");
+                pl.write(DBGCMD, 4, 0, &table).expect("dbgcmd");
+            }
+        }
+        // Line levels follow INTMIS.
+        let mis = pl.read(INTMIS, 4).expect("INTMIS");
+        assert_eq!(mis, pl.intmis());
+        for l in 0..lines.max(1) + 1 {
+            let want = if cfg.combined_irq {
+                l == 0 && mis != 0
+            } else {
+                l < u32::from(cfg.events) && mis & (1 << l) != 0
+            };
+            assert_eq!(pl.irq_level(l), want, "line {l}, INTMIS {mis:#x}");
+        }
+    }
+    // Drain the remaining work a bounded number of times.
+    for _ in 0..4 {
+        if !pl.run_pending(&table) {
+            break;
+        }
+    }
+    // The device never wrote where it may not.
+    for (s, e) in READ_ONLY {
+        let mut now = vec![0u8; (e - s) as usize];
+        mem.read_exact_at(&mut now, s).expect("read back");
+        assert!(
+            now.as_slice() == shadow.get(s as usize..e as usize).unwrap_or_default(),
+            "device wrote into non-writable window [{s:#x}, {e:#x})"
+        );
+    }
+}
