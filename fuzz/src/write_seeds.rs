@@ -10,7 +10,10 @@ fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "corpus/protocol_server".into());
     std::fs::create_dir_all(&dir)?;
     for (name, bytes) in harness::seeds() {
-        std::fs::write(std::path::Path::new(&dir).join(format!("seed-{name}")), bytes)?;
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("seed-{name}")),
+            bytes,
+        )?;
     }
     Ok(())
 }

@@ -32,7 +32,9 @@ use crate::transport::{send_message, FrameError, Incoming, Message, MessageReade
 pub enum ConnStatus {
     /// Still usable; wait for the next readable event.
     Open,
-    /// The client went away or the connection had to be closed; drop it.
+    /// The client went away or the connection had to be closed; drop it. The
+    /// device layer should then release the client's DMA mappings and IRQ fds
+    /// and keep the device state (spec: "Client Disconnection").
     Closed,
 }
 

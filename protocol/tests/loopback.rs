@@ -740,3 +740,10 @@ fn connect_by_path_and_no_hang_on_dead_server() {
     assert!(Client::connect(&dir.join("none"), ClientOptions::default()).is_err());
     let _ = wait_fd;
 }
+
+#[test]
+fn client_and_connection_are_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Client>();
+    is_send::<vfio_sidecar_protocol::ServerConnection>();
+}
