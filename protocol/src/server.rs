@@ -47,10 +47,16 @@ pub trait Handler {
     /// `pgsizes`, `write_multiple`, and the extension with `exec_enforced` if it
     /// supports it). The connection intersects the offer with the client's
     /// proposal and its own [`Limits`] and enforces the result. Default: a
-    /// plain vfio-user server with default capabilities.
+    /// plain vfio-user server (no `write_multiple`, no extension, 4 KiB pages)
+    /// whose numeric limits are the connection's [`Limits`].
     fn version(&mut self, client: &Capabilities) -> Result<Capabilities, Errno> {
         let _ = client;
-        Ok(Capabilities::default())
+        Ok(Capabilities {
+            max_msg_fds: u32::MAX,
+            max_data_xfer_size: u32::MAX,
+            max_dma_maps: u32::MAX,
+            ..Capabilities::default()
+        })
     }
 
     /// Called once after a successful VERSION exchange.
