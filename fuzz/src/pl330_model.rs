@@ -100,8 +100,24 @@ fn config(inp: &mut Input<'_>) -> Pl330Config {
     }
 }
 
+/// What a run left behind (for tests).
+#[derive(Debug)]
+pub struct Outcome {
+    /// Guest memory at the end.
+    pub mem: Vec<u8>,
+    /// INTMIS at the end.
+    pub intmis: u32,
+    /// FSRC at the end.
+    pub fsrc: u32,
+}
+
 /// Runs one input.
 pub fn run(data: &[u8]) {
+    let _ = run_outcome(data);
+}
+
+/// Runs one input and reports the end state.
+pub fn run_outcome(data: &[u8]) -> Outcome {
     let mut inp = Input { data, pos: 0 };
     let cfg = config(&mut inp);
     let mut pl = match Pl330::new(cfg.clone()) {
@@ -179,7 +195,9 @@ pub fn run(data: &[u8]) {
                 let c = inp.u8();
                 let target = if c & 8 != 0 { None } else { Some(c & 7) };
                 let insn = if c & 16 != 0 {
-                    Insn::Sev { event: inp.u8() & 31 }
+                    Insn::Sev {
+                        event: inp.u8() & 31,
+                    }
                 } else {
                     Insn::Kill
                 };
@@ -253,4 +271,76 @@ pub fn run(data: &[u8]) {
             "device wrote into non-writable window [{s:#x}, {e:#x})"
         );
     }
+    let mut all = vec![0u8; MEM as usize];
+    mem.read_exact_at(&mut all, 0).expect("read back");
+    Outcome {
+        mem: all,
+        intmis: pl.intmis(),
+        fsrc: pl.read(0x34, 4).expect("FSRC"),
+    }
+}
+
+/// A microcode program copying 128 bytes from `src` to `dst` then DMASEV 0
+/// (non-secure accesses: op 9 starts channels non-secure).
+pub fn copy_program(src: u32, dst: u32) -> Vec<u8> {
+    use vfio_sidecar::model::pl330::asm::Asm;
+    use vfio_sidecar::model::pl330::insn::{Cond, MovReg};
+    let mut a = Asm::new();
+    a.mov(MovReg::Sar, src)
+        .mov(MovReg::Dar, dst)
+        .mov(
+            MovReg::Ccr,
+            1 | (3 << 1) | (15 << 4) | (1 << 9) | (1 << 14) | (3 << 15) | (15 << 18) | (1 << 23),
+        )
+        .ld(Cond::Always)
+        .st(Cond::Always)
+        .sev(0)
+        .end();
+    a.into_bytes()
+}
+
+/// Hand-made inputs reaching deep paths (also the committed seed corpus).
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    // 8 channels, 64-bit, DMAGO gate, 8 events, 4 peripherals, r1p1,
+    // budget 257, 256 MFIFO lines.
+    let cfg = [0x4fu8, 7, 4, 0x12, 255, 0];
+    let pattern: Vec<u8> = (0..128u32).map(|i| (i * 7 + 1) as u8).collect();
+    let mut copy = cfg.to_vec();
+    // INTEN = 1.
+    copy.extend_from_slice(&[2, 0x20, 0, 1, 0, 0, 0]);
+    // Source data at 0x1000.
+    copy.extend_from_slice(&[3, 0x00, 0x10, 128]);
+    copy.extend_from_slice(&pattern);
+    // Program at 0x100, DMAGO channel 0.
+    let prog = copy_program(0x1000, 0x2000);
+    copy.extend_from_slice(&[9, 0x00, 0x01, prog.len() as u8]);
+    copy.extend_from_slice(&prog);
+    copy.push(0);
+    copy.extend_from_slice(&[6, 8]);
+
+    // A program storing into the read-only window: must fault, not write.
+    let mut fault = cfg.to_vec();
+    let prog = copy_program(0x1000, 0x4000);
+    fault.extend_from_slice(&[9, 0x00, 0x02, prog.len() as u8]);
+    fault.extend_from_slice(&prog);
+    fault.push(1);
+    // A DMAGO into the unmapped hole and one into the W-only window.
+    fault.extend_from_slice(&[4, 2, 1, 0x00, 0xc0]);
+    fault.extend_from_slice(&[4, 3, 1, 0x00, 0x80]);
+    // Kill everything, reset, read every register.
+    fault.extend_from_slice(&[5, 8, 5, 0, 8]);
+    for off in (0..0x1000u16).step_by(0x100) {
+        fault.extend_from_slice(&[0, off as u8, (off >> 8) as u8, 2]);
+    }
+
+    // Register traffic of every width.
+    let mut regs = cfg.to_vec();
+    for (i, off) in [0x20u16, 0x2c, 0xd04, 0xd08, 0xfe0, 0x1000, 0x1ffc]
+        .iter()
+        .enumerate()
+    {
+        regs.extend_from_slice(&[1, *off as u8, (*off >> 8) as u8, i as u8, 0xff, 0, 0, 0]);
+        regs.extend_from_slice(&[0, *off as u8, (*off >> 8) as u8, i as u8]);
+    }
+    vec![("copy", copy), ("fault", fault), ("regs", regs)]
 }

@@ -173,11 +173,7 @@ pub fn send_some(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Res
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
             (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(c),
-                fd_bytes,
-            );
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
         }
     }
     // SAFETY: mh points to live buffers for the duration of the call.
@@ -628,10 +624,28 @@ impl Harness {
     }
 }
 
+/// What a run left behind (for tests).
+#[derive(Debug)]
+pub struct Outcome {
+    /// Guest memory 0 at the end.
+    pub mem0: Vec<u8>,
+    /// Complete reply frames received.
+    pub replies: usize,
+    /// Times the server closed the connection.
+    pub server_closes: usize,
+    /// Interrupts seen on the eventfds passed (summed at the end).
+    pub interrupts: u64,
+}
+
 /// Runs one input end to end.
 pub fn run(data: &[u8]) {
+    let _ = run_outcome(data);
+}
+
+/// Runs one input end to end and reports what happened.
+pub fn run_outcome(data: &[u8]) -> Outcome {
     let before = fd_count();
-    {
+    let out = {
         let mut inp = Input::new(data);
         let setup = inp.u8();
         let mut h = Harness::new(setup);
@@ -639,8 +653,139 @@ pub fn run(data: &[u8]) {
         while steps < 512 && h.step(&mut inp) {
             steps += 1;
         }
+        let mut mem0 = vec![0u8; MEM_SIZE as usize];
+        h.mems[0]
+            .read_exact_at(&mut mem0, 0)
+            .expect("read guest memory");
+        let mut interrupts = 0;
+        for mut f in &h.eventfds {
+            let mut b = [0u8; 8];
+            if let Ok(8) = f.read(&mut b) {
+                interrupts += u64::from_ne_bytes(b);
+            }
+        }
+        let out = Outcome {
+            mem0,
+            replies: h.replies,
+            server_closes: h.server_closes,
+            interrupts,
+        };
         h.finish();
-    }
+        out
+    };
     let after = fd_count();
     assert_eq!(before, after, "fd leak: {before} fds before, {after} after");
+    out
+}
+
+fn reg_op(v: &mut Vec<u8>, write: bool, off: u16, val: u32) {
+    v.extend_from_slice(&[7, u8::from(write), off as u8, (off >> 8) as u8]);
+    v.extend_from_slice(&val.to_le_bytes());
+}
+
+/// Hand-made inputs reaching deep paths (also the committed seed corpus).
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use vfio_sidecar::model::pl330::asm::{dbginst, Asm};
+    use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
+    let base = IOVA_BASE as u32;
+    let mut a = Asm::new();
+    a.mov(MovReg::Sar, base + 0x1000)
+        .mov(MovReg::Dar, base + 0x2000)
+        .mov(
+            MovReg::Ccr,
+            1 | (3 << 1) | (15 << 4) | (1 << 14) | (3 << 15) | (15 << 18),
+        )
+        .ld(Cond::Always)
+        .st(Cond::Always)
+        .sev(0)
+        .end();
+    let prog = a.into_bytes();
+    let pattern: Vec<u8> = (0..128u32).map(|i| (i * 5 + 3) as u8).collect();
+    let (d0, d1) = dbginst(
+        Insn::Go {
+            chan: 0,
+            ns: false,
+            addr: base,
+        },
+        None,
+    );
+    let session = |setup: u8, map_flags: u8| {
+        let mut v = vec![setup];
+        // DMA_MAP guest memory 0, 16 pages at IOVA_BASE (R+W+X with the
+        // extension; R+W, so executable, for a plain client).
+        v.extend_from_slice(&[6, 0, 0, 16, map_flags]);
+        // SET_IRQS index 0 TRIGGER|EVENTFD with one eventfd.
+        let mut p = Vec::new();
+        for x in [20u32, 4 | 32, 0, 0, 1] {
+            p.extend_from_slice(&x.to_ne_bytes());
+        }
+        v.extend_from_slice(&[1, 7, 0, 4, 2, p.len() as u8, 0]);
+        v.extend_from_slice(&p);
+        // SET_IRQS index 0 UNMASK|EVENTFD (resample fd).
+        let mut p = Vec::new();
+        for x in [20u32, 4 | 16, 0, 0, 1] {
+            p.extend_from_slice(&x.to_ne_bytes());
+        }
+        v.extend_from_slice(&[1, 7, 0, 4, 2, p.len() as u8, 0]);
+        v.extend_from_slice(&p);
+        // Program and data into guest memory.
+        v.extend_from_slice(&[3, 0, 0, 0, prog.len() as u8]);
+        v.extend_from_slice(&prog);
+        v.extend_from_slice(&[3, 0, 0x00, 0x10, 128]);
+        v.extend_from_slice(&pattern);
+        // INTEN, DBGINST0/1, DBGCMD (DMAGO), then the ISR and EOI.
+        reg_op(&mut v, true, 0x20, 1);
+        reg_op(&mut v, true, 0xd08, d0);
+        reg_op(&mut v, true, 0xd0c, d1);
+        reg_op(&mut v, true, 0xd04, 0);
+        reg_op(&mut v, false, 0x24, 0);
+        reg_op(&mut v, true, 0x2c, 1);
+        // Resample kick.
+        v.extend_from_slice(&[4, 1]);
+        v
+    };
+    let copy = session(0x03, 7);
+    let resample = session(0x03 | (3 << 3), 7);
+    let mut plain = session(0x01 | 4, 3);
+    // Unmap, reconnect, map again.
+    let mut p = Vec::new();
+    p.extend_from_slice(&24u32.to_ne_bytes());
+    p.extend_from_slice(&0u32.to_ne_bytes());
+    p.extend_from_slice(&IOVA_BASE.to_ne_bytes());
+    p.extend_from_slice(&0x10000u64.to_ne_bytes());
+    plain.extend_from_slice(&[1, 2, 0, 0, p.len() as u8, 0]);
+    plain.extend_from_slice(&p);
+    plain.extend_from_slice(&[6, 1, 0, 4, 3, 5, 6, 0, 0, 16, 3]);
+    // Framing garbage: undersized header, oversized declaration, reply type,
+    // unknown command with 17 fds, then a half message left at the end.
+    let mut framing = vec![0x01u8];
+    let mut raw = |b: &[u8], fds: &[u8]| {
+        framing.extend_from_slice(&[0, b.len() as u8, (b.len() >> 8) as u8]);
+        framing.extend_from_slice(fds);
+        framing.extend_from_slice(b);
+    };
+    let h = |cmd: u16, size: u32, flags: u32| {
+        Header {
+            msg_id: 1,
+            command: cmd,
+            size,
+            flags,
+            error: 0,
+        }
+        .encode()
+    };
+    raw(&h(4, 8, 0), &[0]);
+    raw(&h(10, 2 << 20, 0), &[0]);
+    raw(&h(4, 32, 1), &[0]);
+    raw(
+        &h(0x1234, 16, 0),
+        &[7, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4],
+    );
+    raw(&h(4, 200, 0)[..10], &[4, 3]);
+    vec![
+        ("copy", copy),
+        ("resample", resample),
+        ("plain-reconnect", plain),
+        ("framing", framing),
+    ]
 }
