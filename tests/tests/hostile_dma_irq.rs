@@ -137,7 +137,7 @@ fn dma_map_malformations_leave_the_table_unchanged() {
     let (pipe_r, _pipe_w) = pipe();
     let (evfd, _evr) = eventfd();
     let null = devnull();
-    let top = u64::MAX & !0xfff;
+    let top = !0xfffu64;
     let cases: Vec<(&str, Vec<u8>, Vec<RawFd>, i32)> = vec![
         (
             "exact overlap",
