@@ -622,3 +622,55 @@ fn region_info_and_irq_info_bad_indices() {
     }
     r.still_works();
 }
+
+/// A *blocking* eventfd (no EFD_NONBLOCK) whose counter is one below the
+/// maximum: a blocking write of 1 by the server would sleep until someone
+/// reads it, freezing the whole backend. The server must never block on a
+/// client's eventfd. Likewise for an unmask (resample) eventfd that the
+/// client drains itself between the server's poll and read.
+#[test]
+fn blocking_eventfd_at_the_limit_does_not_freeze_the_backend() {
+    use std::io::Write;
+    let srv = Sidecar::start("model:pl330", &[]);
+    let mut r = Raw::negotiated(&srv.socket, true);
+    // SAFETY: eventfd(2) returns a new fd; owned below.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd, owned here.
+    let ev = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mut evf = File::from(ev.try_clone().unwrap());
+    evf.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
+    r.expect(
+        "trigger = full blocking eventfd",
+        cmd::DEVICE_SET_IRQS,
+        &set_irqs(DATA_EVENTFD | ACT_TRIGGER, 0, 0, 1, &[]),
+        &[ev.as_raw_fd()],
+        0,
+    );
+    // Raise IRQ 0: DMASEV 0 through the debug interface.
+    wr(&mut r, INTEN, 1);
+    let (d0, d1) = dbginst(Insn::Sev { event: 0 }, None);
+    wr(&mut r, DBGINST0, d0);
+    wr(&mut r, DBGINST1, d1);
+    // The reply to the DBGCMD write (and to the next request) must come.
+    r.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let id = r.send(
+        cmd::REGION_WRITE,
+        &region(DBGCMD, 0, 4, &0u32.to_le_bytes()),
+        &[],
+    );
+    let rep = r
+        .try_reply()
+        .expect("backend froze writing a full blocking eventfd");
+    assert_eq!((rep.hdr.msg_id, rep.errno()), (id, 0));
+    r.still_works();
+    // The interrupt was counted as delivered (the eventfd was full: the
+    // signal is lost, as with a saturated counter) and the backend goes on.
+    let mut p = Vec::new();
+    for x in [48u32, 0, 0, 1] {
+        p.extend_from_slice(&x.to_ne_bytes());
+    }
+    r.expect("irq stats", cmd::SIDECAR_GET_IRQ_STATS, &p, &[], 0);
+}
