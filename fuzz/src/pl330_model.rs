@@ -12,6 +12,9 @@
 //! `[0x8000, 0xc000)` W only, `[0xc000, 0xd000)` unmapped, `[0xd000, 0x10000)`
 //! R+W (no X).
 //!
+//! Op 10 shrinks (and maybe regrows) the memfd under the mappings: device
+//! accesses beyond the end must become DMA faults, never SIGBUS.
+//!
 //! Checked: no panic; aligned 32-bit accesses inside the frame never fail and
 //! every other width/offset always fails; per-event IRQ lines equal INTMIS;
 //! the device never changes bytes it cannot write (R-only window and hole,
@@ -141,7 +144,7 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
     let mut steps = 0;
     while !inp.done() && steps < 1024 {
         steps += 1;
-        match inp.u8() % 10 {
+        match inp.u8() % 11 {
             0 => {
                 // Register read, any offset/width.
                 let off = u64::from(inp.u16() & 0x1fff);
@@ -219,6 +222,19 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
                 pl.peripheral_request(p & 63, p & 64 != 0, &table);
             }
             8 => pl.reset(),
+            10 => {
+                // The client shrinks (or regrows) the memory under the
+                // mappings: accesses beyond the end must fault, not SIGBUS.
+                let size = u64::from(inp.u8() % 17) * 0x1000;
+                mem.set_len(size).expect("resize guest memory");
+                if let Some(s) = shadow.get_mut(size as usize..) {
+                    s.fill(0);
+                }
+                mem.set_len(MEM).expect("regrow");
+                if inp.u8() & 1 == 0 {
+                    mem.set_len(size).expect("resize guest memory");
+                }
+            }
             _ => {
                 // Program: raw microcode at a code offset, then DMAGO on it.
                 let off = u64::from(inp.u16() & 0x3fff);
@@ -262,7 +278,9 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
             break;
         }
     }
-    // The device never wrote where it may not.
+    // The device never wrote where it may not (regrow first: a shrunk file
+    // reads back as zeros, as the shadow says).
+    mem.set_len(MEM).expect("regrow");
     for (s, e) in READ_ONLY {
         let mut now = vec![0u8; (e - s) as usize];
         mem.read_exact_at(&mut now, s).expect("read back");

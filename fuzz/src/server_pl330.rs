@@ -22,9 +22,12 @@
 //!   6. MAP: `mem:u8`, `page:u8`, `pages:u8`, `flags:u8`: a well-formed DMA_MAP
 //!      of guest memory at IOVA `0x4000_0000 + page * 4 KiB`;
 //!   7. REG: `write:u8`, `off:u16`, `val:u32`: a well-formed 4-byte
-//!      REGION_READ/WRITE of region 0.
+//!      REGION_READ/WRITE of region 0;
+//!   8. RESIZE: `mem:u8`, `pages:u8`: the client shrinks (or regrows) guest
+//!      memory under its mappings (`pages % 17` × 4 KiB).
 //! * fd spec: `n:u8` → 0, 1, 2 or 17 fds (too many); each fd kind from the
-//!   next byte: memfd 0/1 (guest memory), eventfd, pipe, socket, /dev/null.
+//!   next byte: memfd 0/1 (guest memory), eventfd, pipe, socket, /dev/null,
+//!   or a *blocking* eventfd whose counter is at its maximum − 1.
 //!
 //! Checked after every step: the reply stream is well-framed (whole messages,
 //! size ≥ 16, reply type); after the client goes: no DMA mapping is left; at
@@ -470,7 +473,7 @@ impl Harness {
         };
         let mut out = Vec::new();
         for _ in 0..n {
-            let kind = inp.u8() % 6;
+            let kind = inp.u8() % 7;
             let fd = match kind {
                 0 | 1 => self.mems[kind as usize]
                     .as_fd()
@@ -487,6 +490,17 @@ impl Harness {
                     let (a, _b) = UnixStream::pair().expect("socketpair");
                     OwnedFd::from(a)
                 }
+                6 => {
+                    // SAFETY: eventfd(2) returns a new (blocking) fd owned below.
+                    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+                    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+                    // SAFETY: fresh fd.
+                    let e = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let mut f = File::from(e.try_clone().expect("dup eventfd"));
+                    f.write_all(&(u64::MAX - 1).to_ne_bytes())
+                        .expect("fill eventfd");
+                    e
+                }
                 _ => OwnedFd::from(File::open("/dev/null").expect("/dev/null")),
             };
             out.push(fd);
@@ -502,7 +516,7 @@ impl Harness {
         if self.conn.server.is_none() || self.conn.closed {
             self.reconnect();
         }
-        match inp.u8() % 8 {
+        match inp.u8() % 9 {
             0 => {
                 let len = usize::from(inp.u16() % 4096);
                 let fds = self.fd_spec(inp);
@@ -557,6 +571,13 @@ impl Harness {
                 self.run_device(4);
             }
             5 => self.reconnect(),
+            8 => {
+                let m = usize::from(inp.u8() & 1);
+                let pages = u64::from(inp.u8() % 17);
+                if let Some(f) = self.mems.get(m) {
+                    let _ = f.set_len(pages * 4096);
+                }
+            }
             6 => {
                 let m = usize::from(inp.u8() & 1);
                 let page = u64::from(inp.u8());
@@ -653,6 +674,7 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
         while steps < 512 && h.step(&mut inp) {
             steps += 1;
         }
+        let _ = h.mems[0].set_len(MEM_SIZE);
         let mut mem0 = vec![0u8; MEM_SIZE as usize];
         h.mems[0]
             .read_exact_at(&mut mem0, 0)
