@@ -474,8 +474,8 @@ pub fn vfio_host_status(sysfs_root: &Path, dev_root: &Path) -> VfioHostStatus {
     if iommu_groups == 0 {
         hints.push(
             "no IOMMU groups: enable the IOMMU and reboot: Intel `intel_iommu=on` (and \
-             VT-d in the firmware), AMD `amd_iommu=on` (AMD-Vi/IOMMU in the firmware), Arm: \
-             an SMMU described in the device tree (`iommus`/`iommu-map`) or ACPI IORT with \
+             VT-d in the firmware), AMD: AMD-Vi/IOMMU in the firmware (the kernel enables it by \
+             default; make sure `amd_iommu=off` is not set), Arm: an SMMU described in the device tree (`iommus`/`iommu-map`) or ACPI IORT with \
              arm-smmu/arm-smmu-v3 enabled"
                 .to_string(),
         );
@@ -1357,7 +1357,7 @@ mod tests {
         let all = status.hints.join("\n");
         for want in [
             "intel_iommu=on",
-            "amd_iommu=on",
+            "amd_iommu=off",
             "SMMU",
             "modprobe vfio-pci",
             "modprobe vfio-platform",
