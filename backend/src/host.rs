@@ -616,10 +616,12 @@ fn locate(device: &str, sysfs: &Path) -> Result<(Bus, String, PathBuf)> {
 }
 
 /// Plans binding `device` (a name like `0000:00:03.0` / `ff240000.dma-controller`,
-/// or a sysfs path) to the VFIO driver of its bus: `driver_override`, unbind from
+/// or a sysfs path, optionally prefixed `vfio:` as in `serve --device`) to the VFIO driver of its bus: `driver_override`, unbind from
 /// the current driver, `drivers_probe`. Fails with the `modprobe` to run when the
 /// VFIO driver is not loaded. Already bound: an empty plan.
 pub fn bind_plan(device: &str, sysfs_root: &Path) -> Result<BindPlan> {
+    // Accept the `serve --device vfio:PATH` spelling too.
+    let device = device.strip_prefix("vfio:").unwrap_or(device);
     if !sysfs_root.is_dir() {
         return Err(HostError::NoSysfs(sysfs_root.to_path_buf()));
     }
@@ -1181,6 +1183,8 @@ mod tests {
         // The same plan from a sysfs path.
         let by_path = bind_plan(pl330.to_str().unwrap(), &f.root).unwrap();
         assert_eq!(by_path.writes, want);
+        let as_serve_arg = format!("vfio:{}", pl330.display());
+        assert_eq!(bind_plan(&as_serve_arg, &f.root).unwrap().writes, want);
 
         let contents =
             || -> Vec<Vec<u8>> { want.iter().map(|w| fs::read(&w.path).unwrap()).collect() };
