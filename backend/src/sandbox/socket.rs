@@ -825,7 +825,27 @@ mod tests {
                 &[("VS_TEST_UID", "65534"), ("VS_TEST_SOCK", &sock)],
             )
         });
-        let (s, _) = l.accept().unwrap();
+        // Non-blocking accept so that a child that cannot connect fails the test
+        // instead of hanging it.
+        l.set_nonblocking(true).unwrap();
+        let s = loop {
+            match l.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if h.is_finished() {
+                        let out = h.join().unwrap();
+                        panic!(
+                            "child never connected: {:?}\n{}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
         let cred = peer_cred(&s).unwrap();
         assert_eq!((cred.uid, cred.gid), (owner, owner));
         let err = check_peer(
