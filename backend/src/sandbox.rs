@@ -4,8 +4,10 @@
 //! Intended order in `serve` (each step narrows what the next may do):
 //!
 //! 1. open the device (VFIO group/container or model) while still privileged;
-//! 2. get the listener: [`listen_fds_from_env`] (systemd socket activation) or
-//!    [`create_listener`] (mode applied before the socket accepts connections);
+//! 2. get the listener: [`open_listener`] = [`listen_fds_from_env`] (systemd socket
+//!    activation) if systemd passed one, else [`create_listener`] (mode applied
+//!    before the socket accepts connections); remove the socket file at exit only
+//!    if [`Listener::remove_on_exit`];
 //! 3. [`drop_privileges`] to the service user (optional; already-open fds stay usable);
 //! 4. [`apply_seccomp`] before any thread is spawned (it also uses TSYNC, so threads
 //!    that already exist get the same filter);
@@ -27,8 +29,8 @@ pub use seccomp::{
     SeccompAction, SeccompProfile,
 };
 pub use socket::{
-    check_peer, create_listener, listen_fds_from_env, peer_cred, ListenFd, PeerCred, PeerPolicy,
-    SocketOpts,
+    check_peer, create_listener, listen_fds_from_env, open_listener, peer_cred, ListenFd, Listener,
+    PeerCred, PeerPolicy, SocketOpts,
 };
 
 /// Errors of the sandbox layer. Messages name the path, id or syscall involved and,

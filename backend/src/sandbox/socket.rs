@@ -370,7 +370,10 @@ pub fn listen_fds_from_env() -> Result<Vec<ListenFd>> {
     let fds = std::env::var_os("LISTEN_FDS");
     let names = std::env::var_os("LISTEN_FDNAMES");
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
+        // Only touch the environment when there is something to remove.
+        if std::env::var_os(var).is_some() {
+            std::env::remove_var(var);
+        }
     }
     if LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(Vec::new());
@@ -416,6 +419,65 @@ pub fn listen_fds_from_env() -> Result<Vec<ListenFd>> {
         });
     }
     Ok(out)
+}
+
+/// The listener `serve` uses: inherited from systemd or created by us.
+#[derive(Debug)]
+pub struct Listener {
+    /// The listening socket.
+    pub listener: UnixListener,
+    /// Its path (the inherited socket's own path when activated).
+    pub path: PathBuf,
+    /// True when inherited through socket activation: systemd owns the socket
+    /// file, so the backend must not remove it at exit.
+    pub activated: bool,
+}
+
+impl Listener {
+    /// Whether the backend should remove the socket file when it exits.
+    pub fn remove_on_exit(&self) -> bool {
+        !self.activated
+    }
+}
+
+/// Picks the inherited socket for `path`: the one bound to `path`, else the only
+/// one (with a warning when its path differs).
+fn pick_listen_fd(mut fds: Vec<ListenFd>, path: &Path) -> Option<ListenFd> {
+    if let Some(i) = fds.iter().position(|f| f.path.as_deref() == Some(path)) {
+        return Some(fds.swap_remove(i));
+    }
+    if fds.len() > 1 {
+        log::warn!(
+            "{} inherited sockets and none is bound to {}; using the first",
+            fds.len(),
+            path.display()
+        );
+    }
+    let first = fds.into_iter().next()?;
+    log::warn!(
+        "inherited socket is bound to {:?}, not {}; using it",
+        first.path,
+        path.display()
+    );
+    Some(first)
+}
+
+/// The listener for `serve --socket PATH`: the socket-activated one when systemd
+/// passed one ([`listen_fds_from_env`]; the one bound to `path` if several),
+/// otherwise a new one from [`create_listener`].
+pub fn open_listener(path: &Path, opts: &SocketOpts) -> Result<Listener> {
+    if let Some(fd) = pick_listen_fd(listen_fds_from_env()?, path) {
+        return Ok(Listener {
+            path: fd.path.unwrap_or_else(|| path.to_path_buf()),
+            listener: fd.listener,
+            activated: true,
+        });
+    }
+    Ok(Listener {
+        listener: create_listener(path, opts)?,
+        path: path.to_path_buf(),
+        activated: false,
+    })
 }
 
 /// Credentials of the process at the other end of a Unix socket, as the kernel
@@ -654,6 +716,32 @@ mod tests {
             let err = validate_listen_fd(tcp.as_fd()).unwrap_err();
             assert!(err.to_string().contains("AF_UNIX"), "{err}");
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn open_listener_without_activation_and_fd_choice() {
+        let dir = temp_dir("open");
+        let path = dir.join("o.sock");
+        // Not socket-activated here (the test runner sets no LISTEN_* variables).
+        let l = open_listener(&path, &SocketOpts::default()).unwrap();
+        assert!(!l.activated && l.remove_on_exit());
+        assert_eq!(l.path, path);
+        let _c = UnixStream::connect(&path).unwrap();
+
+        let mk = |name: &str| {
+            let p = dir.join(name);
+            ListenFd {
+                listener: create_listener(&p, &SocketOpts::default()).unwrap(),
+                name: None,
+                path: Some(p),
+            }
+        };
+        let picked = pick_listen_fd(vec![mk("a.sock"), mk("b.sock")], &dir.join("b.sock")).unwrap();
+        assert_eq!(picked.path, Some(dir.join("b.sock")));
+        let picked = pick_listen_fd(vec![mk("c.sock")], &dir.join("other.sock")).unwrap();
+        assert_eq!(picked.path, Some(dir.join("c.sock")));
+        assert!(pick_listen_fd(Vec::new(), &path).is_none());
         fs::remove_dir_all(&dir).unwrap();
     }
 
