@@ -1,14 +1,14 @@
 //! The real KVM guest against the in-process fake device (skipped without /dev/kvm).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::guest::GUEST_BIN;
 use crate::layout::*;
 use crate::memory::GuestRam;
-use crate::mmio::{place_regions, MmioBus, RegionSpec};
-use crate::plan::{self, Transfer};
+use crate::mmio::{place_regions, sparse_slots, MmioBus, RegionSpec};
+use crate::runner::{run, EoiPolicy, RunOptions};
 use crate::testing::FakePl330;
 use crate::vm::{Mailbox, Vm, VmError};
 
@@ -19,66 +19,21 @@ fn kvm_present() -> bool {
         .open("/dev/kvm")
         .is_err()
     {
-        eprintln!("SKIPPED: /dev/kvm not available");
+        eprintln!("SKIPPED: /dev/kvm not available; the KVM path is not exercised here");
         return false;
     }
     true
 }
 
-fn run_fake(
-    resample: bool,
-    enforce_exec: bool,
-) -> (Vec<Transfer>, Vec<plan::Verdict>, plan::Header, u64) {
-    let ram = GuestRam::new(RAM_SIZE).unwrap();
-    let xs = plan::plan(6, 2048, 8, enforce_exec, 11).unwrap();
-    plan::load_guest(&ram, GUEST_BIN, &xs, DEVICE_BASE, resample, 11).unwrap();
-    let mut vm = Vm::new(&ram).unwrap();
-    let trigger = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let resamplefd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    vm.register_irqfd(&trigger, DEVICE_GSI, resample.then_some(&resamplefd))
-        .unwrap();
-    let placed = place_regions(
-        &[RegionSpec {
-            index: 0,
-            size: 0x1000,
-            sparse: vec![],
-        }],
-        DEVICE_BASE,
-        DEVICE_END,
-    )
-    .unwrap();
-    let mut bus = MmioBus::new(placed);
-    let mut dev = FakePl330::new(&ram, &trigger);
-    dev.enforce_exec = enforce_exec;
-    let mut results = Vec::new();
-    let done = vm
-        .run(
-            &mut bus,
-            &mut dev,
-            &mut |m| {
-                if let Mailbox::Result(i) = m {
-                    results.push(i)
-                }
-            },
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    assert_eq!(done, 0);
-    assert_eq!(results, (0..xs.len() as u32).collect::<Vec<_>>());
-    let header = plan::read_header(&ram).unwrap();
-    let verdicts = xs
-        .iter()
-        .enumerate()
-        .map(|(i, x)| plan::verify(&ram, x, &plan::read_record(&ram, i).unwrap(), 0).unwrap())
-        .collect();
-    if resample {
-        assert!(
-            resamplefd.read().unwrap() >= 1,
-            "guest EOI signalled the resamplefd"
-        );
+fn opts(eoi: EoiPolicy, exec_all: bool) -> RunOptions {
+    RunOptions {
+        transfers: 6,
+        max_size: 2048,
+        eoi,
+        exec_all,
+        seed: 11,
+        timeout: Duration::from_secs(20),
     }
-    assert!(bus.region_totals()[&0].reads > 8);
-    (xs, verdicts, header, dev.events)
 }
 
 #[test]
@@ -86,34 +41,142 @@ fn guest_runs_transfers_against_fake_device() {
     if !kvm_present() {
         return;
     }
-    for resample in [false, true] {
-        let (xs, verdicts, header, events) = run_fake(resample, true);
-        for (x, v) in xs.iter().zip(&verdicts) {
-            assert!(v.ok, "transfer {x:?}: {v:?}");
-        }
-        assert_eq!(verdicts.iter().filter(|v| v.fault_seen).count(), 1);
-        assert_eq!(header.pcell_id, 0xb105_f00d);
-        assert_eq!(header.periph_id & 0xfffff, 0x41330);
+    for eoi in [EoiPolicy::ClearRegister, EoiPolicy::Resample] {
+        let mut dev = FakePl330::default();
+        dev.exec_negotiated = true;
+        let s = run(&mut dev, &opts(eoi, false)).unwrap();
+        assert!(s.success(), "{s}");
+        assert_eq!(s.transfers.len(), 7);
+        assert!(s.fault_expected && s.fault_seen);
+        assert_eq!(s.device.pcell_id, 0xb105_f00d);
+        assert_eq!(s.device.periph_id & 0xfffff, 0x41330);
+        let st = s.backend_irq.unwrap();
+        assert_eq!(st.device_events, 6, "no event from the faulting program");
         assert_eq!(
-            u64::from(header.irqs),
-            events,
-            "one guest interrupt per device event"
+            u64::from(s.guest_interrupts),
+            st.host_interrupts,
+            "one guest interrupt per signal"
         );
-        assert_eq!(events, xs.len() as u64 - 1);
+        assert_eq!(s.guest_spurious, 0);
+        assert!(s.bytes_copied > 0);
+        assert!(s.mmio_per_region[&0] > 8 * 7);
+        assert_eq!(s.dma_table.iter().filter(|e| e.prot.exec).count(), 1);
     }
 }
 
 #[test]
-fn fault_transfer_completes_when_exec_not_enforced() {
+fn fault_transfer_completes_when_everything_is_executable() {
     if !kvm_present() {
         return;
     }
-    let (_, verdicts, header, _) = run_fake(false, false);
-    assert!(
-        verdicts.iter().all(|v| v.ok && !v.fault_seen),
-        "{verdicts:?}"
+    for negotiated in [true, false] {
+        let mut dev = FakePl330::default();
+        dev.exec_negotiated = negotiated;
+        let s = run(&mut dev, &opts(EoiPolicy::ClearRegister, true)).unwrap();
+        assert!(s.success(), "{s}");
+        assert!(!s.fault_expected && !s.fault_seen);
+        assert_eq!(s.guest_interrupts, 7);
+    }
+}
+
+fn memfd(size: u64) -> OwnedFd {
+    // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
+    let raw = unsafe { libc::memfd_create(c"scratch".as_ptr(), 0) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    assert_eq!(
+        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
+        unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) },
+        0
     );
-    assert_eq!(header.irqs as usize, verdicts.len());
+    fd
+}
+
+#[test]
+fn sparse_area_is_a_memory_slot_and_the_rest_traps() {
+    if !kvm_present() {
+        return;
+    }
+    // region 1: page 0 sparse (backend memfd), page 1 trapped
+    let scratch = memfd(0x2000);
+    let magic = 0x1234_5678u32.to_le_bytes();
+    assert_eq!(
+        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
+        unsafe { libc::pwrite(scratch.as_raw_fd(), magic.as_ptr().cast(), 4, 0x10) },
+        4
+    );
+    let ram = GuestRam::new(RAM_SIZE).unwrap();
+    let placed = place_regions(
+        &[
+            RegionSpec {
+                index: 0,
+                size: 0x1000,
+                sparse: vec![],
+            },
+            RegionSpec {
+                index: 1,
+                size: 0x2000,
+                sparse: vec![(0, 0x1000)],
+            },
+        ],
+        DEVICE_BASE,
+        DEVICE_END,
+    )
+    .unwrap();
+    let r1 = placed[1].gpa;
+    let mut vm = Vm::new(&ram).unwrap();
+    for s in sparse_slots(&placed) {
+        vm.map_sparse(&s, std::os::fd::AsFd::as_fd(&scratch), 0)
+            .unwrap();
+    }
+    // mov eax,[r1+0x10]; mov [r1+0x20],eax; mov ebx,[0xfe000fe0]; out 0xf0,eax; mov eax,ebx; out 0xf4,eax
+    let mut code = vec![0xa1];
+    code.extend_from_slice(&((r1 + 0x10) as u32).to_le_bytes());
+    code.push(0xa3);
+    code.extend_from_slice(&((r1 + 0x20) as u32).to_le_bytes());
+    code.extend_from_slice(&[0x8b, 0x1d]);
+    code.extend_from_slice(&((DEVICE_BASE + 0xfe0) as u32).to_le_bytes());
+    code.extend_from_slice(&[0xe7, 0xf0, 0x89, 0xd8, 0xe7, 0xf4]);
+    ram.write(CODE_BASE, &code).unwrap();
+    let gdt: [u64; 3] = [0, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
+    for (i, d) in gdt.iter().enumerate() {
+        ram.write(GDT_BASE + 8 * i as u64, &d.to_le_bytes())
+            .unwrap();
+    }
+    let mut bus = MmioBus::new(placed);
+    let mut dev = FakePl330::default();
+    let mut seen = Vec::new();
+    let done = vm
+        .run(
+            &mut bus,
+            &mut dev,
+            &mut |m| seen.push(m),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(
+        seen[0],
+        Mailbox::Result(0x1234_5678),
+        "guest read the backend's page directly"
+    );
+    assert_eq!(done, 0x30, "trapped read of PeriphID0 went to the device");
+    let mut b = [0u8; 4];
+    assert_eq!(
+        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
+        unsafe { libc::pread(scratch.as_raw_fd(), b.as_mut_ptr().cast(), 4, 0x20) },
+        4
+    );
+    assert_eq!(
+        u32::from_le_bytes(b),
+        0x1234_5678,
+        "guest store landed in the backend's memfd"
+    );
+    assert!(
+        !bus.region_totals().contains_key(&1),
+        "no exits for the sparse page"
+    );
+    assert_eq!(bus.region_totals()[&0].reads, 1);
 }
 
 #[test]
@@ -121,13 +184,12 @@ fn guest_timeout_is_reported() {
     if !kvm_present() {
         return;
     }
-    // a guest that halts with interrupts disabled never reports
     let ram = GuestRam::new(RAM_SIZE).unwrap();
     ram.write(CODE_BASE, &[0xfa, 0xf4, 0xeb, 0xfd]).unwrap(); // cli; hlt; jmp
     let mut vm = Vm::new(&ram).unwrap();
     let mut bus = MmioBus::new(vec![]);
-    let trigger = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut dev = FakePl330::new(&ram, &trigger);
+    let mut dev = FakePl330::default();
+    let _unused = EventFd::new(0).unwrap();
     let e = vm.run(&mut bus, &mut dev, &mut |_| {}, Duration::from_millis(200));
     assert!(matches!(e, Err(VmError::Timeout(..))), "{e:?}");
 }

@@ -8,6 +8,7 @@ pub mod layout;
 pub mod memory;
 pub mod mmio;
 pub mod plan;
+pub mod runner;
 pub mod vm;
 
 #[cfg(test)]
