@@ -1,0 +1,1594 @@
+//! Typed request/reply payloads (everything after the 16-byte header) with
+//! `encode`/`decode` and `is_valid` checks.
+//!
+//! Decoding never panics and never allocates more than the payload it is given
+//! (which the transport already bounded by the limits). Fixed-size payloads must
+//! have exactly their size; variable parts must match their declared counts.
+
+use crate::caps::Capabilities;
+use crate::error::DecodeError;
+use crate::ext::IrqStats;
+
+// ---------------------------------------------------------------- constants
+
+/// `DMA_MAP` flag: the device may read the mapping.
+pub const DMA_MAP_FLAG_READ: u32 = 1 << 0;
+/// `DMA_MAP` flag: the device may write the mapping.
+pub const DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+/// `DMA_MAP` flag (vfio-sidecar extension, only with `dma_exec` negotiated): the
+/// device may fetch instructions from the mapping. Bits 2 and 3 are never used
+/// (libvfio-user and Linux VFIO give them other meanings).
+pub const DMA_MAP_FLAG_EXEC: u32 = 1 << 16;
+
+/// `DMA_UNMAP` flag: unmap everything (`VFIO_DMA_UNMAP_FLAG_ALL` of
+/// `<linux/vfio.h>`, as used by QEMU and libvfio-user); address and size must be 0.
+/// The 0.9.2 text calls `flags` "unused"; every other bit is rejected with EINVAL.
+pub const DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+
+/// `VFIO_REGION_INFO_FLAG_READ`.
+pub const REGION_INFO_FLAG_READ: u32 = 1 << 0;
+/// `VFIO_REGION_INFO_FLAG_WRITE`.
+pub const REGION_INFO_FLAG_WRITE: u32 = 1 << 1;
+/// `VFIO_REGION_INFO_FLAG_MMAP`: an fd is sent with the reply.
+pub const REGION_INFO_FLAG_MMAP: u32 = 1 << 2;
+/// `VFIO_REGION_INFO_FLAG_CAPS`: the reply has (or would have) capabilities.
+pub const REGION_INFO_FLAG_CAPS: u32 = 1 << 3;
+/// `VFIO_REGION_INFO_CAP_SPARSE_MMAP` capability id.
+pub const REGION_INFO_CAP_SPARSE_MMAP: u16 = 1;
+/// Version of the sparse mmap capability.
+pub const REGION_INFO_CAP_SPARSE_MMAP_VERSION: u16 = 1;
+
+/// `VFIO_IRQ_SET_DATA_NONE`.
+pub const IRQ_SET_DATA_NONE: u32 = 1 << 0;
+/// `VFIO_IRQ_SET_DATA_BOOL`.
+pub const IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+/// `VFIO_IRQ_SET_DATA_EVENTFD`.
+pub const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+/// `VFIO_IRQ_SET_ACTION_MASK`.
+pub const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+/// `VFIO_IRQ_SET_ACTION_UNMASK`.
+pub const IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
+/// `VFIO_IRQ_SET_ACTION_TRIGGER`.
+pub const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+const IRQ_SET_DATA_MASK: u32 = IRQ_SET_DATA_NONE | IRQ_SET_DATA_BOOL | IRQ_SET_DATA_EVENTFD;
+const IRQ_SET_ACTION_MASK_ALL: u32 =
+    IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK | IRQ_SET_ACTION_TRIGGER;
+
+/// `VFIO_USER_IO_FD_TYPE_IOEVENTFD`.
+pub const IO_FD_TYPE_IOEVENTFD: u32 = 0;
+/// `VFIO_USER_IO_FD_TYPE_IOREGIONFD`.
+pub const IO_FD_TYPE_IOREGIONFD: u32 = 1;
+
+/// Most bytes one `REGION_WRITE_MULTI` entry can write.
+pub const WRITE_MULTI_MAX_COUNT: u32 = 8;
+
+// ------------------------------------------------------------------ helpers
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(what: &'static str, buf: &'a [u8], min: usize) -> Result<Self, DecodeError> {
+        if buf.len() < min {
+            return Err(DecodeError::Truncated {
+                what,
+                need: min,
+                have: buf.len(),
+            });
+        }
+        Ok(Reader { buf, pos: 0, what })
+    }
+
+    fn exact(what: &'static str, buf: &'a [u8], len: usize) -> Result<Self, DecodeError> {
+        if buf.len() < len {
+            return Err(DecodeError::Truncated {
+                what,
+                need: len,
+                have: buf.len(),
+            });
+        }
+        if buf.len() > len {
+            return Err(DecodeError::Length {
+                what,
+                expected: len,
+                have: buf.len(),
+            });
+        }
+        Ok(Reader { buf, pos: 0, what })
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        match end {
+            Some(end) => {
+                let s = self.buf.get(self.pos..end).unwrap_or_default();
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(DecodeError::Truncated {
+                what: self.what,
+                need: self.pos.saturating_add(n),
+                have: self.buf.len(),
+            }),
+        }
+    }
+
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let s = self.bytes(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_ne_bytes(self.arr()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_ne_bytes(self.arr()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_ne_bytes(self.arr()?))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        let s = self.buf.get(self.pos..).unwrap_or_default();
+        self.pos = self.buf.len();
+        s
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+}
+
+trait Put {
+    fn put_u16(&mut self, v: u16);
+    fn put_u32(&mut self, v: u32);
+    fn put_u64(&mut self, v: u64);
+}
+
+impl Put for Vec<u8> {
+    fn put_u16(&mut self, v: u16) {
+        self.extend_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u32(&mut self, v: u32) {
+        self.extend_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, v: u64) {
+        self.extend_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn expect_empty(what: &'static str, payload: &[u8]) -> Result<(), DecodeError> {
+    if payload.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::Length {
+            what,
+            expected: 0,
+            have: payload.len(),
+        })
+    }
+}
+
+/// Checks that a message with no payload (DEVICE_RESET, most replies) is empty.
+pub fn decode_empty(what: &'static str, payload: &[u8]) -> Result<(), DecodeError> {
+    expect_empty(what, payload)
+}
+
+// ------------------------------------------------------------------ VERSION
+
+/// `VFIO_USER_VERSION` request and reply payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Major version.
+    pub major: u16,
+    /// Minor version.
+    pub minor: u16,
+    /// Capabilities (sent as NUL-terminated JSON).
+    pub caps: Capabilities,
+}
+
+impl Version {
+    /// Encodes major, minor and the NUL-terminated JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = self.caps.to_json();
+        let mut v = Vec::with_capacity(4 + json.len() + 1);
+        v.put_u16(self.major);
+        v.put_u16(self.minor);
+        v.extend_from_slice(json.as_bytes());
+        v.push(0);
+        v
+    }
+
+    /// Decodes; a missing NUL, bad UTF-8 or bad JSON is an error (EINVAL).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new("VERSION", payload, 4)?;
+        let major = r.u16()?;
+        let minor = r.u16()?;
+        let caps = Capabilities::from_version_data(r.rest())?;
+        Ok(Version { major, minor, caps })
+    }
+}
+
+// ------------------------------------------------------------------ DMA_MAP
+
+/// Effective DMA permissions of a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DmaProt {
+    /// Device may read.
+    pub read: bool,
+    /// Device may write.
+    pub write: bool,
+    /// Device may fetch instructions.
+    pub exec: bool,
+}
+
+impl DmaProt {
+    /// The DMA_MAP flags for these permissions. Without `dma_exec` negotiated
+    /// the EXEC bit is never set (a plain vfio-user READ mapping is executable).
+    pub fn to_flags(self, dma_exec: bool) -> u32 {
+        let mut f = 0;
+        if self.read {
+            f |= DMA_MAP_FLAG_READ;
+        }
+        if self.write {
+            f |= DMA_MAP_FLAG_WRITE;
+        }
+        if self.exec && dma_exec {
+            f |= DMA_MAP_FLAG_EXEC;
+        }
+        f
+    }
+}
+
+/// `VFIO_USER_DMA_MAP` request (32 bytes; the fd travels as ancillary data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaMap {
+    /// Size of this structure (32).
+    pub argsz: u32,
+    /// `DMA_MAP_FLAG_*`.
+    pub flags: u32,
+    /// Offset of the mapping in the passed fd.
+    pub offset: u64,
+    /// DMA (IOVA) address.
+    pub address: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl DmaMap {
+    /// Payload size.
+    pub const SIZE: usize = 32;
+
+    /// A request with `argsz` set.
+    pub fn new(flags: u32, offset: u64, address: u64, size: u64) -> Self {
+        DmaMap {
+            argsz: Self::SIZE as u32,
+            flags,
+            offset,
+            address,
+            size,
+        }
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(self.flags);
+        v.put_u64(self.offset);
+        v.put_u64(self.address);
+        v.put_u64(self.size);
+        v
+    }
+
+    /// Decodes (no validation beyond the length).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("DMA_MAP", payload, Self::SIZE)?;
+        Ok(DmaMap {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            offset: r.u64()?,
+            address: r.u64()?,
+            size: r.u64()?,
+        })
+    }
+
+    /// Effective permissions: with `dma_exec` negotiated EXEC is what the flag
+    /// says; without it (plain vfio-user) a READ mapping is also executable, as
+    /// with upstream Linux VFIO.
+    pub fn prot(&self, dma_exec: bool) -> DmaProt {
+        let read = self.flags & DMA_MAP_FLAG_READ != 0;
+        DmaProt {
+            read,
+            write: self.flags & DMA_MAP_FLAG_WRITE != 0,
+            exec: if dma_exec {
+                self.flags & DMA_MAP_FLAG_EXEC != 0
+            } else {
+                read
+            },
+        }
+    }
+
+    /// Validates: `argsz` >= 32; only READ/WRITE (and EXEC when `dma_exec` was
+    /// negotiated) flags; non-zero size; no overflow of `address + size` and
+    /// `offset + size`; address, size and offset aligned to `page_size`.
+    pub fn is_valid(&self, dma_exec: bool, page_size: u64) -> Result<(), DecodeError> {
+        let w = "DMA_MAP";
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                w,
+                format!("argsz {} < 32", self.argsz),
+            ));
+        }
+        let mut allowed = DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE;
+        if dma_exec {
+            allowed |= DMA_MAP_FLAG_EXEC;
+        }
+        if self.flags & !allowed != 0 {
+            return Err(DecodeError::invalid(
+                w,
+                format!("unsupported flags {:#x}", self.flags & !allowed),
+            ));
+        }
+        if self.size == 0 {
+            return Err(DecodeError::invalid(w, "size 0"));
+        }
+        if self.address.checked_add(self.size).is_none()
+            || self.offset.checked_add(self.size).is_none()
+        {
+            return Err(DecodeError::invalid(w, "address/offset + size overflows"));
+        }
+        let mask = page_size.max(1) - 1;
+        if (self.address | self.size | self.offset) & mask != 0 {
+            return Err(DecodeError::invalid(
+                w,
+                format!("address/size/offset not aligned to {page_size:#x}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- DMA_UNMAP
+
+/// `VFIO_USER_DMA_UNMAP` request (24 bytes); the reply echoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaUnmap {
+    /// Maximum reply payload size (24).
+    pub argsz: u32,
+    /// 0 or [`DMA_UNMAP_FLAG_ALL`].
+    pub flags: u32,
+    /// DMA address of the mapping.
+    pub address: u64,
+    /// Size of the mapping.
+    pub size: u64,
+}
+
+impl DmaUnmap {
+    /// Payload size.
+    pub const SIZE: usize = 24;
+
+    /// A request with `argsz` set.
+    pub fn new(flags: u32, address: u64, size: u64) -> Self {
+        DmaUnmap {
+            argsz: Self::SIZE as u32,
+            flags,
+            address,
+            size,
+        }
+    }
+
+    /// True for an unmap-all request.
+    pub fn is_all(&self) -> bool {
+        self.flags & DMA_UNMAP_FLAG_ALL != 0
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(self.flags);
+        v.put_u64(self.address);
+        v.put_u64(self.size);
+        v
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("DMA_UNMAP", payload, Self::SIZE)?;
+        Ok(DmaUnmap {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            address: r.u64()?,
+            size: r.u64()?,
+        })
+    }
+
+    /// Validates: argsz >= 24; flags 0 or ALL; ALL needs address = size = 0;
+    /// otherwise a non-zero, non-overflowing range.
+    pub fn is_valid(&self) -> Result<(), DecodeError> {
+        let w = "DMA_UNMAP";
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                w,
+                format!("argsz {} < 24", self.argsz),
+            ));
+        }
+        if self.flags & !DMA_UNMAP_FLAG_ALL != 0 {
+            return Err(DecodeError::invalid(
+                w,
+                format!("unsupported flags {:#x}", self.flags),
+            ));
+        }
+        if self.is_all() {
+            if self.address != 0 || self.size != 0 {
+                return Err(DecodeError::invalid(w, "UNMAP_ALL with address/size"));
+            }
+            return Ok(());
+        }
+        if self.size == 0 || self.address.checked_add(self.size).is_none() {
+            return Err(DecodeError::invalid(w, "empty or overflowing range"));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------- DEVICE_GET_INFO
+
+/// `VFIO_USER_DEVICE_GET_INFO` payload (16 bytes; request only sets `argsz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Request: maximum reply size; reply: size needed (16).
+    pub argsz: u32,
+    /// `VFIO_DEVICE_FLAGS_*` (RESET 1, PCI 2, PLATFORM 4, AMBA 8).
+    pub flags: u32,
+    /// Number of regions.
+    pub num_regions: u32,
+    /// Number of IRQ indices.
+    pub num_irqs: u32,
+}
+
+impl DeviceInfo {
+    /// Payload size.
+    pub const SIZE: usize = 16;
+
+    /// A request.
+    pub fn request() -> Self {
+        DeviceInfo {
+            argsz: Self::SIZE as u32,
+            flags: 0,
+            num_regions: 0,
+            num_irqs: 0,
+        }
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(self.flags);
+        v.put_u32(self.num_regions);
+        v.put_u32(self.num_irqs);
+        v
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("DEVICE_GET_INFO", payload, Self::SIZE)?;
+        Ok(DeviceInfo {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            num_regions: r.u32()?,
+            num_irqs: r.u32()?,
+        })
+    }
+
+    /// Request validation: argsz must hold the 16-byte reply.
+    pub fn is_valid_request(&self) -> Result<(), DecodeError> {
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                "DEVICE_GET_INFO",
+                format!("argsz {} < 16", self.argsz),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// --------------------------------------------------- DEVICE_GET_REGION_INFO
+
+/// One area of a sparse-mmap capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseArea {
+    /// Offset from the region's mmap offset.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `VFIO_USER_DEVICE_GET_REGION_INFO` request (32 bytes; only `argsz` and `index` used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionInfoRequest {
+    /// Maximum reply payload size the client accepts.
+    pub argsz: u32,
+    /// Region index.
+    pub index: u32,
+}
+
+impl RegionInfoRequest {
+    /// Size of the fixed `vfio_region_info` structure.
+    pub const SIZE: usize = 32;
+
+    /// Encodes (the other fields are zero).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(0);
+        v.put_u32(self.index);
+        v.put_u32(0);
+        v.put_u64(0);
+        v.put_u64(0);
+        v
+    }
+
+    /// Decodes (ignores the fields that must be zero).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("DEVICE_GET_REGION_INFO", payload, Self::SIZE)?;
+        let argsz = r.u32()?;
+        let _flags = r.u32()?;
+        let index = r.u32()?;
+        Ok(RegionInfoRequest { argsz, index })
+    }
+
+    /// argsz must hold at least the fixed 32-byte reply.
+    pub fn is_valid(&self) -> Result<(), DecodeError> {
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                "DEVICE_GET_REGION_INFO",
+                format!("argsz {} < 32", self.argsz),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Region information (the semantic content of a region info reply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Region index.
+    pub index: u32,
+    /// `REGION_INFO_FLAG_*` (READ/WRITE/MMAP; CAPS is managed by the codec).
+    pub flags: u32,
+    /// Region size.
+    pub size: u64,
+    /// Offset to give to mmap() (base of the sparse areas).
+    pub offset: u64,
+    /// Sparse mmap areas; `None` = no sparse capability (whole region mappable
+    /// if MMAP is set).
+    pub sparse: Option<Vec<SparseArea>>,
+}
+
+/// A decoded region info reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionInfoReply {
+    /// Size the full reply needs. Larger than the payload received: the
+    /// client's argsz was too small, `info.sparse` is `None`, ask again.
+    pub argsz: u32,
+    /// The information.
+    pub info: RegionInfo,
+}
+
+impl RegionInfoReply {
+    /// True when the server had to leave the capabilities out.
+    pub fn is_truncated(&self) -> bool {
+        self.info.flags & REGION_INFO_FLAG_CAPS != 0 && self.info.sparse.is_none()
+    }
+}
+
+impl RegionInfo {
+    /// The payload size of the full reply (region info + capabilities).
+    pub fn full_size(&self) -> usize {
+        match &self.sparse {
+            None => RegionInfoRequest::SIZE,
+            Some(a) => RegionInfoRequest::SIZE + 8 + 8 + 16 * a.len(),
+        }
+    }
+
+    /// Encodes the reply for a client that allowed `client_argsz` bytes. With
+    /// sparse areas and too small an argsz, the reply is the fixed 32 bytes with
+    /// CAPS set, `cap_offset` 0 and `argsz` = the size needed (as Linux VFIO).
+    pub fn encode_reply(&self, client_argsz: u32) -> Vec<u8> {
+        let full = self.full_size();
+        let mut flags = self.flags & !REGION_INFO_FLAG_CAPS;
+        let include = self.sparse.is_some() && client_argsz as usize >= full;
+        if self.sparse.is_some() {
+            flags |= REGION_INFO_FLAG_CAPS;
+        }
+        let mut v = Vec::with_capacity(if include { full } else { 32 });
+        v.put_u32(len_u32(full));
+        v.put_u32(flags);
+        v.put_u32(self.index);
+        v.put_u32(if include { 32 } else { 0 });
+        v.put_u64(self.size);
+        v.put_u64(self.offset);
+        if let (true, Some(areas)) = (include, &self.sparse) {
+            v.put_u16(REGION_INFO_CAP_SPARSE_MMAP);
+            v.put_u16(REGION_INFO_CAP_SPARSE_MMAP_VERSION);
+            v.put_u32(0); // next
+            v.put_u32(len_u32(areas.len()));
+            v.put_u32(0); // reserved
+            for a in areas {
+                v.put_u64(a.offset);
+                v.put_u64(a.size);
+            }
+        }
+        v
+    }
+
+    /// Decodes a reply: walks the capability chain (bounded, forward only),
+    /// keeps the sparse-mmap capability, ignores others.
+    pub fn decode_reply(payload: &[u8]) -> Result<RegionInfoReply, DecodeError> {
+        let w = "DEVICE_GET_REGION_INFO reply";
+        let mut r = Reader::new(w, payload, RegionInfoRequest::SIZE)?;
+        let argsz = r.u32()?;
+        let flags = r.u32()?;
+        let index = r.u32()?;
+        let cap_offset = r.u32()?;
+        let size = r.u64()?;
+        let offset = r.u64()?;
+        let mut sparse = None;
+        if flags & REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 {
+            let mut at = cap_offset as usize;
+            for _ in 0..16 {
+                if at < RegionInfoRequest::SIZE {
+                    return Err(DecodeError::invalid(
+                        w,
+                        "capability offset inside the header",
+                    ));
+                }
+                let tail = payload
+                    .get(at..)
+                    .ok_or_else(|| DecodeError::invalid(w, "capability offset beyond payload"))?;
+                let mut c = Reader::new(w, tail, 8)?;
+                let id = c.u16()?;
+                let version = c.u16()?;
+                let next = c.u32()? as usize;
+                if id == REGION_INFO_CAP_SPARSE_MMAP {
+                    if version != REGION_INFO_CAP_SPARSE_MMAP_VERSION {
+                        return Err(DecodeError::invalid(w, "sparse mmap capability version"));
+                    }
+                    let nr = c.u32()? as usize;
+                    let _reserved = c.u32()?;
+                    if nr > c.remaining() / 16 {
+                        return Err(DecodeError::Truncated {
+                            what: w,
+                            need: at + 16 + nr.saturating_mul(16),
+                            have: payload.len(),
+                        });
+                    }
+                    let mut areas = Vec::with_capacity(nr);
+                    for _ in 0..nr {
+                        areas.push(SparseArea {
+                            offset: c.u64()?,
+                            size: c.u64()?,
+                        });
+                    }
+                    sparse = Some(areas);
+                }
+                if next == 0 {
+                    break;
+                }
+                if next <= at {
+                    return Err(DecodeError::invalid(w, "capability chain goes backwards"));
+                }
+                at = next;
+            }
+        }
+        Ok(RegionInfoReply {
+            argsz,
+            info: RegionInfo {
+                index,
+                flags: flags & !REGION_INFO_FLAG_CAPS
+                    | if sparse.is_some() || (flags & REGION_INFO_FLAG_CAPS != 0) {
+                        REGION_INFO_FLAG_CAPS
+                    } else {
+                        0
+                    },
+                size,
+                offset,
+                sparse,
+            },
+        })
+    }
+}
+
+// ------------------------------------------------ DEVICE_GET_REGION_IO_FDS
+
+/// `VFIO_USER_DEVICE_GET_REGION_IO_FDS` request (16 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionIoFdsRequest {
+    /// Maximum reply payload size.
+    pub argsz: u32,
+    /// Must be 0.
+    pub flags: u32,
+    /// Region index.
+    pub index: u32,
+    /// Must be 0.
+    pub count: u32,
+}
+
+impl RegionIoFdsRequest {
+    /// Payload size (also the fixed part of the reply).
+    pub const SIZE: usize = 16;
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(self.flags);
+        v.put_u32(self.index);
+        v.put_u32(self.count);
+        v
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("DEVICE_GET_REGION_IO_FDS", payload, Self::SIZE)?;
+        Ok(RegionIoFdsRequest {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            index: r.u32()?,
+            count: r.u32()?,
+        })
+    }
+
+    /// argsz >= 16 and flags = 0.
+    pub fn is_valid(&self) -> Result<(), DecodeError> {
+        let w = "DEVICE_GET_REGION_IO_FDS";
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                w,
+                format!("argsz {} < 16", self.argsz),
+            ));
+        }
+        if self.flags != 0 {
+            return Err(DecodeError::invalid(w, "flags must be 0"));
+        }
+        Ok(())
+    }
+}
+
+/// One sub-region of a region IO fds reply (40 bytes on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubRegionIoFd {
+    /// Offset in the region.
+    pub offset: u64,
+    /// Size (0 = any access size).
+    pub size: u64,
+    /// Index of the fd in the reply's fd array.
+    pub fd_index: u32,
+    /// [`IO_FD_TYPE_IOEVENTFD`] or [`IO_FD_TYPE_IOREGIONFD`].
+    pub kind: u32,
+    /// KVM ioeventfd / ioregionfd flags.
+    pub flags: u32,
+    /// ioeventfd `datamatch` or ioregionfd `user_data`.
+    pub data: u64,
+}
+
+/// A decoded region IO fds reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionIoFdsReply {
+    /// Size of the full reply (more than received: ask again with this argsz).
+    pub argsz: u32,
+    /// Region index.
+    pub index: u32,
+    /// The sub-regions (empty in a truncated reply).
+    pub subregions: Vec<SubRegionIoFd>,
+}
+
+impl RegionIoFdsReply {
+    /// Size of one sub-region entry.
+    pub const ENTRY_SIZE: usize = 40;
+
+    /// Size of the full reply for `n` sub-regions.
+    pub fn full_size(n: usize) -> usize {
+        RegionIoFdsRequest::SIZE + n * Self::ENTRY_SIZE
+    }
+
+    /// Encodes for a client that allowed `client_argsz`; too small: argsz = size
+    /// needed, count 0, no entries (and the caller sends no fds).
+    pub fn encode(index: u32, subs: &[SubRegionIoFd], client_argsz: u32) -> (Vec<u8>, bool) {
+        let full = Self::full_size(subs.len());
+        let include = client_argsz as usize >= full;
+        let mut v = Vec::with_capacity(if include { full } else { 16 });
+        v.put_u32(len_u32(full));
+        v.put_u32(0);
+        v.put_u32(index);
+        v.put_u32(if include { len_u32(subs.len()) } else { 0 });
+        if include {
+            for s in subs {
+                v.put_u64(s.offset);
+                v.put_u64(s.size);
+                v.put_u32(s.fd_index);
+                v.put_u32(s.kind);
+                v.put_u32(s.flags);
+                v.put_u32(0);
+                v.put_u64(s.data);
+            }
+        }
+        (v, include)
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let w = "DEVICE_GET_REGION_IO_FDS reply";
+        let mut r = Reader::new(w, payload, RegionIoFdsRequest::SIZE)?;
+        let argsz = r.u32()?;
+        let _flags = r.u32()?;
+        let index = r.u32()?;
+        let count = r.u32()? as usize;
+        if r.remaining() != count.saturating_mul(Self::ENTRY_SIZE) {
+            return Err(DecodeError::Length {
+                what: w,
+                expected: Self::full_size(count.min(1 << 20)),
+                have: payload.len(),
+            });
+        }
+        let mut subregions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let offset = r.u64()?;
+            let size = r.u64()?;
+            let fd_index = r.u32()?;
+            let kind = r.u32()?;
+            let flags = r.u32()?;
+            let _pad = r.u32()?;
+            let data = r.u64()?;
+            subregions.push(SubRegionIoFd {
+                offset,
+                size,
+                fd_index,
+                kind,
+                flags,
+                data,
+            });
+        }
+        Ok(RegionIoFdsReply {
+            argsz,
+            index,
+            subregions,
+        })
+    }
+}
+
+// ----------------------------------------------------- DEVICE_GET_IRQ_INFO
+
+/// `VFIO_USER_DEVICE_GET_IRQ_INFO` payload (16 bytes, request and reply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqInfo {
+    /// Request: maximum reply size; reply: 16.
+    pub argsz: u32,
+    /// `VFIO_IRQ_INFO_*` (EVENTFD 1, MASKABLE 2, AUTOMASKED 4, NORESIZE 8).
+    pub flags: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// Number of vectors.
+    pub count: u32,
+}
+
+impl IrqInfo {
+    /// Payload size.
+    pub const SIZE: usize = 16;
+
+    /// A request for `index`.
+    pub fn request(index: u32) -> Self {
+        IrqInfo {
+            argsz: Self::SIZE as u32,
+            flags: 0,
+            index,
+            count: 0,
+        }
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(self.flags);
+        v.put_u32(self.index);
+        v.put_u32(self.count);
+        v
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("DEVICE_GET_IRQ_INFO", payload, Self::SIZE)?;
+        Ok(IrqInfo {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            index: r.u32()?,
+            count: r.u32()?,
+        })
+    }
+
+    /// Request validation: argsz must hold the 16-byte reply.
+    pub fn is_valid_request(&self) -> Result<(), DecodeError> {
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                "DEVICE_GET_IRQ_INFO",
+                format!("argsz {} < 16", self.argsz),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------- DEVICE_SET_IRQS
+
+/// `VFIO_IRQ_SET_ACTION_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqAction {
+    /// Mask.
+    Mask,
+    /// Unmask.
+    Unmask,
+    /// Trigger.
+    Trigger,
+}
+
+impl IrqAction {
+    /// The flag bit.
+    pub fn flag(self) -> u32 {
+        match self {
+            IrqAction::Mask => IRQ_SET_ACTION_MASK,
+            IrqAction::Unmask => IRQ_SET_ACTION_UNMASK,
+            IrqAction::Trigger => IRQ_SET_ACTION_TRIGGER,
+        }
+    }
+}
+
+/// `VFIO_IRQ_SET_DATA_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqDataType {
+    /// No data.
+    None,
+    /// One bool byte per vector.
+    Bool,
+    /// One eventfd per vector (ancillary data), or none to de-assign.
+    Eventfd,
+}
+
+impl IrqDataType {
+    /// The flag bit.
+    pub fn flag(self) -> u32 {
+        match self {
+            IrqDataType::None => IRQ_SET_DATA_NONE,
+            IrqDataType::Bool => IRQ_SET_DATA_BOOL,
+            IrqDataType::Eventfd => IRQ_SET_DATA_EVENTFD,
+        }
+    }
+}
+
+/// `VFIO_USER_DEVICE_SET_IRQS` request (20 bytes + bool data; fds as ancillary data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetIrqs {
+    /// Size of the request payload including data.
+    pub argsz: u32,
+    /// One `IRQ_SET_DATA_*` | one `IRQ_SET_ACTION_*`.
+    pub flags: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// First vector.
+    pub start: u32,
+    /// Number of vectors.
+    pub count: u32,
+    /// `DATA_BOOL` values (empty otherwise).
+    pub bools: Vec<bool>,
+}
+
+impl SetIrqs {
+    /// Size of the fixed part.
+    pub const SIZE: usize = 20;
+
+    /// Builds a request (argsz computed).
+    pub fn new(
+        index: u32,
+        action: IrqAction,
+        data: IrqDataType,
+        start: u32,
+        count: u32,
+        bools: Vec<bool>,
+    ) -> Self {
+        SetIrqs {
+            argsz: len_u32(Self::SIZE + bools.len()),
+            flags: action.flag() | data.flag(),
+            index,
+            start,
+            count,
+            bools,
+        }
+    }
+
+    /// The action (None if the flags are invalid).
+    pub fn action(&self) -> Option<IrqAction> {
+        match self.flags & IRQ_SET_ACTION_MASK_ALL {
+            IRQ_SET_ACTION_MASK => Some(IrqAction::Mask),
+            IRQ_SET_ACTION_UNMASK => Some(IrqAction::Unmask),
+            IRQ_SET_ACTION_TRIGGER => Some(IrqAction::Trigger),
+            _ => None,
+        }
+    }
+
+    /// The data type (None if the flags are invalid).
+    pub fn data_type(&self) -> Option<IrqDataType> {
+        match self.flags & IRQ_SET_DATA_MASK {
+            IRQ_SET_DATA_NONE => Some(IrqDataType::None),
+            IRQ_SET_DATA_BOOL => Some(IrqDataType::Bool),
+            IRQ_SET_DATA_EVENTFD => Some(IrqDataType::Eventfd),
+            _ => None,
+        }
+    }
+
+    /// Encodes (bools as 0/1 bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE + self.bools.len());
+        v.put_u32(self.argsz);
+        v.put_u32(self.flags);
+        v.put_u32(self.index);
+        v.put_u32(self.start);
+        v.put_u32(self.count);
+        v.extend(self.bools.iter().map(|&b| u8::from(b)));
+        v
+    }
+
+    /// Decodes; bytes after the fixed part are bool data (non-zero = true).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new("DEVICE_SET_IRQS", payload, Self::SIZE)?;
+        Ok(SetIrqs {
+            argsz: r.u32()?,
+            flags: r.u32()?,
+            index: r.u32()?,
+            start: r.u32()?,
+            count: r.u32()?,
+            bools: r.rest().iter().map(|&b| b != 0).collect(),
+        })
+    }
+
+    /// Validates against the number of fds received: exactly one data and one
+    /// action flag and no others; `start + count` does not overflow; count 0
+    /// only as `DATA_NONE | ACTION_TRIGGER` (disable all); BOOL: `count` bytes
+    /// and no fds; NONE: no data and no fds; EVENTFD: no data and `count` fds
+    /// (or 0 fds to de-assign); argsz covers the payload.
+    pub fn is_valid(&self, nfds: usize) -> Result<(), DecodeError> {
+        let w = "DEVICE_SET_IRQS";
+        if self.flags & !(IRQ_SET_DATA_MASK | IRQ_SET_ACTION_MASK_ALL) != 0 {
+            return Err(DecodeError::invalid(
+                w,
+                format!("unknown flags {:#x}", self.flags),
+            ));
+        }
+        let (Some(action), Some(data)) = (self.action(), self.data_type()) else {
+            return Err(DecodeError::invalid(
+                w,
+                "need exactly one DATA_* and one ACTION_* flag",
+            ));
+        };
+        if self.start.checked_add(self.count).is_none() {
+            return Err(DecodeError::invalid(w, "start + count overflows"));
+        }
+        if (self.argsz as usize) < Self::SIZE + self.bools.len() {
+            return Err(DecodeError::invalid(
+                w,
+                format!("argsz {} too small", self.argsz),
+            ));
+        }
+        if self.count == 0 && !(data == IrqDataType::None && action == IrqAction::Trigger) {
+            return Err(DecodeError::invalid(
+                w,
+                "count 0 is only valid with DATA_NONE | ACTION_TRIGGER",
+            ));
+        }
+        match data {
+            IrqDataType::None | IrqDataType::Bool => {
+                if nfds != 0 {
+                    return Err(DecodeError::FdCount {
+                        what: w,
+                        expected: "0".into(),
+                        got: nfds,
+                    });
+                }
+            }
+            IrqDataType::Eventfd => {
+                if nfds != 0 && nfds != self.count as usize {
+                    return Err(DecodeError::FdCount {
+                        what: w,
+                        expected: format!("0 or {}", self.count),
+                        got: nfds,
+                    });
+                }
+            }
+        }
+        let want_bytes = if data == IrqDataType::Bool {
+            self.count as usize
+        } else {
+            0
+        };
+        if self.bools.len() != want_bytes {
+            return Err(DecodeError::Length {
+                what: w,
+                expected: Self::SIZE + want_bytes,
+                have: Self::SIZE + self.bools.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------- REGION_READ/REGION_WRITE
+
+/// `VFIO_USER_REGION_READ`/`WRITE` payload: 16 fixed bytes + data.
+///
+/// READ request and WRITE reply carry no data; READ reply and WRITE request
+/// carry exactly `count` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionAccess {
+    /// Offset in the region.
+    pub offset: u64,
+    /// Region index.
+    pub region: u32,
+    /// Number of bytes.
+    pub count: u32,
+    /// Data (see above).
+    pub data: Vec<u8>,
+}
+
+impl RegionAccess {
+    /// Size of the fixed part.
+    pub const SIZE: usize = 16;
+
+    /// The fixed 16 bytes.
+    pub fn encode_fixed(offset: u64, region: u32, count: u32) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&offset.to_ne_bytes());
+        b[8..12].copy_from_slice(&region.to_ne_bytes());
+        b[12..16].copy_from_slice(&count.to_ne_bytes());
+        b
+    }
+
+    /// Encodes fixed part + data.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE + self.data.len());
+        v.extend_from_slice(&Self::encode_fixed(self.offset, self.region, self.count));
+        v.extend_from_slice(&self.data);
+        v
+    }
+
+    /// Decodes the fixed part, returning the data slice that follows.
+    pub fn decode_fixed<'a>(
+        what: &'static str,
+        payload: &'a [u8],
+    ) -> Result<(u64, u32, u32, &'a [u8]), DecodeError> {
+        let mut r = Reader::new(what, payload, Self::SIZE)?;
+        let offset = r.u64()?;
+        let region = r.u32()?;
+        let count = r.u32()?;
+        Ok((offset, region, count, r.rest()))
+    }
+
+    /// Decodes; `with_data` says whether `count` data bytes must follow
+    /// (otherwise none may).
+    pub fn decode(
+        what: &'static str,
+        payload: &[u8],
+        with_data: bool,
+    ) -> Result<Self, DecodeError> {
+        let (offset, region, count, data) = Self::decode_fixed(what, payload)?;
+        let want = if with_data { count as usize } else { 0 };
+        if data.len() != want {
+            return Err(DecodeError::Length {
+                what,
+                expected: Self::SIZE + want,
+                have: payload.len(),
+            });
+        }
+        Ok(RegionAccess {
+            offset,
+            region,
+            count,
+            data: data.to_vec(),
+        })
+    }
+}
+
+// ------------------------------------------------------ DMA_READ/DMA_WRITE
+
+/// `VFIO_USER_DMA_READ`/`WRITE` payload (server to client): address u64,
+/// count u64, data. DMA_READ request and DMA_WRITE reply carry no data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmaAccess {
+    /// Client DMA address.
+    pub address: u64,
+    /// Number of bytes.
+    pub count: u64,
+    /// Data (DMA_READ reply, DMA_WRITE request).
+    pub data: Vec<u8>,
+}
+
+impl DmaAccess {
+    /// Size of the fixed part.
+    pub const SIZE: usize = 16;
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE + self.data.len());
+        v.put_u64(self.address);
+        v.put_u64(self.count);
+        v.extend_from_slice(&self.data);
+        v
+    }
+
+    /// Decodes; `with_data` as for [`RegionAccess::decode`].
+    pub fn decode(
+        what: &'static str,
+        payload: &[u8],
+        with_data: bool,
+    ) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(what, payload, Self::SIZE)?;
+        let address = r.u64()?;
+        let count = r.u64()?;
+        let data = r.rest();
+        let want = if with_data { count } else { 0 };
+        if data.len() as u64 != want {
+            return Err(DecodeError::Length {
+                what,
+                expected: Self::SIZE.saturating_add(usize::try_from(want).unwrap_or(usize::MAX)),
+                have: payload.len(),
+            });
+        }
+        Ok(DmaAccess {
+            address,
+            count,
+            data: data.to_vec(),
+        })
+    }
+}
+
+// ------------------------------------------------------- REGION_WRITE_MULTI
+
+/// One write of a `REGION_WRITE_MULTI` request (24 bytes on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOne {
+    /// Offset in the region.
+    pub offset: u64,
+    /// Region index.
+    pub region: u32,
+    /// Bytes to write (1..=8).
+    pub count: u32,
+    /// The data (first `count` bytes used).
+    pub data: [u8; 8],
+}
+
+/// `VFIO_USER_REGION_WRITE_MULTI` request: wr_cnt u64 + wr_cnt × 24 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionWriteMulti {
+    /// The writes.
+    pub writes: Vec<WriteOne>,
+}
+
+impl RegionWriteMulti {
+    /// Size of one entry.
+    pub const ENTRY_SIZE: usize = 24;
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.writes.len() * Self::ENTRY_SIZE);
+        v.put_u64(self.writes.len() as u64);
+        for w in &self.writes {
+            v.put_u64(w.offset);
+            v.put_u32(w.region);
+            v.put_u32(w.count);
+            v.extend_from_slice(&w.data);
+        }
+        v
+    }
+
+    /// Decodes: the payload must hold exactly `wr_cnt` entries, each with
+    /// `1 <= count <= 8`.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let w = "REGION_WRITE_MULTI";
+        let mut r = Reader::new(w, payload, 8)?;
+        let n = r.u64()?;
+        let have = r.remaining();
+        if n != (have / Self::ENTRY_SIZE) as u64 || have % Self::ENTRY_SIZE != 0 {
+            return Err(DecodeError::Length {
+                what: w,
+                expected: 8usize.saturating_add(
+                    usize::try_from(n)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(Self::ENTRY_SIZE),
+                ),
+                have: payload.len(),
+            });
+        }
+        let mut writes = Vec::with_capacity(have / Self::ENTRY_SIZE);
+        for _ in 0..n {
+            let offset = r.u64()?;
+            let region = r.u32()?;
+            let count = r.u32()?;
+            let data = r.arr::<8>()?;
+            if count == 0 || count > WRITE_MULTI_MAX_COUNT {
+                return Err(DecodeError::invalid(w, format!("write count {count}")));
+            }
+            writes.push(WriteOne {
+                offset,
+                region,
+                count,
+                data,
+            });
+        }
+        Ok(RegionWriteMulti { writes })
+    }
+
+    /// Encodes the reply (`wr_cnt` completed).
+    pub fn encode_reply(done: u64) -> Vec<u8> {
+        done.to_ne_bytes().to_vec()
+    }
+
+    /// Decodes the reply.
+    pub fn decode_reply(payload: &[u8]) -> Result<u64, DecodeError> {
+        Reader::exact("REGION_WRITE_MULTI reply", payload, 8)?.u64()
+    }
+}
+
+// -------------------------------------------- SIDECAR_GET_DEVICE_DESC (ext)
+
+/// `SIDECAR_GET_DEVICE_DESC` request: argsz u32 + 4 reserved bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceDescRequest {
+    /// Maximum reply payload size.
+    pub argsz: u32,
+}
+
+impl DeviceDescRequest {
+    /// Payload size.
+    pub const SIZE: usize = 8;
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(0);
+        v
+    }
+
+    /// Decodes (the pad is ignored).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("SIDECAR_GET_DEVICE_DESC", payload, Self::SIZE)?;
+        Ok(DeviceDescRequest { argsz: r.u32()? })
+    }
+
+    /// argsz must hold at least the 16-byte fixed reply.
+    pub fn is_valid(&self) -> Result<(), DecodeError> {
+        if (self.argsz as usize) < DeviceDescReply::FIXED {
+            return Err(DecodeError::invalid(
+                "SIDECAR_GET_DEVICE_DESC",
+                format!("argsz {} < 16", self.argsz),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `SIDECAR_GET_DEVICE_DESC` reply: argsz, json_len, dtb_len, reserved (u32
+/// each), then `json_len` bytes of JSON and `dtb_len` bytes of DTB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceDescReply {
+    /// Size of the full reply; larger than received = truncated (no payload).
+    pub argsz: u32,
+    /// The JSON ([`crate::ext::DeviceDescription`]).
+    pub json: Vec<u8>,
+    /// The device tree blob (may be empty).
+    pub dtb: Vec<u8>,
+}
+
+impl DeviceDescReply {
+    /// Size of the fixed part.
+    pub const FIXED: usize = 16;
+
+    /// Encodes for a client that allowed `client_argsz` bytes; too small: the
+    /// fixed part only, with argsz = size needed and both lengths 0.
+    pub fn encode(json: &[u8], dtb: &[u8], client_argsz: u32) -> Vec<u8> {
+        let full = Self::FIXED + json.len() + dtb.len();
+        let include = client_argsz as usize >= full;
+        let mut v = Vec::with_capacity(if include { full } else { Self::FIXED });
+        v.put_u32(len_u32(full));
+        if include {
+            v.put_u32(len_u32(json.len()));
+            v.put_u32(len_u32(dtb.len()));
+            v.put_u32(0);
+            v.extend_from_slice(json);
+            v.extend_from_slice(dtb);
+        } else {
+            v.put_u32(0);
+            v.put_u32(0);
+            v.put_u32(0);
+        }
+        v
+    }
+
+    /// Decodes; the lengths must add up to the payload exactly.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let w = "SIDECAR_GET_DEVICE_DESC reply";
+        let mut r = Reader::new(w, payload, Self::FIXED)?;
+        let argsz = r.u32()?;
+        let json_len = r.u32()? as usize;
+        let dtb_len = r.u32()? as usize;
+        let _reserved = r.u32()?;
+        if json_len.saturating_add(dtb_len) != r.remaining() {
+            return Err(DecodeError::Length {
+                what: w,
+                expected: Self::FIXED.saturating_add(json_len).saturating_add(dtb_len),
+                have: payload.len(),
+            });
+        }
+        let json = r.bytes(json_len)?.to_vec();
+        let dtb = r.bytes(dtb_len)?.to_vec();
+        Ok(DeviceDescReply { argsz, json, dtb })
+    }
+}
+
+// ---------------------------------------------- SIDECAR_GET_IRQ_STATS (ext)
+
+/// `SIDECAR_GET_IRQ_STATS` request: argsz, index, start, count (u32 each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqStatsRequest {
+    /// Maximum reply payload size.
+    pub argsz: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// First vector.
+    pub start: u32,
+    /// Number of vectors.
+    pub count: u32,
+}
+
+impl IrqStatsRequest {
+    /// Payload size (also the fixed part of the reply).
+    pub const SIZE: usize = 16;
+
+    /// A request with argsz sized for the full reply.
+    pub fn new(index: u32, start: u32, count: u32) -> Self {
+        IrqStatsRequest {
+            argsz: len_u32(IrqStatsReply::full_size(count as usize)),
+            index,
+            start,
+            count,
+        }
+    }
+
+    /// Encodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::SIZE);
+        v.put_u32(self.argsz);
+        v.put_u32(self.index);
+        v.put_u32(self.start);
+        v.put_u32(self.count);
+        v
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::exact("SIDECAR_GET_IRQ_STATS", payload, Self::SIZE)?;
+        Ok(IrqStatsRequest {
+            argsz: r.u32()?,
+            index: r.u32()?,
+            start: r.u32()?,
+            count: r.u32()?,
+        })
+    }
+
+    /// argsz >= 16, `start + count` does not overflow, and the full reply
+    /// fits in `max_payload` bytes.
+    pub fn is_valid(&self, max_payload: usize) -> Result<(), DecodeError> {
+        let w = "SIDECAR_GET_IRQ_STATS";
+        if (self.argsz as usize) < Self::SIZE {
+            return Err(DecodeError::invalid(
+                w,
+                format!("argsz {} < 16", self.argsz),
+            ));
+        }
+        if self.start.checked_add(self.count).is_none() {
+            return Err(DecodeError::invalid(w, "start + count overflows"));
+        }
+        if IrqStatsReply::full_size(self.count as usize) > max_payload {
+            return Err(DecodeError::Limit {
+                what: w,
+                reason: format!("count {} too large for one message", self.count),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `SIDECAR_GET_IRQ_STATS` reply: argsz, index, start, count, then count × 32
+/// bytes (device_events, host_interrupts, unmasks, refires: u64 each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IrqStatsReply {
+    /// Size of the full reply; larger than received = truncated (count 0).
+    pub argsz: u32,
+    /// IRQ index.
+    pub index: u32,
+    /// First vector.
+    pub start: u32,
+    /// The counters, one per vector from `start`.
+    pub stats: Vec<IrqStats>,
+}
+
+impl IrqStatsReply {
+    /// Size of one entry.
+    pub const ENTRY_SIZE: usize = 32;
+
+    /// Size of the full reply for `n` vectors.
+    pub fn full_size(n: usize) -> usize {
+        IrqStatsRequest::SIZE.saturating_add(n.saturating_mul(Self::ENTRY_SIZE))
+    }
+
+    /// Encodes (the caller handles a too-small argsz by passing no stats and
+    /// setting `argsz` to the size needed).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::full_size(self.stats.len()));
+        v.put_u32(self.argsz);
+        v.put_u32(self.index);
+        v.put_u32(self.start);
+        v.put_u32(len_u32(self.stats.len()));
+        for s in &self.stats {
+            v.put_u64(s.device_events);
+            v.put_u64(s.host_interrupts);
+            v.put_u64(s.unmasks);
+            v.put_u64(s.refires);
+        }
+        v
+    }
+
+    /// Decodes.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let w = "SIDECAR_GET_IRQ_STATS reply";
+        let mut r = Reader::new(w, payload, IrqStatsRequest::SIZE)?;
+        let argsz = r.u32()?;
+        let index = r.u32()?;
+        let start = r.u32()?;
+        let count = r.u32()? as usize;
+        if r.remaining() != count.saturating_mul(Self::ENTRY_SIZE) {
+            return Err(DecodeError::Length {
+                what: w,
+                expected: Self::full_size(count),
+                have: payload.len(),
+            });
+        }
+        let mut stats = Vec::with_capacity(count);
+        for _ in 0..count {
+            stats.push(IrqStats {
+                device_events: r.u64()?,
+                host_interrupts: r.u64()?,
+                unmasks: r.u64()?,
+                refires: r.u64()?,
+            });
+        }
+        Ok(IrqStatsReply {
+            argsz,
+            index,
+            start,
+            stats,
+        })
+    }
+}

@@ -1,0 +1,624 @@
+//! Non-blocking server side: [`ServerConnection`] (one client connection, fits
+//! an epoll loop) and the [`Handler`] trait the device layer implements.
+//!
+//! The connection does VERSION negotiation, framing, limit checks, `argsz`
+//! handling, flag validation and error replies; the handler only sees valid
+//! requests.
+//!
+//! Error behaviour (details in `docs/protocol.md`):
+//! * continue after an error reply: malformed payloads, bad flags, wrong fd
+//!   counts, unknown or not negotiated commands (ENOSYS), undersized headers
+//!   (EINVAL, only the header is consumed), oversized messages up to
+//!   [`crate::transport::SKIP_LIMIT`] (E2BIG, skipped), too many fds (EINVAL,
+//!   fds closed), a non-VERSION first message (EINVAL);
+//! * dropped silently (logged): reply-type messages from the client;
+//! * close: EOF/socket errors, a declared size above `SKIP_LIMIT`, an
+//!   unsupported major version or a failed negotiation (after an error reply),
+//!   a client that does not drain its replies within the write timeout.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::caps::{negotiate, Capabilities, Limits, Negotiated, VERSION_MAJOR, VERSION_MINOR};
+use crate::error::{DecodeError, Errno, ServerError, TransportError};
+use crate::ext::{DeviceDescription, IrqStats};
+use crate::header::{command as cmd, Header, MsgType};
+use crate::message::*;
+use crate::transport::{send_message, FrameError, Incoming, Message, MessageReader};
+
+/// State of a connection after [`ServerConnection::handle_readable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnStatus {
+    /// Still usable; wait for the next readable event.
+    Open,
+    /// The client went away or the connection had to be closed; drop it.
+    Closed,
+}
+
+/// The device side of a connection: one typed method per command.
+///
+/// Methods return `Err(Errno)` to send an error reply. Methods with a default
+/// are optional in the spec (or our extension) and answer `ENOTSUP`.
+pub trait Handler {
+    /// VERSION: return the capabilities this server offers (limits it accepts,
+    /// `pgsizes`, `write_multiple`, and the extension with `exec_enforced` if it
+    /// supports it). The connection intersects the offer with the client's
+    /// proposal and its own [`Limits`] and enforces the result. Default: a
+    /// plain vfio-user server with default capabilities.
+    fn version(&mut self, client: &Capabilities) -> Result<Capabilities, Errno> {
+        let _ = client;
+        Ok(Capabilities::default())
+    }
+
+    /// Called once after a successful VERSION exchange.
+    fn negotiated(&mut self, negotiated: &Negotiated) {
+        let _ = negotiated;
+    }
+
+    /// DMA_MAP: validated request (flags allowed by the negotiation, aligned,
+    /// no overflow, map count below `max_dma_maps`); `fd` if one was passed.
+    /// Use [`DmaMap::prot`] for the effective permissions. Map over an existing
+    /// mapping: return `EEXIST`.
+    fn dma_map(&mut self, req: &DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno>;
+
+    /// DMA_UNMAP: validated request (a range, or all with `req.is_all()`).
+    fn dma_unmap(&mut self, req: &DmaUnmap) -> Result<(), Errno>;
+
+    /// DEVICE_GET_INFO (`argsz` of the result is set by the connection).
+    fn device_info(&mut self) -> Result<DeviceInfo, Errno>;
+
+    /// DEVICE_GET_REGION_INFO: the region's info (incl. sparse areas) and, for
+    /// MMAP regions, a *borrowed* fd sent with the reply.
+    fn region_info(&mut self, index: u32) -> Result<(RegionInfo, Option<RawFd>), Errno>;
+
+    /// DEVICE_GET_REGION_IO_FDS: sub-regions and the (borrowed) fds they index.
+    /// May return no sub-regions. Default: `ENOTSUP`.
+    fn region_io_fds(&mut self, index: u32) -> Result<(Vec<SubRegionIoFd>, Vec<RawFd>), Errno> {
+        let _ = index;
+        Err(Errno::ENOTSUP)
+    }
+
+    /// DEVICE_GET_IRQ_INFO (`argsz` and `index` set by the connection).
+    fn irq_info(&mut self, index: u32) -> Result<IrqInfo, Errno>;
+
+    /// DEVICE_SET_IRQS: validated (one action, one data type, `count` fds for
+    /// EVENTFD or none to de-assign, `count` bools for BOOL). Range against the
+    /// IRQ's vector count is the handler's to check.
+    fn set_irqs(&mut self, req: &SetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno>;
+
+    /// REGION_READ of `buf.len()` bytes (<= `max_data_xfer_size`, `offset +
+    /// len` does not overflow; region bounds are the handler's to check).
+    fn region_read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno>;
+
+    /// REGION_WRITE (also each entry of REGION_WRITE_MULTI).
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno>;
+
+    /// DEVICE_RESET.
+    fn reset(&mut self) -> Result<(), Errno>;
+
+    /// SIDECAR_GET_DEVICE_DESC (extension): the description and the DTB
+    /// fragment (may be empty). Default: `ENOTSUP`.
+    fn device_desc(&mut self) -> Result<(DeviceDescription, Vec<u8>), Errno> {
+        Err(Errno::ENOTSUP)
+    }
+
+    /// SIDECAR_GET_IRQ_STATS (extension): exactly `count` entries from `start`.
+    /// Default: `ENOTSUP`.
+    fn irq_stats(&mut self, index: u32, start: u32, count: u32) -> Result<Vec<IrqStats>, Errno> {
+        let _ = (index, start, count);
+        Err(Errno::ENOTSUP)
+    }
+}
+
+/// Default time a reply write may wait for the client to drain its socket.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reply to send: payload parts and borrowed fds.
+struct Reply {
+    payload: Vec<u8>,
+    data: Option<usize>,
+    fds: Vec<RawFd>,
+}
+
+impl Reply {
+    fn empty() -> Self {
+        Reply {
+            payload: Vec::new(),
+            data: None,
+            fds: Vec::new(),
+        }
+    }
+    fn with(payload: Vec<u8>) -> Self {
+        Reply {
+            payload,
+            data: None,
+            fds: Vec::new(),
+        }
+    }
+}
+
+enum Outcome {
+    Reply(Reply),
+    Error(Errno),
+    /// Send an error reply, then close.
+    ErrorClose(Errno),
+    /// Nothing to send.
+    Silent,
+}
+
+impl From<DecodeError> for Outcome {
+    fn from(e: DecodeError) -> Self {
+        log::warn!("bad request: {e}");
+        Outcome::Error(e.errno())
+    }
+}
+
+impl From<Errno> for Outcome {
+    fn from(e: Errno) -> Self {
+        Outcome::Error(e)
+    }
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Outcome::from(e),
+        }
+    };
+}
+
+/// One client connection on the server side.
+#[derive(Debug)]
+pub struct ServerConnection {
+    sock: UnixStream,
+    reader: MessageReader,
+    limits: Limits,
+    negotiated: Option<Negotiated>,
+    dma_maps: u32,
+    write_timeout: Duration,
+    scratch: Vec<u8>,
+}
+
+impl AsRawFd for ServerConnection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl AsFd for ServerConnection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+fn check_fds(what: &'static str, fds: &[OwnedFd], max: usize) -> Result<(), DecodeError> {
+    if fds.len() > max {
+        return Err(DecodeError::FdCount {
+            what,
+            expected: format!("at most {max}"),
+            got: fds.len(),
+        });
+    }
+    Ok(())
+}
+
+fn xfer_check(what: &'static str, offset: u64, count: u32, max: u32) -> Result<(), DecodeError> {
+    if count > max {
+        return Err(DecodeError::Limit {
+            what,
+            reason: format!("count {count} > max_data_xfer_size {max}"),
+        });
+    }
+    if offset.checked_add(u64::from(count)).is_none() {
+        return Err(DecodeError::invalid(what, "offset + count overflows"));
+    }
+    Ok(())
+}
+
+impl ServerConnection {
+    /// Wraps an accepted stream (switched to non-blocking) with `limits`.
+    pub fn new(sock: UnixStream, limits: Limits) -> std::io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        Ok(ServerConnection {
+            sock,
+            reader: MessageReader::new(&limits),
+            limits,
+            negotiated: None,
+            dma_maps: 0,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Sets how long a reply write may wait for the client (default 5 s).
+    pub fn set_write_timeout(&mut self, t: Duration) {
+        self.write_timeout = t;
+    }
+
+    /// The negotiation result, once VERSION succeeded.
+    pub fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// The limits this connection enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Number of DMA mappings currently counted against `max_dma_maps`.
+    pub fn dma_map_count(&self) -> u32 {
+        self.dma_maps
+    }
+
+    /// Reads everything available, handles every complete message and writes
+    /// the replies. Partial messages are kept for the next call. `Err` or
+    /// `Ok(Closed)`: drop the connection.
+    pub fn handle_readable(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
+        loop {
+            let inc = match self.reader.read_message(self.sock.as_fd()) {
+                Ok(None) => return Ok(ConnStatus::Open),
+                Ok(Some(i)) => i,
+                Err(TransportError::Disconnected) => return Ok(ConnStatus::Closed),
+                Err(e @ TransportError::Unskippable(_)) => {
+                    log::error!("closing connection: {e}");
+                    return Err(ServerError::Transport(e));
+                }
+                Err(e) => return Err(ServerError::Transport(e)),
+            };
+            let (header, outcome) = match inc {
+                Incoming::Bad { header, error } => {
+                    log::warn!(
+                        "bad frame for {} (id {}): {:?}",
+                        cmd::name(header.command),
+                        header.msg_id,
+                        error
+                    );
+                    let e = match error {
+                        FrameError::Oversized => Errno::E2BIG,
+                        FrameError::Undersized | FrameError::TooManyFds => Errno::EINVAL,
+                    };
+                    let o = if header.is_reply() {
+                        Outcome::Silent
+                    } else {
+                        Outcome::Error(e)
+                    };
+                    (header, o)
+                }
+                Incoming::Message(m) => {
+                    let header = m.header;
+                    let o = self.dispatch(m, h);
+                    (header, o)
+                }
+            };
+            if !self.respond(&header, outcome)? {
+                return Ok(ConnStatus::Closed);
+            }
+        }
+    }
+
+    /// Sends the outcome; returns false when the connection must close.
+    fn respond(&mut self, req: &Header, outcome: Outcome) -> Result<bool, ServerError> {
+        let (reply, close) = match outcome {
+            Outcome::Silent => return Ok(true),
+            Outcome::Reply(r) => (Ok(r), false),
+            Outcome::Error(e) => (Err(e), false),
+            Outcome::ErrorClose(e) => (Err(e), true),
+        };
+        if req.no_reply() {
+            if let Err(e) = reply {
+                log::warn!(
+                    "{} (id {}) failed with {e}; no reply requested",
+                    cmd::name(req.command),
+                    req.msg_id
+                );
+            }
+            return Ok(!close);
+        }
+        let r = match &reply {
+            Ok(r) => {
+                let data: &[u8] = match r.data {
+                    Some(n) => self.scratch.get(..n).unwrap_or_default(),
+                    None => &[],
+                };
+                let hdr = Header::reply_to(req, r.payload.len() + data.len());
+                send_message(
+                    self.sock.as_fd(),
+                    &hdr,
+                    &[&r.payload, data],
+                    &r.fds,
+                    Some(self.write_timeout),
+                )
+            }
+            Err(e) => {
+                log::debug!(
+                    "error reply to {} (id {}): {e}",
+                    cmd::name(req.command),
+                    req.msg_id
+                );
+                send_message(
+                    self.sock.as_fd(),
+                    &Header::error_reply(req, e.raw()),
+                    &[],
+                    &[],
+                    Some(self.write_timeout),
+                )
+            }
+        };
+        match r {
+            Ok(()) => Ok(!close),
+            Err(TransportError::Disconnected) => Ok(false),
+            Err(e) => Err(ServerError::Transport(e)),
+        }
+    }
+
+    fn dispatch(&mut self, m: Message, h: &mut dyn Handler) -> Outcome {
+        let hdr = m.header;
+        match hdr.msg_type() {
+            MsgType::Command => {}
+            MsgType::Reply => {
+                log::warn!(
+                    "dropping unexpected reply-type message for {} (id {})",
+                    cmd::name(hdr.command),
+                    hdr.msg_id
+                );
+                return Outcome::Silent;
+            }
+            MsgType::Other(t) => {
+                log::warn!("message type {t} is invalid");
+                return Outcome::Error(Errno::EINVAL);
+            }
+        }
+        let Some(neg) = self.negotiated.clone() else {
+            if hdr.command != cmd::VERSION {
+                log::warn!("{} before VERSION", cmd::name(hdr.command));
+                return Outcome::Error(Errno::EINVAL);
+            }
+            return self.do_version(m, h);
+        };
+        let Message {
+            header: _,
+            payload,
+            fds,
+        } = m;
+        let client_fds = neg.client.max_msg_fds as usize;
+        let xfer = neg.server.max_data_xfer_size;
+        let out = match hdr.command {
+            cmd::VERSION => Outcome::Error(Errno::EINVAL),
+            cmd::DMA_MAP => {
+                let req = tri!(DmaMap::decode(&payload));
+                let page = 1u64 << neg.server.pgsizes.trailing_zeros().min(63);
+                tri!(req.is_valid(neg.dma_exec(), page));
+                tri!(check_fds("DMA_MAP", &fds, 1));
+                if self.dma_maps >= neg.server.max_dma_maps {
+                    return Outcome::Error(Errno::ENOSPC);
+                }
+                let fd = fds.into_iter().next();
+                tri!(h.dma_map(&req, fd));
+                self.dma_maps += 1;
+                Outcome::Reply(Reply::empty())
+            }
+            cmd::DMA_UNMAP => {
+                let req = tri!(DmaUnmap::decode(&payload));
+                tri!(req.is_valid());
+                tri!(check_fds("DMA_UNMAP", &fds, 0));
+                tri!(h.dma_unmap(&req));
+                if req.is_all() {
+                    self.dma_maps = 0;
+                } else {
+                    self.dma_maps = self.dma_maps.saturating_sub(1);
+                }
+                Outcome::Reply(Reply::with(req.encode()))
+            }
+            cmd::DEVICE_GET_INFO => {
+                let req = tri!(DeviceInfo::decode(&payload));
+                tri!(req.is_valid_request());
+                tri!(check_fds("DEVICE_GET_INFO", &fds, 0));
+                let mut info = tri!(h.device_info());
+                info.argsz = DeviceInfo::SIZE as u32;
+                Outcome::Reply(Reply::with(info.encode()))
+            }
+            cmd::DEVICE_GET_REGION_INFO => {
+                let req = tri!(RegionInfoRequest::decode(&payload));
+                tri!(req.is_valid());
+                tri!(check_fds("DEVICE_GET_REGION_INFO", &fds, 0));
+                let (mut info, fd) = tri!(h.region_info(req.index));
+                info.index = req.index;
+                let mut fds = Vec::new();
+                match fd {
+                    Some(fd) if client_fds >= 1 => fds.push(fd),
+                    Some(_) => {
+                        // The client cannot receive fds: it must trap everything.
+                        info.flags &= !REGION_INFO_FLAG_MMAP;
+                    }
+                    None => info.flags &= !REGION_INFO_FLAG_MMAP,
+                }
+                Outcome::Reply(Reply {
+                    payload: info.encode_reply(req.argsz),
+                    data: None,
+                    fds,
+                })
+            }
+            cmd::DEVICE_GET_REGION_IO_FDS => {
+                let req = tri!(RegionIoFdsRequest::decode(&payload));
+                tri!(req.is_valid());
+                tri!(check_fds("DEVICE_GET_REGION_IO_FDS", &fds, 0));
+                let (subs, rfds) = tri!(h.region_io_fds(req.index));
+                if subs.iter().any(|s| s.fd_index as usize >= rfds.len()) {
+                    log::error!("handler returned a sub-region with a bad fd_index");
+                    return Outcome::Error(Errno::EIO);
+                }
+                if rfds.len() > client_fds {
+                    log::warn!("{} io fds exceed the client's max_msg_fds", rfds.len());
+                    return Outcome::Error(Errno::E2BIG);
+                }
+                let (payload, complete) = RegionIoFdsReply::encode(req.index, &subs, req.argsz);
+                Outcome::Reply(Reply {
+                    payload,
+                    data: None,
+                    fds: if complete { rfds } else { Vec::new() },
+                })
+            }
+            cmd::DEVICE_GET_IRQ_INFO => {
+                let req = tri!(IrqInfo::decode(&payload));
+                tri!(req.is_valid_request());
+                tri!(check_fds("DEVICE_GET_IRQ_INFO", &fds, 0));
+                let mut info = tri!(h.irq_info(req.index));
+                info.argsz = IrqInfo::SIZE as u32;
+                info.index = req.index;
+                Outcome::Reply(Reply::with(info.encode()))
+            }
+            cmd::DEVICE_SET_IRQS => {
+                let req = tri!(SetIrqs::decode(&payload));
+                tri!(req.is_valid(fds.len()));
+                tri!(h.set_irqs(&req, fds));
+                Outcome::Reply(Reply::empty())
+            }
+            cmd::REGION_READ => {
+                let req = tri!(RegionAccess::decode("REGION_READ", &payload, false));
+                tri!(xfer_check("REGION_READ", req.offset, req.count, xfer));
+                tri!(check_fds("REGION_READ", &fds, 0));
+                let n = req.count as usize;
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.clear();
+                buf.resize(n, 0);
+                let r = h.region_read(req.region, req.offset, &mut buf);
+                self.scratch = buf;
+                tri!(r);
+                Outcome::Reply(Reply {
+                    payload: RegionAccess::encode_fixed(req.offset, req.region, req.count).to_vec(),
+                    data: Some(n),
+                    fds: Vec::new(),
+                })
+            }
+            cmd::REGION_WRITE => {
+                let (offset, region, count, data) =
+                    tri!(RegionAccess::decode_fixed("REGION_WRITE", &payload));
+                if data.len() != count as usize {
+                    return Outcome::from(DecodeError::Length {
+                        what: "REGION_WRITE",
+                        expected: RegionAccess::SIZE + count as usize,
+                        have: payload.len(),
+                    });
+                }
+                tri!(xfer_check("REGION_WRITE", offset, count, xfer));
+                tri!(check_fds("REGION_WRITE", &fds, 0));
+                tri!(h.region_write(region, offset, data));
+                Outcome::Reply(Reply::with(
+                    RegionAccess::encode_fixed(offset, region, count).to_vec(),
+                ))
+            }
+            cmd::DEVICE_RESET => {
+                tri!(decode_empty("DEVICE_RESET", &payload));
+                tri!(check_fds("DEVICE_RESET", &fds, 0));
+                tri!(h.reset());
+                Outcome::Reply(Reply::empty())
+            }
+            cmd::REGION_WRITE_MULTI if neg.write_multiple() => {
+                let req = tri!(RegionWriteMulti::decode(&payload));
+                tri!(check_fds("REGION_WRITE_MULTI", &fds, 0));
+                for w in &req.writes {
+                    tri!(xfer_check("REGION_WRITE_MULTI", w.offset, w.count, 8));
+                    let data = w.data.get(..w.count as usize).unwrap_or_default();
+                    tri!(h.region_write(w.region, w.offset, data));
+                }
+                Outcome::Reply(Reply::with(RegionWriteMulti::encode_reply(
+                    req.writes.len() as u64,
+                )))
+            }
+            cmd::SIDECAR_GET_DEVICE_DESC if neg.extension() => {
+                let req = tri!(DeviceDescRequest::decode(&payload));
+                tri!(req.is_valid());
+                tri!(check_fds("SIDECAR_GET_DEVICE_DESC", &fds, 0));
+                let (desc, dtb) = tri!(h.device_desc());
+                let json = match serde_json::to_vec(&desc) {
+                    Ok(j) => j,
+                    Err(e) => {
+                        log::error!("cannot serialize device description: {e}");
+                        return Outcome::Error(Errno::EIO);
+                    }
+                };
+                let max = Limits::from_caps(&neg.client).max_msg_size();
+                if 16 + DeviceDescReply::FIXED + json.len() + dtb.len() > max {
+                    log::error!("device description does not fit in one message");
+                    return Outcome::Error(Errno::E2BIG);
+                }
+                Outcome::Reply(Reply::with(DeviceDescReply::encode(&json, &dtb, req.argsz)))
+            }
+            cmd::SIDECAR_GET_IRQ_STATS if neg.extension() => {
+                let req = tri!(IrqStatsRequest::decode(&payload));
+                let max = Limits::from_caps(&neg.client)
+                    .max_msg_size()
+                    .saturating_sub(16);
+                tri!(req.is_valid(max));
+                tri!(check_fds("SIDECAR_GET_IRQ_STATS", &fds, 0));
+                let full = IrqStatsReply::full_size(req.count as usize);
+                let stats = if (req.argsz as usize) < full {
+                    Vec::new()
+                } else {
+                    let s = tri!(h.irq_stats(req.index, req.start, req.count));
+                    if s.len() != req.count as usize {
+                        log::error!("handler returned {} stats for {}", s.len(), req.count);
+                        return Outcome::Error(Errno::EIO);
+                    }
+                    s
+                };
+                Outcome::Reply(Reply::with(
+                    IrqStatsReply {
+                        argsz: u32::try_from(full).unwrap_or(u32::MAX),
+                        index: req.index,
+                        start: req.start,
+                        stats,
+                    }
+                    .encode(),
+                ))
+            }
+            cmd::DMA_READ | cmd::DMA_WRITE => {
+                log::warn!("client sent a server-to-client command");
+                Outcome::Error(Errno::EINVAL)
+            }
+            other => {
+                log::debug!("unsupported command {other} ({})", cmd::name(other));
+                Outcome::Error(Errno::ENOSYS)
+            }
+        };
+        self.reader.recycle(payload);
+        out
+    }
+
+    fn do_version(&mut self, m: Message, h: &mut dyn Handler) -> Outcome {
+        if !m.fds.is_empty() {
+            return Outcome::Error(Errno::EINVAL);
+        }
+        let v = tri!(Version::decode(&m.payload));
+        if v.major != VERSION_MAJOR {
+            log::warn!("client proposed major version {}, closing", v.major);
+            return Outcome::ErrorClose(Errno::ENOTSUP);
+        }
+        let offer = match h.version(&v.caps) {
+            Ok(o) => o,
+            Err(e) => return Outcome::ErrorClose(e),
+        };
+        let reply_caps = match negotiate(&v.caps, &offer, &self.limits) {
+            Ok(c) => c,
+            Err(e) => return Outcome::ErrorClose(e),
+        };
+        let minor = v.minor.min(VERSION_MINOR);
+        let reply = Version {
+            major: VERSION_MAJOR,
+            minor,
+            caps: reply_caps.clone(),
+        };
+        let n = Negotiated {
+            major: VERSION_MAJOR,
+            minor,
+            client: v.caps,
+            server: reply_caps,
+        };
+        log::debug!("negotiated {n:?}");
+        h.negotiated(&n);
+        self.negotiated = Some(n);
+        Outcome::Reply(Reply::with(reply.encode()))
+    }
+}
