@@ -5,6 +5,7 @@
 
 pub mod guest;
 pub mod layout;
+pub mod link;
 pub mod memory;
 pub mod mmio;
 pub mod plan;
