@@ -1,1 +1,848 @@
-//! (in progress)
+//! The DMA memory table: the client's memory, mmapped into this process.
+//!
+//! Each `DMA_MAP` carries an fd, an offset in it, an IOVA, a size and permission
+//! flags. The table mmaps `fd[offset..offset+size]` `MAP_SHARED` (with
+//! `PROT_READ`/`PROT_WRITE` as the permissions allow) through vm-memory's
+//! [`MmapRegion`], and keeps the entry in a `BTreeMap` keyed by IOVA, so lookups
+//! are O(log n).
+//!
+//! Rules (each violation is an error with the errno Linux VFIO type1 or the
+//! vfio-user spec gives):
+//! * IOVA, size and file offset are 4 KiB aligned, size > 0, `iova + size` does not
+//!   wrap past 2^64 (`EINVAL`);
+//! * no overlap with an existing entry (`EEXIST`, as the spec says);
+//! * at most `limit` entries (default 65536, `ENOSPC` like type1's `dma_entry_limit`);
+//! * the fd must be mmap-able and, for a regular file or memfd, long enough
+//!   (`EINVAL`); the fd of one of the device's own regions is refused (`EINVAL`):
+//!   device MMIO is never DMA-mapped as RAM. The check compares `st_dev`/`st_ino`.
+//!   Note: every anonymous-inode fd (a VFIO device fd, an eventfd) shares one inode,
+//!   so once a VFIO device fd is registered no anon-inode fd can be DMA-mapped —
+//!   none of them is RAM anyway;
+//! * at least one of read/write/exec;
+//! * `DMA_UNMAP` must match an entry exactly (`EINVAL` otherwise, per the spec), or
+//!   is "unmap all".
+//!
+//! EXEC ([`prot_from_flags`], design.md §3): a client that did not negotiate the
+//! extension gets upstream semantics (a readable mapping is also executable); an
+//! extension client gets EXEC only if it asked for it.
+//!
+//! Device accesses ([`DmaMemory`]) may span adjacent mappings; every piece must be
+//! mapped and carry the needed permission, otherwise nothing is transferred and a
+//! [`DmaFault`] is returned (checked before the first byte moves). Bytes are
+//! copied with vm-memory's volatile slices: no Rust reference to guest memory is
+//! ever created, since the client can change it at any time.
+//!
+//! Known limit: a client that shrinks a mapped memfd after `DMA_MAP` makes later
+//! device accesses fault with SIGBUS in this process (as with vhost-user); sealed
+//! memfds (`F_SEAL_SHRINK`) avoid it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use thiserror::Error;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::VolatileMemory;
+
+use crate::device::{DmaAccess, DmaFault, DmaMemory, DmaProt, MappedRegion};
+
+/// Page size every mapping is aligned to.
+pub const DMA_PAGE_SIZE: u64 = 4096;
+/// Default maximum number of entries.
+pub const DEFAULT_DMA_LIMIT: usize = 65536;
+
+/// vfio-user `DMA_MAP` flag: readable.
+pub const DMA_FLAG_READ: u32 = 1 << 0;
+/// vfio-user `DMA_MAP` flag: writeable.
+pub const DMA_FLAG_WRITE: u32 = 1 << 1;
+/// vfio-sidecar extension flag: device may fetch instructions (only with the
+/// extension negotiated; see the protocol crate's `ext` module).
+pub const DMA_FLAG_EXEC: u32 = 1 << 16;
+
+/// Errors of the memory table.
+#[derive(Debug, Error)]
+pub enum DmaError {
+    /// IOVA, size or offset not 4 KiB aligned.
+    #[error("DMA map: iova {iova:#x}, size {size:#x}, offset {offset:#x} must be 4 KiB aligned")]
+    Misaligned {
+        /// IOVA.
+        iova: u64,
+        /// Size.
+        size: u64,
+        /// Offset in the fd.
+        offset: u64,
+    },
+    /// Zero-sized mapping.
+    #[error("DMA map: size must be > 0")]
+    ZeroSize,
+    /// `iova + size` (or `offset + size`) wraps.
+    #[error("DMA map: iova {iova:#x} + size {size:#x} wraps")]
+    Wrap {
+        /// IOVA.
+        iova: u64,
+        /// Size.
+        size: u64,
+    },
+    /// Overlaps an existing entry.
+    #[error("DMA map: [{iova:#x}, +{size:#x}) overlaps existing mapping at {existing:#x}")]
+    Overlap {
+        /// Requested IOVA.
+        iova: u64,
+        /// Requested size.
+        size: u64,
+        /// IOVA of an overlapping entry.
+        existing: u64,
+    },
+    /// Too many entries.
+    #[error("DMA map: entry limit {0} reached")]
+    Limit(usize),
+    /// Flags unknown or no permission at all.
+    #[error("DMA map: bad flags {0:#x}")]
+    BadFlags(u32),
+    /// The fd cannot back a mapping.
+    #[error("DMA map: fd not mappable: {0}")]
+    NotMappable(String),
+    /// The fd is one of the device's own region fds.
+    #[error("DMA map: fd refers to a device region (device MMIO is never DMA-mapped as RAM)")]
+    DeviceRegionFd,
+    /// `DMA_UNMAP` matched no entry exactly.
+    #[error("DMA unmap: no mapping exactly at [{iova:#x}, +{size:#x})")]
+    NoSuchMapping {
+        /// IOVA.
+        iova: u64,
+        /// Size.
+        size: u64,
+    },
+    /// mmap failed.
+    #[error("DMA map: mmap failed: {0}")]
+    Mmap(std::io::Error),
+}
+
+impl DmaError {
+    /// The errno for the vfio-user error reply.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DmaError::Overlap { .. } => libc::EEXIST,
+            DmaError::Limit(_) => libc::ENOSPC,
+            DmaError::Mmap(e) => match e.raw_os_error() {
+                Some(libc::ENODEV) | None => libc::EINVAL,
+                Some(n) => n,
+            },
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// Converts vfio-user `DMA_MAP` flags into permissions (design.md §3).
+///
+/// Without the extension a readable mapping is also executable (upstream VFIO
+/// semantics) and the EXEC bit is unknown (rejected). With it, EXEC is granted only
+/// when asked for.
+pub fn prot_from_flags(flags: u32, extension: bool) -> Result<DmaProt, DmaError> {
+    let known = if extension {
+        DMA_FLAG_READ | DMA_FLAG_WRITE | DMA_FLAG_EXEC
+    } else {
+        DMA_FLAG_READ | DMA_FLAG_WRITE
+    };
+    if flags & !known != 0 {
+        return Err(DmaError::BadFlags(flags));
+    }
+    let read = flags & DMA_FLAG_READ != 0;
+    let write = flags & DMA_FLAG_WRITE != 0;
+    let exec = if extension {
+        flags & DMA_FLAG_EXEC != 0
+    } else {
+        read
+    };
+    if !read && !write && !exec {
+        return Err(DmaError::BadFlags(flags));
+    }
+    Ok(DmaProt { read, write, exec })
+}
+
+/// One mmap of a client file, unmapped on drop. Accessed only through the
+/// vm-memory volatile view (`region`), never through Rust references.
+struct HostMap {
+    region: MmapRegion,
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this struct; the raw pointer
+// is only used to munmap it on drop, and `MmapRegion` (Send + Sync) handles access.
+unsafe impl Send for HostMap {}
+// SAFETY: as above; all shared access goes through volatile copies.
+unsafe impl Sync for HostMap {}
+
+impl HostMap {
+    fn new(fd: &OwnedFd, offset: u64, len: usize, prot: i32) -> Result<Self, DmaError> {
+        let off = libc::off_t::try_from(offset).map_err(|_| DmaError::Wrap {
+            iova: offset,
+            size: len as u64,
+        })?;
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so no existing
+        // memory is affected; the fd is valid for the duration of the call.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(DmaError::Mmap(std::io::Error::last_os_error()));
+        }
+        // SAFETY: [addr, addr+len) is the mapping we just created and own until drop
+        // (the region is declared non-owning, so only our Drop unmaps it).
+        let region = unsafe { MmapRegion::build_raw(addr.cast(), len, prot, libc::MAP_SHARED) };
+        match region {
+            Ok(region) => Ok(HostMap { region, addr, len }),
+            Err(e) => {
+                // SAFETY: unmapping the mapping created above, referenced nowhere else.
+                unsafe { libc::munmap(addr, len) };
+                Err(DmaError::NotMappable(e.to_string()))
+            }
+        }
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.region.as_ptr()
+    }
+
+    fn get_slice(
+        &self,
+        off: usize,
+        n: usize,
+    ) -> Result<vm_memory::VolatileSlice<'_, ()>, vm_memory::volatile_memory::Error> {
+        self.region.get_slice(off, n)
+    }
+}
+
+impl Drop for HostMap {
+    fn drop(&mut self) {
+        // SAFETY: we created this mapping in `new`; the non-owning `region` view is
+        // dropped with us and no slice into it outlives `&self`.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+struct DmaEntry {
+    size: u64,
+    prot: DmaProt,
+    map: HostMap,
+}
+
+impl std::fmt::Debug for DmaEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaEntry")
+            .field("size", &self.size)
+            .field("prot", &self.prot)
+            .field("host", &self.map.as_ptr())
+            .finish()
+    }
+}
+
+/// Identity of a file (`st_dev`, `st_ino`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+fn fstat(fd: &impl AsRawFd) -> std::io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes at most one `struct stat` into the buffer we own; the fd
+    // is borrowed and stays open for the call.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fstat returned 0, so it initialised the structure.
+    Ok(unsafe { st.assume_init() })
+}
+
+impl FileId {
+    /// Identity of an open fd.
+    pub fn of(fd: &impl AsRawFd) -> std::io::Result<FileId> {
+        let st = fstat(fd)?;
+        Ok(FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+}
+
+/// The DMA memory table of one client.
+#[derive(Debug)]
+pub struct DmaTable {
+    entries: BTreeMap<u64, DmaEntry>,
+    limit: usize,
+    forbidden: Vec<FileId>,
+}
+
+impl Default for DmaTable {
+    fn default() -> Self {
+        Self::new(DEFAULT_DMA_LIMIT)
+    }
+}
+
+fn is_aligned(v: u64) -> bool {
+    v % DMA_PAGE_SIZE == 0
+}
+
+impl DmaTable {
+    /// An empty table allowing at most `limit` entries.
+    pub fn new(limit: usize) -> Self {
+        DmaTable {
+            entries: BTreeMap::new(),
+            limit,
+            forbidden: Vec::new(),
+        }
+    }
+
+    /// Changes the entry limit (after negotiation). Existing entries stay.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// The entry limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Refuses future maps of the file behind `fd` (a device region fd).
+    pub fn forbid_file(&mut self, fd: &impl AsRawFd) -> std::io::Result<()> {
+        let id = FileId::of(fd)?;
+        if !self.forbidden.contains(&id) {
+            self.forbidden.push(id);
+        }
+        Ok(())
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn overlapping(&self, iova: u64, end: u64) -> Option<u64> {
+        // The entry with the greatest start below `end` is the only candidate that
+        // can overlap [iova, end): entries are disjoint and sorted.
+        let (&start, e) = self.entries.range(..end).next_back()?;
+        // `start + size` cannot wrap: checked when the entry was added.
+        if start + e.size > iova {
+            Some(start)
+        } else {
+            None
+        }
+    }
+
+    /// Adds a mapping of `fd[offset..offset+size]` at `iova`. The fd is consumed
+    /// (closed when the entry goes).
+    pub fn map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        fd: OwnedFd,
+        offset: u64,
+        prot: DmaProt,
+    ) -> Result<MappedRegion, DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroSize);
+        }
+        if !is_aligned(iova) || !is_aligned(size) || !is_aligned(offset) {
+            return Err(DmaError::Misaligned { iova, size, offset });
+        }
+        let end = iova
+            .checked_add(size)
+            .ok_or(DmaError::Wrap { iova, size })?;
+        let file_end = offset
+            .checked_add(size)
+            .filter(|e| *e <= i64::MAX as u64)
+            .ok_or(DmaError::Wrap { iova, size })?;
+        if !(prot.read || prot.write || prot.exec) {
+            return Err(DmaError::BadFlags(0));
+        }
+        if let Some(existing) = self.overlapping(iova, end) {
+            return Err(DmaError::Overlap {
+                iova,
+                size,
+                existing,
+            });
+        }
+        if self.entries.len() >= self.limit {
+            return Err(DmaError::Limit(self.limit));
+        }
+        let len = usize::try_from(size).map_err(|_| DmaError::Wrap { iova, size })?;
+        let st = fstat(&fd).map_err(|e| DmaError::NotMappable(e.to_string()))?;
+        let id = FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        };
+        if self.forbidden.contains(&id) {
+            return Err(DmaError::DeviceRegionFd);
+        }
+        let fmt = st.st_mode & libc::S_IFMT;
+        if fmt == libc::S_IFREG && (st.st_size < 0 || (st.st_size as u64) < file_end) {
+            return Err(DmaError::NotMappable(format!(
+                "file is {} bytes, mapping needs {file_end}",
+                st.st_size
+            )));
+        }
+        if fmt != libc::S_IFREG && fmt != libc::S_IFCHR && fmt != libc::S_IFBLK {
+            return Err(DmaError::NotMappable(format!(
+                "file type {fmt:#o} cannot back guest memory"
+            )));
+        }
+        let mut mprot = 0;
+        if prot.read || prot.exec {
+            mprot |= libc::PROT_READ;
+        }
+        if prot.write {
+            mprot |= libc::PROT_WRITE;
+        }
+        let map = HostMap::new(&fd, offset, len, mprot)?;
+        // The mapping keeps the file alive; the fd itself is closed here.
+        drop(fd);
+        let region = MappedRegion {
+            iova,
+            size,
+            host_addr: map.as_ptr() as u64,
+            prot,
+        };
+        self.entries.insert(iova, DmaEntry { size, prot, map });
+        Ok(region)
+    }
+
+    /// Removes the entry exactly at `[iova, iova+size)`; the host mapping is
+    /// unmapped and the fd closed.
+    pub fn unmap(&mut self, iova: u64, size: u64) -> Result<MappedRegion, DmaError> {
+        match self.entries.get(&iova) {
+            Some(e) if e.size == size => {}
+            _ => return Err(DmaError::NoSuchMapping { iova, size }),
+        }
+        let e = self
+            .entries
+            .remove(&iova)
+            .ok_or(DmaError::NoSuchMapping { iova, size })?;
+        Ok(MappedRegion {
+            iova,
+            size,
+            host_addr: e.map.as_ptr() as u64,
+            prot: e.prot,
+        })
+    }
+
+    /// The entry exactly at `[iova, iova+size)`, if any (for the device
+    /// notification before [`DmaTable::unmap`]).
+    pub fn get_exact(&self, iova: u64, size: u64) -> Option<MappedRegion> {
+        self.entries
+            .get(&iova)
+            .filter(|e| e.size == size)
+            .map(|e| MappedRegion {
+                iova,
+                size,
+                host_addr: e.map.as_ptr() as u64,
+                prot: e.prot,
+            })
+    }
+
+    /// All entries, in IOVA order.
+    pub fn regions(&self) -> Vec<MappedRegion> {
+        self.entries
+            .iter()
+            .map(|(&iova, e)| MappedRegion {
+                iova,
+                size: e.size,
+                host_addr: e.map.as_ptr() as u64,
+                prot: e.prot,
+            })
+            .collect()
+    }
+
+    /// Removes every entry (unmap-all, disconnect).
+    pub fn clear(&mut self) -> Vec<MappedRegion> {
+        let all = self.regions();
+        self.entries.clear();
+        all
+    }
+
+    /// The entry containing `iova`, if any: (start, entry).
+    fn lookup(&self, iova: u64) -> Option<(u64, &DmaEntry)> {
+        let (&start, e) = self.entries.range(..=iova).next_back()?;
+        if iova - start < e.size {
+            Some((start, e))
+        } else {
+            None
+        }
+    }
+
+    /// The mapping containing `iova` (for tests and diagnostics).
+    pub fn find(&self, iova: u64) -> Option<MappedRegion> {
+        self.lookup(iova).map(|(start, e)| MappedRegion {
+            iova: start,
+            size: e.size,
+            host_addr: e.map.as_ptr() as u64,
+            prot: e.prot,
+        })
+    }
+
+    /// Splits `[iova, iova+len)` into pieces (entry start, offset in entry, piece
+    /// length), checking mapping and permission of every piece first.
+    fn pieces(
+        &self,
+        iova: u64,
+        len: usize,
+        access: DmaAccess,
+    ) -> Result<Vec<(u64, usize, usize)>, DmaFault> {
+        let unmapped = DmaFault::Unmapped { access, iova, len };
+        let denied = DmaFault::Permission { access, iova, len };
+        let mut out = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        let total = len as u64;
+        let end = iova.checked_add(total).ok_or(unmapped)?;
+        let mut cur = iova;
+        while cur < end {
+            let (start, e) = self.lookup(cur).ok_or(unmapped)?;
+            let ok = match access {
+                DmaAccess::Fetch => e.prot.exec,
+                DmaAccess::Read => e.prot.read,
+                DmaAccess::Write => e.prot.write,
+            };
+            if !ok {
+                return Err(denied);
+            }
+            let off = cur - start;
+            let piece = (e.size - off).min(end - cur);
+            // Both fit in usize: the entry's size was checked at map time.
+            out.push((start, off as usize, piece as usize));
+            cur += piece;
+        }
+        Ok(out)
+    }
+}
+
+impl DmaMemory for DmaTable {
+    fn dma_read(&self, iova: u64, buf: &mut [u8], access: DmaAccess) -> Result<(), DmaFault> {
+        let len = buf.len();
+        let fault = DmaFault::Unmapped { access, iova, len };
+        let access = if access == DmaAccess::Write {
+            DmaAccess::Read
+        } else {
+            access
+        };
+        let mut done = 0usize;
+        for (start, off, n) in self.pieces(iova, len, access)? {
+            let e = self.entries.get(&start).ok_or(fault)?;
+            let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
+            let dst = buf.get_mut(done..done + n).ok_or(fault)?;
+            slice.copy_to(dst);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
+        let len = data.len();
+        let fault = DmaFault::Unmapped {
+            access: DmaAccess::Write,
+            iova,
+            len,
+        };
+        let mut done = 0usize;
+        for (start, off, n) in self.pieces(iova, len, DmaAccess::Write)? {
+            let e = self.entries.get(&start).ok_or(fault)?;
+            let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
+            let src = data.get(done..done + n).ok_or(fault)?;
+            slice.copy_from(src);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+/// Test/host helper: a memfd of `size` bytes (sealed against shrinking).
+pub fn memfd(name: &str, size: u64) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: memfd_create reads the NUL-terminated name we own and returns a new fd.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = File::from(fd);
+    file.set_len(size)?;
+    Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    const RW: DmaProt = DmaProt {
+        read: true,
+        write: true,
+        exec: false,
+    };
+
+    fn mfd(size: u64) -> OwnedFd {
+        memfd("dma-test", size).unwrap()
+    }
+
+    #[test]
+    fn map_read_write_through_memfd() {
+        let fd = mfd(0x2000);
+        let file = File::from(fd.try_clone().unwrap());
+        let mut t = DmaTable::default();
+        let r = t.map(0x10000, 0x2000, fd, 0, RW).unwrap();
+        assert_eq!(r.iova, 0x10000);
+        file.write_all_at(b"hello", 0x1000).unwrap();
+        let mut buf = [0u8; 5];
+        t.dma_read(0x11000, &mut buf, DmaAccess::Read).unwrap();
+        assert_eq!(&buf, b"hello");
+        t.dma_write(0x10ffe, b"abcd").unwrap();
+        let mut back = [0u8; 4];
+        file.read_exact_at(&mut back, 0xffe).unwrap();
+        assert_eq!(&back, b"abcd");
+    }
+
+    #[test]
+    fn file_offset_is_honoured() {
+        let fd = mfd(0x3000);
+        let file = File::from(fd.try_clone().unwrap());
+        file.write_all_at(b"X", 0x2000).unwrap();
+        let mut t = DmaTable::default();
+        t.map(0x0, 0x1000, fd, 0x2000, RW).unwrap();
+        let mut b = [0u8; 1];
+        t.dma_read(0, &mut b, DmaAccess::Read).unwrap();
+        assert_eq!(b[0], b'X');
+    }
+
+    #[test]
+    fn alignment_size_and_wrap() {
+        let mut t = DmaTable::default();
+        assert!(matches!(
+            t.map(0x1001, 0x1000, mfd(0x1000), 0, RW),
+            Err(DmaError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            t.map(0x1000, 0x800, mfd(0x1000), 0, RW),
+            Err(DmaError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            t.map(0x1000, 0x1000, mfd(0x2000), 0x10, RW),
+            Err(DmaError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            t.map(0x1000, 0, mfd(0x1000), 0, RW),
+            Err(DmaError::ZeroSize)
+        ));
+        assert!(matches!(
+            t.map(u64::MAX - 0xfff, 0x2000, mfd(0x2000), 0, RW),
+            Err(DmaError::Wrap { .. })
+        ));
+        assert_eq!(
+            t.map(0, 0x1000, mfd(0x1000), 0, DmaProt::default())
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn overlap_is_eexist() {
+        let mut t = DmaTable::default();
+        t.map(0x10000, 0x4000, mfd(0x4000), 0, RW).unwrap();
+        for (iova, size) in [
+            (0x10000, 0x1000),
+            (0xf000, 0x2000),
+            (0x13000, 0x1000),
+            (0x8000, 0x10000),
+        ] {
+            let e = t.map(iova, size, mfd(size), 0, RW).unwrap_err();
+            assert_eq!(e.errno(), libc::EEXIST, "{iova:#x}+{size:#x}");
+        }
+        // Adjacent on both sides is fine.
+        t.map(0xf000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        t.map(0x14000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn limit_is_enforced() {
+        let mut t = DmaTable::new(2);
+        t.map(0, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        t.map(0x1000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        let e = t.map(0x2000, 0x1000, mfd(0x1000), 0, RW).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOSPC);
+        t.unmap(0, 0x1000).unwrap();
+        t.map(0x2000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+    }
+
+    #[test]
+    fn short_file_and_unmappable_fd_rejected() {
+        let mut t = DmaTable::default();
+        let e = t.map(0, 0x2000, mfd(0x1000), 0, RW).unwrap_err();
+        assert!(matches!(e, DmaError::NotMappable(_)), "{e}");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = t.map(0, 0x1000, OwnedFd::from(a), 0, RW).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        // SAFETY: eventfd(2) creates a new fd that we own immediately.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(efd >= 0);
+        // SAFETY: efd is a fresh descriptor owned by nobody else.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+        assert_eq!(
+            t.map(0, 0x1000, owned, 0, RW).unwrap_err().errno(),
+            libc::EINVAL
+        );
+    }
+
+    #[test]
+    fn device_region_fd_refused() {
+        let region = mfd(0x1000);
+        let mut t = DmaTable::default();
+        t.forbid_file(&region).unwrap();
+        let dup = region.try_clone().unwrap();
+        let e = t.map(0, 0x1000, dup, 0, RW).unwrap_err();
+        assert!(matches!(e, DmaError::DeviceRegionFd));
+        // Another memfd is fine.
+        t.map(0, 0x1000, mfd(0x1000), 0, RW).unwrap();
+    }
+
+    #[test]
+    fn unmap_exact_or_all() {
+        let mut t = DmaTable::default();
+        t.map(0x10000, 0x2000, mfd(0x2000), 0, RW).unwrap();
+        t.map(0x20000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        assert_eq!(t.unmap(0x10000, 0x1000).unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(t.unmap(0x11000, 0x1000).unwrap_err().errno(), libc::EINVAL);
+        let r = t.unmap(0x10000, 0x2000).unwrap();
+        assert_eq!(r.size, 0x2000);
+        let mut b = [0u8; 1];
+        assert!(matches!(
+            t.dma_read(0x10000, &mut b, DmaAccess::Read),
+            Err(DmaFault::Unmapped { .. })
+        ));
+        t.map(0x30000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        assert_eq!(t.clear().len(), 2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn permissions_checked_like_an_smmu() {
+        let mut t = DmaTable::default();
+        let ro = DmaProt {
+            read: true,
+            write: false,
+            exec: false,
+        };
+        t.map(0x1000, 0x1000, mfd(0x1000), 0, ro).unwrap();
+        let mut b = [0u8; 4];
+        t.dma_read(0x1000, &mut b, DmaAccess::Read).unwrap();
+        assert!(matches!(
+            t.dma_read(0x1000, &mut b, DmaAccess::Fetch),
+            Err(DmaFault::Permission { .. })
+        ));
+        assert!(matches!(
+            t.dma_write(0x1000, &b),
+            Err(DmaFault::Permission { .. })
+        ));
+        let x = DmaProt {
+            read: false,
+            write: false,
+            exec: true,
+        };
+        t.map(0x2000, 0x1000, mfd(0x1000), 0, x).unwrap();
+        t.dma_read(0x2000, &mut b, DmaAccess::Fetch).unwrap();
+        assert!(t.dma_read(0x2000, &mut b, DmaAccess::Read).is_err());
+    }
+
+    #[test]
+    fn spanning_access_needs_every_piece() {
+        let a = mfd(0x1000);
+        let b = mfd(0x1000);
+        let fa = File::from(a.try_clone().unwrap());
+        let fb = File::from(b.try_clone().unwrap());
+        fa.write_all_at(&[1, 2], 0xffe).unwrap();
+        fb.write_all_at(&[3, 4], 0).unwrap();
+        let mut t = DmaTable::default();
+        t.map(0x1000, 0x1000, a, 0, RW).unwrap();
+        t.map(0x2000, 0x1000, b, 0, RW).unwrap();
+        let mut buf = [0u8; 4];
+        t.dma_read(0x1ffe, &mut buf, DmaAccess::Read).unwrap();
+        assert_eq!(buf, [1, 2, 3, 4]);
+        // Past the end of the second mapping: fault, nothing written.
+        assert!(t.dma_write(0x2ffe, &[9, 9, 9, 9]).is_err());
+        let mut back = [0u8; 2];
+        fb.read_exact_at(&mut back, 0xffe).unwrap();
+        assert_eq!(back, [0, 0]);
+        // A hole between mappings faults.
+        t.map(0x4000, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        assert!(t.dma_read(0x2ffe, &mut buf, DmaAccess::Read).is_err());
+    }
+
+    #[test]
+    fn exec_rules() {
+        let plain = prot_from_flags(DMA_FLAG_READ, false).unwrap();
+        assert!(plain.exec && plain.read && !plain.write);
+        assert!(prot_from_flags(DMA_FLAG_READ | DMA_FLAG_EXEC, false).is_err());
+        let ext = prot_from_flags(DMA_FLAG_READ, true).unwrap();
+        assert!(!ext.exec);
+        let ext = prot_from_flags(DMA_FLAG_READ | DMA_FLAG_EXEC, true).unwrap();
+        assert!(ext.exec);
+        assert!(prot_from_flags(0, true).is_err());
+        assert!(prot_from_flags(1 << 7, true).is_err());
+    }
+
+    #[test]
+    fn many_maps_lookup() {
+        // 64k one-page mappings at every other page, sharing one memfd.
+        let n: u64 = 65536;
+        let fd = mfd(n * 0x1000);
+        let file = File::from(fd.try_clone().unwrap());
+        let mut t = DmaTable::default();
+        // Highest first: the kernel places each new mmap just below the previous
+        // one, so the host VMAs (contiguous file offsets) merge and the test stays
+        // below vm.max_map_count.
+        for i in (0..n).rev() {
+            let iova = i * 0x2000;
+            t.map(iova, 0x1000, fd.try_clone().unwrap(), i * 0x1000, RW)
+                .unwrap();
+        }
+        assert_eq!(t.len(), n as usize);
+        assert_eq!(
+            t.map(n * 0x2000, 0x1000, mfd(0x1000), 0, RW)
+                .unwrap_err()
+                .errno(),
+            libc::ENOSPC
+        );
+        for i in (0..n).step_by(997) {
+            file.write_all_at(&(i as u32).to_le_bytes(), i * 0x1000 + 8)
+                .unwrap();
+            let mut b = [0u8; 4];
+            t.dma_read(i * 0x2000 + 8, &mut b, DmaAccess::Read).unwrap();
+            assert_eq!(u32::from_le_bytes(b), i as u32);
+            assert!(t.find(i * 0x2000 + 0x1000).is_none());
+            assert_eq!(t.find(i * 0x2000 + 0xfff).unwrap().iova, i * 0x2000);
+        }
+        t.clear();
+    }
+}

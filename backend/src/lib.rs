@@ -2,6 +2,7 @@
 //! memory table, interrupts and EOI, device profiles, and the server glue that
 //! connects them to the vfio-user protocol crate.
 
+pub mod cli;
 pub mod device;
 pub mod dma;
 pub mod dt;

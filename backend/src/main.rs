@@ -1,1 +1,18 @@
-fn main() {}
+//! `vfio-sidecar`: serve a VFIO device or a built-in model over vfio-user.
+
+use clap::Parser;
+use vfio_sidecar::cli::{init_logging, run_dt, Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let r = match cli.command {
+        Command::Serve(args) => vfio_sidecar::server::run_serve(args).map_err(|e| e.to_string()),
+        Command::Dt(args) => run_dt(&args).map_err(|e| e.to_string()),
+    };
+    if let Err(e) = r {
+        log::error!("{e}");
+        eprintln!("vfio-sidecar: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,3 +1,273 @@
-//! Built-in device models.
+//! Built-in device models and the wrapper that serves them as a [`Device`].
+//!
+//! A model implements the small [`Model`] trait (register reads/writes, line
+//! levels, pending work, reset); [`ModelDevice`] adds VFIO IRQ semantics
+//! ([`EmulatedIrqs`]: trigger eventfds, automask, unmask eventfds) and implements
+//! [`Device`]. After every access, every `run_pending` step and every reset the
+//! wrapper feeds the model's line levels to the IRQ state.
+//!
+//! Models (device string `model:NAME[,opt[=value]]...`):
+//! * `pl330` — ARM PrimeCell DMA-330. One region (index 0, 4 KiB, READ|WRITE,
+//!   "pl330-regs", trapped: INTCLR shares the frame), device flags
+//!   `PLATFORM | AMBA | RESET` (AMBA: it is a PrimeCell, as vfio-amba reports it;
+//!   PLATFORM too so clients that only know platform devices accept it), one IRQ
+//!   index per model line (`EVENTFD | MASKABLE | AUTOMASKED`, count 1). Options:
+//!   `channels=N`, `events=N`, `periph-reqs=N`, `revision=N`, `data-width=BITS`,
+//!   `buffer-lines=N`, `combined-irq`, `no-dmago-gate`, `step-budget=N`.
+//! * `scratch` — a tiny test device: region 0 is 8 KiB, page 0 trapped registers,
+//!   page 1 a memfd-backed sparse mmap area (see [`scratch`]). One level IRQ.
 
 pub mod pl330;
+pub mod scratch;
+
+use std::os::fd::RawFd;
+
+use crate::device::{
+    device_flags, irq_flags, Device, DeviceError, DeviceInfo, DmaMemory, IrqCounters, IrqInfo,
+    MappedRegion, RegionInfo, SetIrqs,
+};
+use crate::irq::EmulatedIrqs;
+
+/// What a built-in model provides.
+pub trait Model: Send + std::fmt::Debug {
+    /// Short name ("pl330").
+    fn kind(&self) -> &'static str;
+    /// `VFIO_DEVICE_FLAGS_*`.
+    fn device_flags(&self) -> u32;
+    /// Region descriptions, by index.
+    fn regions(&self) -> Vec<RegionInfo>;
+    /// Reads `data.len()` bytes at `offset` of `region` (bounds already checked).
+    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError>;
+    /// Writes `data` at `offset` of `region` (bounds already checked).
+    fn write(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &[u8],
+        mem: &dyn DmaMemory,
+    ) -> Result<(), DeviceError>;
+    /// Number of interrupt lines (= IRQ indices).
+    fn num_irqs(&self) -> u32;
+    /// Current level of every line.
+    fn irq_levels(&self) -> Vec<bool>;
+    /// Continue bounded work; true while more is pending.
+    fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool;
+    /// Device reset.
+    fn reset(&mut self);
+}
+
+/// A model served as a [`Device`].
+#[derive(Debug)]
+pub struct ModelDevice {
+    model: Box<dyn Model>,
+    irqs: EmulatedIrqs,
+}
+
+impl ModelDevice {
+    /// Wraps a model (all lines level-triggered).
+    pub fn new(model: Box<dyn Model>) -> Self {
+        let irqs = EmulatedIrqs::new(model.num_irqs() as usize, true);
+        ModelDevice { model, irqs }
+    }
+
+    /// The model's short name.
+    pub fn kind(&self) -> &'static str {
+        self.model.kind()
+    }
+
+    /// Eventfds held for the client (tests, logs).
+    pub fn held_irq_fds(&self) -> usize {
+        self.irqs.held_fds()
+    }
+
+    fn sync_irqs(&mut self) {
+        let levels = self.model.irq_levels();
+        self.irqs.update(&levels);
+    }
+}
+
+impl Device for ModelDevice {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: self.model.device_flags(),
+            num_regions: self.model.regions().len() as u32,
+            num_irqs: self.model.num_irqs(),
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Result<RegionInfo, DeviceError> {
+        self.model
+            .regions()
+            .into_iter()
+            .nth(index as usize)
+            .ok_or_else(|| DeviceError::Invalid(format!("region index {index} out of range")))
+    }
+
+    fn irq_info(&self, index: u32) -> Result<IrqInfo, DeviceError> {
+        if index >= self.model.num_irqs() {
+            return Err(DeviceError::Invalid(format!(
+                "IRQ index {index} out of range"
+            )));
+        }
+        Ok(IrqInfo {
+            index,
+            flags: irq_flags::EVENTFD | irq_flags::MASKABLE | irq_flags::AUTOMASKED,
+            count: 1,
+        })
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        let r = self.model.read(index, offset, data);
+        self.sync_irqs();
+        r
+    }
+
+    fn region_write(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+        mem: &dyn DmaMemory,
+    ) -> Result<(), DeviceError> {
+        let r = self.model.write(index, offset, data, mem);
+        self.sync_irqs();
+        r
+    }
+
+    fn dma_map(&mut self, _region: &MappedRegion) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, _region: &MappedRegion) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    fn set_irqs(&mut self, req: SetIrqs) -> Result<(), DeviceError> {
+        self.irqs.set_irqs(req)
+    }
+
+    fn unmask_irq(&mut self, index: u32, vector: u32) -> Result<(), DeviceError> {
+        if vector != 0 {
+            return Err(DeviceError::Invalid(format!("IRQ {index} vector {vector}")));
+        }
+        self.irqs.unmask(index)
+    }
+
+    fn reset(&mut self) -> Result<(), DeviceError> {
+        self.model.reset();
+        self.sync_irqs();
+        Ok(())
+    }
+
+    fn irq_counters(&self, index: u32, vector: u32) -> Option<IrqCounters> {
+        if vector != 0 {
+            return None;
+        }
+        self.irqs.counters(index)
+    }
+
+    fn poll_fds(&self) -> Vec<(RawFd, u64)> {
+        self.irqs.poll_fds()
+    }
+
+    fn on_poll_fd(&mut self, token: u64, _mem: &dyn DmaMemory) -> Result<(), DeviceError> {
+        self.irqs.on_poll_fd(token)?;
+        Ok(())
+    }
+
+    fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
+        let more = self.model.run_pending(mem);
+        self.sync_irqs();
+        more
+    }
+}
+
+/// A parsed `model:NAME,opt=val,flag` string (without the `model:` prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// Model name.
+    pub name: String,
+    /// Options in order: (key, value).
+    pub options: Vec<(String, Option<String>)>,
+}
+
+impl std::str::FromStr for ModelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let name = parts.next().unwrap_or("").trim().to_string();
+        if name.is_empty() {
+            return Err("empty model name (try model:pl330)".into());
+        }
+        let mut options = Vec::new();
+        for p in parts {
+            if p.is_empty() {
+                return Err(format!("empty option in {s:?}"));
+            }
+            match p.split_once('=') {
+                Some((k, v)) => options.push((k.to_string(), Some(v.to_string()))),
+                None => options.push((p.to_string(), None)),
+            }
+        }
+        Ok(ModelSpec { name, options })
+    }
+}
+
+/// Parses a number option (decimal or 0x-hex).
+pub fn parse_num(key: &str, v: Option<&str>) -> Result<u64, DeviceError> {
+    let v = v.ok_or_else(|| DeviceError::Invalid(format!("option {key} needs a value")))?;
+    let r = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => v.parse(),
+    };
+    r.map_err(|_| DeviceError::Invalid(format!("option {key}={v}: not a number")))
+}
+
+/// Names of the built-in models.
+pub const MODEL_NAMES: &[&str] = &["pl330", "scratch"];
+
+/// Builds a model device from a spec. `no_dmago_gate` (CLI flag) overrides the
+/// PL330 option of the same name.
+pub fn create(spec: &ModelSpec, no_dmago_gate: bool) -> Result<ModelDevice, DeviceError> {
+    let model: Box<dyn Model> = match spec.name.as_str() {
+        "pl330" => Box::new(pl330_adapter::Pl330Model::from_spec(spec, no_dmago_gate)?),
+        "scratch" => Box::new(scratch::Scratch::from_spec(spec)?),
+        other => {
+            return Err(DeviceError::Invalid(format!(
+                "unknown model {other:?} (known: {})",
+                MODEL_NAMES.join(", ")
+            )))
+        }
+    };
+    Ok(ModelDevice::new(model))
+}
+
+/// Flags of a PrimeCell model.
+pub const PRIMECELL_FLAGS: u32 = device_flags::PLATFORM | device_flags::AMBA | device_flags::RESET;
+
+mod pl330_adapter;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_spec_parsing() {
+        let s: ModelSpec = "pl330,channels=8,combined-irq".parse().unwrap();
+        assert_eq!(s.name, "pl330");
+        assert_eq!(
+            s.options,
+            vec![
+                ("channels".to_string(), Some("8".to_string())),
+                ("combined-irq".to_string(), None)
+            ]
+        );
+        assert!("".parse::<ModelSpec>().is_err());
+        assert!("pl330,,x".parse::<ModelSpec>().is_err());
+        assert_eq!(parse_num("k", Some("0x10")).unwrap(), 16);
+        assert!(parse_num("k", Some("zz")).is_err());
+        assert!(parse_num("k", None).is_err());
+        assert!(create(&"nosuch".parse().unwrap(), false).is_err());
+    }
+}
