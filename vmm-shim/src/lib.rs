@@ -3,6 +3,8 @@
 //! vfio-user device: DMA memory table, trapped and shared MMIO, irqfd/resamplefd.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod demo;
+pub mod dtb;
 pub mod guest;
 pub mod layout;
 pub mod link;

@@ -4,8 +4,8 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::Duration;
 
-use vfio_sidecar_protocol::message::{IrqAction, REGION_INFO_FLAG_MMAP};
 use vfio_sidecar_protocol::client::IrqData;
+use vfio_sidecar_protocol::message::{IrqAction, REGION_INFO_FLAG_MMAP};
 use vfio_sidecar_protocol::{Client, ClientError, ClientOptions, DmaProt};
 
 use crate::layout::PAGE_SIZE;
@@ -32,7 +32,11 @@ impl ProtoBackend {
         };
         let client = Client::connect(socket, opts)
             .map_err(|e| LinkError::Transport(format!("{}: {e}", socket.display())))?;
-        log::info!("connected to {}: {:?}", socket.display(), client.negotiated());
+        log::info!(
+            "connected to {}: {:?}",
+            socket.display(),
+            client.negotiated()
+        );
         Ok(ProtoBackend { client })
     }
 
@@ -128,15 +132,37 @@ impl Backend for ProtoBackend {
         Ok(out)
     }
 
-    fn set_irq_trigger(&mut self, index: u32, vector: u32, fd: BorrowedFd<'_>) -> Result<(), LinkError> {
+    fn set_irq_trigger(
+        &mut self,
+        index: u32,
+        vector: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), LinkError> {
         self.client
-            .set_irqs(index, IrqAction::Trigger, IrqData::Eventfds(&[Some(fd)]), vector, 1)
+            .set_irqs(
+                index,
+                IrqAction::Trigger,
+                IrqData::Eventfds(&[Some(fd)]),
+                vector,
+                1,
+            )
             .map_err(transport)
     }
 
-    fn set_irq_unmask_fd(&mut self, index: u32, vector: u32, fd: BorrowedFd<'_>) -> Result<(), LinkError> {
+    fn set_irq_unmask_fd(
+        &mut self,
+        index: u32,
+        vector: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), LinkError> {
         self.client
-            .set_irqs(index, IrqAction::Unmask, IrqData::Eventfds(&[Some(fd)]), vector, 1)
+            .set_irqs(
+                index,
+                IrqAction::Unmask,
+                IrqData::Eventfds(&[Some(fd)]),
+                vector,
+                1,
+            )
             .map_err(transport)
     }
 
@@ -162,7 +188,10 @@ mod tests {
     #[test]
     fn mappable_areas_follow_flags_and_caps() {
         let rw = REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE;
-        assert!(mappable_areas(rw, 0x1000, None).is_empty(), "no MMAP: all trapped");
+        assert!(
+            mappable_areas(rw, 0x1000, None).is_empty(),
+            "no MMAP: all trapped"
+        );
         assert!(mappable_areas(rw, 0x1000, Some(&[(0, 0x1000)])).is_empty());
         let m = rw | REGION_INFO_FLAG_MMAP;
         assert_eq!(mappable_areas(m, 0x3000, None), vec![(0, 0x3000)]);
@@ -170,7 +199,10 @@ mod tests {
             mappable_areas(m, 0x3000, Some(&[(0x2000, 0x1000), (0, 0)])),
             vec![(0x2000, 0x1000)]
         );
-        assert!(mappable_areas(m, 0x3000, Some(&[])).is_empty(), "empty sparse cap: all trapped");
+        assert!(
+            mappable_areas(m, 0x3000, Some(&[])).is_empty(),
+            "empty sparse cap: all trapped"
+        );
         assert!(mappable_areas(m, 0x800, None).is_empty());
     }
 }
