@@ -1,16 +1,1029 @@
-//! (in progress)
+//! The server glue: the vfio-user [`Handler`] over a [`Device`], the DMA memory
+//! table, the EOI engine and the device profile ([`Backend`]), and the epoll
+//! event loop around the listening socket ([`run_serve`]).
+//!
+//! * **Regions**: accesses are bounds-checked (zero length, `offset + len` past the
+//!   region → `EINVAL`). `DEVICE_GET_REGION_INFO` reports the device's sparse mmap
+//!   areas *minus* the pages that hold a clear register while the clear-register
+//!   policy is in force (they must trap); a region left without areas loses its
+//!   MMAP flag (the PL330 model has none anyway: one trapped 4 KiB frame).
+//! * **DMA**: `DMA_MAP` needs an fd (mapping without one, i.e. DMA_READ/WRITE
+//!   messages, is not supported: `EINVAL`); see [`crate::dma`]. EXEC: plain
+//!   clients get READ ⇒ EXEC; extension clients state EXEC; the extension reply
+//!   says `exec_enforced` = true for models, false for VFIO devices.
+//! * **EOI**: after a trapped access reaches the device, [`EoiEngine`] says which
+//!   IRQs to unmask (clear register written, or any access for first-access).
+//! * **Lifecycle**: one client at a time. A second connection is answered with an
+//!   `EBUSY` error reply to its VERSION and closed. When the client goes (clean or
+//!   killed): every DMA mapping is dropped (device notified, munmap, fd closed),
+//!   every IRQ eventfd released (`SET_IRQS` trigger disable, unmask eventfd
+//!   removed), the device reset when it supports reset, counters logged, and the
+//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed.
 
-use crate::cli::ServeArgs;
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 
-/// Serve errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// Not yet.
-    #[error("serve: not implemented yet")]
-    NotYet,
+use thiserror::Error;
+use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
+use vfio_sidecar_protocol::error::Errno;
+use vfio_sidecar_protocol::ext::{
+    self, ClockDesc, DeviceDescription, DeviceKind, EoiDesc, IrqDesc, IrqStats, IrqTrigger,
+    RegionDesc,
+};
+use vfio_sidecar_protocol::message::{
+    self as msg, DeviceInfo as WireDeviceInfo, DmaMap, DmaUnmap, IrqDataType,
+    IrqInfo as WireIrqInfo, RegionInfo as WireRegionInfo, SetIrqs as WireSetIrqs,
+};
+use vfio_sidecar_protocol::server::{ConnStatus, Handler, ServerConnection};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::cli::{load_profiles, open_device, select_profile, CliError, DeviceSpec, ServeArgs};
+use crate::device::{
+    device_flags, irq_flags, region_flags, Device, DeviceError, DmaProt, IrqAction, IrqData,
+    SetIrqs, SparseArea,
+};
+use crate::dma::DmaTable;
+use crate::irq::{ClearMode, EoiEngine, EoiPolicy};
+use crate::profile::{Profile, Trigger};
+
+/// Page size for trapping.
+const PAGE: u64 = 4096;
+
+fn errno_of(e: &DeviceError) -> Errno {
+    Errno(e.errno())
 }
 
-/// Runs the server until SIGTERM/SIGINT.
-pub fn run_serve(_args: ServeArgs) -> Result<(), ServeError> {
-    Err(ServeError::NotYet)
+/// Subtracts the pages in `trapped` ([start, end) byte ranges) from `areas`.
+pub fn subtract_trapped(areas: &[SparseArea], trapped: &[(u64, u64)]) -> Vec<SparseArea> {
+    let mut out: Vec<SparseArea> = areas.to_vec();
+    for &(ts, te) in trapped {
+        let mut next = Vec::new();
+        for a in out {
+            let (s, e) = (a.offset, a.offset.saturating_add(a.size));
+            if te <= s || ts >= e {
+                next.push(a);
+                continue;
+            }
+            if ts > s {
+                next.push(SparseArea {
+                    offset: s,
+                    size: ts - s,
+                });
+            }
+            if te < e {
+                next.push(SparseArea {
+                    offset: te,
+                    size: e - te,
+                });
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// The device side of one vfio-user connection (persists across clients).
+pub struct Backend {
+    dev: Box<dyn Device>,
+    dma: DmaTable,
+    eoi: EoiEngine,
+    profile: Profile,
+    is_model: bool,
+    dma_exec: bool,
+    extension: bool,
+    max_dma_maps: u32,
+    /// Set when a client message may have changed the device's poll fds.
+    irqs_changed: bool,
+    /// Set after writes/resets: the device may have work left (`run_pending`).
+    work_pending: bool,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("profile", &self.profile.name)
+            .field("dma", &self.dma)
+            .field("eoi", &self.eoi)
+            .finish()
+    }
+}
+
+impl Backend {
+    /// Wraps a device. `policy` overrides the profile's default EOI policy.
+    pub fn new(
+        dev: Box<dyn Device>,
+        profile: Profile,
+        policy: Option<EoiPolicy>,
+        is_model: bool,
+        max_dma_maps: u32,
+    ) -> Result<Self, ServeError> {
+        let info = dev.info();
+        let eoi = profile.eoi_engine(info.num_irqs, policy)?;
+        let mut dma = DmaTable::new(max_dma_maps as usize);
+        for i in 0..info.num_regions {
+            if let Ok(r) = dev.region_info(i) {
+                if let Some(m) = &r.mmap {
+                    if let Err(e) = dma.forbid_file(&m.fd) {
+                        log::warn!("cannot stat region {i} fd: {e}");
+                    }
+                }
+            }
+        }
+        Ok(Backend {
+            dev,
+            dma,
+            eoi,
+            profile,
+            is_model,
+            dma_exec: false,
+            extension: false,
+            max_dma_maps,
+            irqs_changed: true,
+            work_pending: false,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &dyn Device {
+        self.dev.as_ref()
+    }
+
+    /// Number of DMA mappings.
+    pub fn dma_len(&self) -> usize {
+        self.dma.len()
+    }
+
+    /// The EOI engine.
+    pub fn eoi(&self) -> &EoiEngine {
+        &self.eoi
+    }
+
+    fn unmask(&mut self, indices: Vec<u32>) {
+        for i in indices {
+            if let Err(e) = self.dev.unmask_irq(i, 0) {
+                log::debug!("EOI unmask of IRQ {i} failed: {e}");
+            }
+        }
+    }
+
+    fn check_access(&self, region: u32, offset: u64, len: usize) -> Result<(), Errno> {
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let info = self.dev.region_info(region).map_err(|e| errno_of(&e))?;
+        let end = offset.checked_add(len as u64).ok_or(Errno::EINVAL)?;
+        if end > info.size {
+            log::debug!(
+                "region {region} access [{offset:#x}, +{len}) beyond size {:#x}",
+                info.size
+            );
+            return Err(Errno::EINVAL);
+        }
+        Ok(())
+    }
+
+    fn trapped_ranges(&self, region: u32) -> Vec<(u64, u64)> {
+        self.eoi
+            .trapped_registers()
+            .into_iter()
+            .filter(|c| c.region == region)
+            .map(|c| {
+                let s = c.offset & !(PAGE - 1);
+                let e = (c.offset + u64::from(c.width)).div_ceil(PAGE) * PAGE;
+                (s, e)
+            })
+            .collect()
+    }
+
+    /// Runs the device's pending work once; true while more is pending.
+    pub fn run_pending(&mut self) -> bool {
+        if !self.work_pending {
+            return false;
+        }
+        self.work_pending = self.dev.run_pending(&self.dma);
+        self.work_pending
+    }
+
+    /// Device poll fds (tokens as the device gave them).
+    pub fn poll_fds(&self) -> Vec<(RawFd, u64)> {
+        self.dev.poll_fds()
+    }
+
+    /// A device poll fd fired.
+    pub fn on_poll_fd(&mut self, token: u64) {
+        if let Err(e) = self.dev.on_poll_fd(token, &self.dma) {
+            log::warn!("device poll fd {token:#x}: {e}");
+        }
+    }
+
+    /// Logs the IRQ counters of every vector.
+    pub fn log_counters(&self, when: &str) {
+        let info = self.dev.info();
+        for i in 0..info.num_irqs {
+            if let Some(c) = self.dev.irq_counters(i, 0) {
+                log::info!(
+                    "{when}: IRQ {i}: device events {}, host interrupts {}, unmasks {}, refires {}",
+                    c.device_events,
+                    c.host_interrupts,
+                    c.unmasks,
+                    c.refires
+                );
+            }
+        }
+    }
+
+    /// Cleanup after the client went away: DMA mappings, IRQ eventfds, reset.
+    pub fn client_gone(&mut self) {
+        self.log_counters("client disconnected");
+        for r in self.dma.clear() {
+            if let Err(e) = self.dev.dma_unmap(&r) {
+                log::warn!("device DMA unmap of {:#x}+{:#x}: {e}", r.iova, r.size);
+            }
+        }
+        let info = self.dev.info();
+        for index in 0..info.num_irqs {
+            let Ok(ii) = self.dev.irq_info(index) else {
+                continue;
+            };
+            if let Err(e) = self.dev.set_irqs(SetIrqs {
+                index,
+                start: 0,
+                count: 0,
+                action: IrqAction::Trigger,
+                data: IrqData::None,
+            }) {
+                log::debug!("release IRQ {index} trigger: {e}");
+            }
+            if ii.flags & irq_flags::MASKABLE != 0 && ii.count >= 1 {
+                if let Err(e) = self.dev.set_irqs(SetIrqs {
+                    index,
+                    start: 0,
+                    count: 1,
+                    action: IrqAction::Unmask,
+                    data: IrqData::Eventfd(vec![None]),
+                }) {
+                    log::debug!("release IRQ {index} unmask eventfd: {e}");
+                }
+            }
+        }
+        if info.flags & device_flags::RESET != 0 {
+            if let Err(e) = self.dev.reset() {
+                log::warn!("device reset after disconnect failed: {e}");
+            }
+        }
+        self.dma_exec = false;
+        self.extension = false;
+        self.dma.set_limit(self.max_dma_maps as usize);
+        self.irqs_changed = true;
+        self.work_pending = false;
+    }
+
+    /// The extension's device description.
+    pub fn description(&self) -> DeviceDescription {
+        let info = self.dev.info();
+        let kind = if info.flags & device_flags::PCI != 0 {
+            DeviceKind::Pci
+        } else if info.flags & device_flags::AMBA != 0 {
+            DeviceKind::Amba
+        } else {
+            DeviceKind::Platform
+        };
+        let regions = (0..info.num_regions)
+            .map(|i| RegionDesc {
+                index: i,
+                name: self
+                    .profile
+                    .regions
+                    .get(i as usize)
+                    .cloned()
+                    .or_else(|| self.dev.region_info(i).ok().map(|r| r.name))
+                    .unwrap_or_else(|| format!("region{i}")),
+                guest_base: None,
+            })
+            .collect();
+        let irqs = (0..info.num_irqs)
+            .map(|i| {
+                let p = self.profile.irq(i);
+                let rule = self.eoi.rules().iter().find(|r| r.index == i);
+                let eoi = match rule {
+                    None => EoiDesc {
+                        policy: ext::EoiPolicy::None,
+                        clear: None,
+                    },
+                    Some(r) => EoiDesc {
+                        policy: match r.policy {
+                            EoiPolicy::ClearRegister => ext::EoiPolicy::ClearRegister,
+                            EoiPolicy::Resample => ext::EoiPolicy::Resample,
+                            EoiPolicy::FirstAccess => ext::EoiPolicy::FirstAccess,
+                        },
+                        clear: r.clear.map(|c| ext::ClearReg {
+                            region: c.region,
+                            offset: c.offset,
+                            width: c.width,
+                            mode: match c.mode {
+                                ClearMode::W1c => ext::ClearMode::W1c,
+                                ClearMode::WriteAny => ext::ClearMode::WriteAny,
+                            },
+                            bit: (c.mask.count_ones() == 1).then(|| c.mask.trailing_zeros()),
+                        }),
+                    },
+                };
+                IrqDesc {
+                    index: i,
+                    name: p.name.unwrap_or_else(|| format!("irq{i}")),
+                    trigger: match p.trigger {
+                        Trigger::LevelHigh => IrqTrigger::LevelHigh,
+                        Trigger::LevelLow => IrqTrigger::LevelLow,
+                        Trigger::EdgeRising => IrqTrigger::EdgeRising,
+                        Trigger::EdgeFalling => IrqTrigger::EdgeFalling,
+                        Trigger::EdgeBoth => IrqTrigger::EdgeBoth,
+                    },
+                    eoi,
+                }
+            })
+            .collect();
+        DeviceDescription {
+            kind,
+            compatible: self.profile.compatible.clone(),
+            clocks: self
+                .profile
+                .clocks
+                .iter()
+                .map(|c| ClockDesc {
+                    name: c.name.clone(),
+                    frequency_hz: u64::from(c.frequency),
+                })
+                .collect(),
+            regions,
+            irqs,
+            dt_node_name: self.profile.node_name.clone(),
+        }
+    }
+}
+
+impl Handler for Backend {
+    fn version(&mut self, _client: &Capabilities) -> Result<Capabilities, Errno> {
+        let mut caps = Capabilities::from_limits(&Limits {
+            max_dma_maps: self.max_dma_maps,
+            ..Limits::default()
+        });
+        caps.write_multiple = true;
+        caps.sidecar = Some(SidecarCaps {
+            version: SIDECAR_VERSION,
+            dma_exec: true,
+            platform: true,
+            eoi: true,
+            exec_enforced: Some(self.is_model),
+        });
+        Ok(caps)
+    }
+
+    fn negotiated(&mut self, n: &Negotiated) {
+        self.extension = n.extension();
+        self.dma_exec = n.dma_exec();
+        self.dma.set_limit(n.server.max_dma_maps as usize);
+        log::info!(
+            "client negotiated vfio-user {}.{}{}",
+            n.major,
+            n.minor,
+            if self.extension {
+                format!(
+                    " with the vfio-sidecar extension (dma_exec {}, exec enforced {})",
+                    n.dma_exec(),
+                    n.exec_enforced()
+                )
+            } else {
+                " (plain client: READ mappings are executable)".into()
+            }
+        );
+    }
+
+    fn dma_map(&mut self, req: &DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno> {
+        let Some(fd) = fd else {
+            log::warn!("DMA_MAP without an fd (DMA_READ/WRITE mode) is not supported");
+            return Err(Errno::EINVAL);
+        };
+        let p = req.prot(self.dma_exec);
+        let prot = DmaProt {
+            read: p.read,
+            write: p.write,
+            exec: p.exec,
+        };
+        let region = self
+            .dma
+            .map(req.address, req.size, fd, req.offset, prot)
+            .map_err(|e| {
+                log::debug!("{e}");
+                Errno(e.errno())
+            })?;
+        if let Err(e) = self.dev.dma_map(&region) {
+            log::warn!(
+                "device refused DMA map {:#x}+{:#x}: {e}",
+                region.iova,
+                region.size
+            );
+            let _ = self.dma.unmap(region.iova, region.size);
+            return Err(errno_of(&e));
+        }
+        log::debug!(
+            "DMA map {:#x}+{:#x} r{} w{} x{}",
+            region.iova,
+            region.size,
+            prot.read as u8,
+            prot.write as u8,
+            prot.exec as u8
+        );
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, req: &DmaUnmap) -> Result<(), Errno> {
+        if req.is_all() {
+            for r in self.dma.clear() {
+                if let Err(e) = self.dev.dma_unmap(&r) {
+                    log::warn!("device DMA unmap {:#x}: {e}", r.iova);
+                }
+            }
+            return Ok(());
+        }
+        let Some(r) = self.dma.get_exact(req.address, req.size) else {
+            return Err(Errno::EINVAL);
+        };
+        if let Err(e) = self.dev.dma_unmap(&r) {
+            log::warn!("device DMA unmap {:#x}: {e}", r.iova);
+        }
+        self.dma
+            .unmap(req.address, req.size)
+            .map(|_| ())
+            .map_err(|e| Errno(e.errno()))
+    }
+
+    fn device_info(&mut self) -> Result<WireDeviceInfo, Errno> {
+        let i = self.dev.info();
+        Ok(WireDeviceInfo {
+            argsz: WireDeviceInfo::SIZE as u32,
+            flags: i.flags,
+            num_regions: i.num_regions,
+            num_irqs: i.num_irqs,
+        })
+    }
+
+    fn region_info(&mut self, index: u32) -> Result<(WireRegionInfo, Option<RawFd>), Errno> {
+        let r = self.dev.region_info(index).map_err(|e| errno_of(&e))?;
+        let mut flags = r.flags & (region_flags::READ | region_flags::WRITE);
+        let mut offset = 0;
+        let mut sparse = None;
+        let mut fd = None;
+        if let Some(m) = &r.mmap {
+            if r.flags & region_flags::MMAP != 0 {
+                let areas = subtract_trapped(&m.areas, &self.trapped_ranges(index));
+                if !areas.is_empty() {
+                    flags |= region_flags::MMAP;
+                    offset = m.fd_offset;
+                    fd = Some(m.fd);
+                    sparse = Some(
+                        areas
+                            .iter()
+                            .map(|a| msg::SparseArea {
+                                offset: a.offset,
+                                size: a.size,
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+        Ok((
+            WireRegionInfo {
+                index,
+                flags,
+                size: r.size,
+                offset,
+                sparse,
+            },
+            fd,
+        ))
+    }
+
+    fn irq_info(&mut self, index: u32) -> Result<WireIrqInfo, Errno> {
+        let i = self.dev.irq_info(index).map_err(|e| errno_of(&e))?;
+        Ok(WireIrqInfo {
+            argsz: WireIrqInfo::SIZE as u32,
+            flags: i.flags,
+            index,
+            count: i.count,
+        })
+    }
+
+    fn set_irqs(&mut self, req: &WireSetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+        let info = self.dev.irq_info(req.index).map_err(|e| errno_of(&e))?;
+        let action = match req.action().ok_or(Errno::EINVAL)? {
+            msg::IrqAction::Mask => IrqAction::Mask,
+            msg::IrqAction::Unmask => IrqAction::Unmask,
+            msg::IrqAction::Trigger => IrqAction::Trigger,
+        };
+        let dtype = req.data_type().ok_or(Errno::EINVAL)?;
+        let disable = action == IrqAction::Trigger && dtype == IrqDataType::None && req.count == 0;
+        if !disable {
+            let end = req.start.checked_add(req.count).ok_or(Errno::EINVAL)?;
+            if req.count == 0 || end > info.count {
+                return Err(Errno::EINVAL);
+            }
+        }
+        if matches!(action, IrqAction::Mask | IrqAction::Unmask)
+            && info.flags & irq_flags::MASKABLE == 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let data = match dtype {
+            IrqDataType::None => IrqData::None,
+            IrqDataType::Bool => {
+                if req.bools.len() != req.count as usize {
+                    return Err(Errno::EINVAL);
+                }
+                IrqData::Bool(req.bools.clone())
+            }
+            IrqDataType::Eventfd => {
+                if fds.is_empty() {
+                    IrqData::Eventfd((0..req.count).map(|_| None).collect())
+                } else if fds.len() == req.count as usize {
+                    IrqData::Eventfd(fds.into_iter().map(Some).collect())
+                } else {
+                    return Err(Errno::EINVAL);
+                }
+            }
+        };
+        self.irqs_changed = true;
+        self.dev
+            .set_irqs(SetIrqs {
+                index: req.index,
+                start: req.start,
+                count: req.count,
+                action,
+                data,
+            })
+            .map_err(|e| {
+                log::debug!("SET_IRQS: {e}");
+                errno_of(&e)
+            })
+    }
+
+    fn region_read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        self.check_access(region, offset, buf.len())?;
+        let r = self.dev.region_read(region, offset, buf);
+        let unmask = self.eoi.after_read();
+        self.unmask(unmask);
+        r.map_err(|e| {
+            log::debug!("region {region} read {offset:#x}: {e}");
+            errno_of(&e)
+        })
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        self.check_access(region, offset, data.len())?;
+        let r = self.dev.region_write(region, offset, data, &self.dma);
+        self.work_pending = true;
+        if r.is_ok() {
+            let unmask = self.eoi.after_write(region, offset, data);
+            self.unmask(unmask);
+        } else {
+            // A refused write still counts as an access for first-access.
+            let unmask = self.eoi.after_read();
+            self.unmask(unmask);
+        }
+        r.map_err(|e| {
+            log::debug!("region {region} write {offset:#x}: {e}");
+            errno_of(&e)
+        })
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        self.work_pending = false;
+        self.dev.reset().map_err(|e| errno_of(&e))
+    }
+
+    fn device_desc(&mut self) -> Result<(DeviceDescription, Vec<u8>), Errno> {
+        Ok((self.description(), Vec::new()))
+    }
+
+    fn irq_stats(&mut self, index: u32, start: u32, count: u32) -> Result<Vec<IrqStats>, Errno> {
+        let info = self.dev.irq_info(index).map_err(|e| errno_of(&e))?;
+        let end = start.checked_add(count).ok_or(Errno::EINVAL)?;
+        if end > info.count {
+            return Err(Errno::EINVAL);
+        }
+        (start..end)
+            .map(|v| {
+                self.dev
+                    .irq_counters(index, v)
+                    .map(|c| IrqStats {
+                        device_events: c.device_events,
+                        host_interrupts: c.host_interrupts,
+                        unmasks: c.unmasks,
+                        refires: c.refires,
+                    })
+                    .ok_or(Errno::ENOTSUP)
+            })
+            .collect()
+    }
+}
+
+/// Answers a second client's VERSION with EBUSY.
+struct BusyHandler;
+
+impl Handler for BusyHandler {
+    fn version(&mut self, _client: &Capabilities) -> Result<Capabilities, Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn dma_map(&mut self, _r: &DmaMap, _fd: Option<OwnedFd>) -> Result<(), Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn dma_unmap(&mut self, _r: &DmaUnmap) -> Result<(), Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn device_info(&mut self) -> Result<WireDeviceInfo, Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn region_info(&mut self, _i: u32) -> Result<(WireRegionInfo, Option<RawFd>), Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn irq_info(&mut self, _i: u32) -> Result<WireIrqInfo, Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn set_irqs(&mut self, _r: &WireSetIrqs, _f: Vec<OwnedFd>) -> Result<(), Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn region_read(&mut self, _r: u32, _o: u64, _b: &mut [u8]) -> Result<(), Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn region_write(&mut self, _r: u32, _o: u64, _d: &[u8]) -> Result<(), Errno> {
+        Err(Errno::EBUSY)
+    }
+    fn reset(&mut self) -> Result<(), Errno> {
+        Err(Errno::EBUSY)
+    }
+}
+
+/// Errors of `serve`. Each message names the fix.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// Profile/device/CLI level problem.
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    /// Profile inconsistency.
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
+    /// Another server listens on the path.
+    #[error("socket {0} is in use by a running server; stop it or choose another --socket path")]
+    SocketInUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; remove it or choose another --socket path")]
+    NotASocket(PathBuf),
+    /// bind/listen failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// epoll/signalfd setup or wait failed.
+    #[error("event loop: {0}")]
+    EventLoop(std::io::Error),
+}
+
+const TOKEN_LISTEN: u64 = 1;
+const TOKEN_CLIENT: u64 = 2;
+const TOKEN_SIGNAL: u64 = 3;
+const TOKEN_REJECT: u64 = 4;
+const TOKEN_DEVICE: u64 = 1 << 63;
+
+/// Prepares the socket path: refuses a live server's socket, removes a stale one.
+fn prepare_socket(path: &Path) -> Result<(), ServeError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ServeError::Bind {
+                path: path.into(),
+                source: e,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServeError::NotASocket(path.into()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ServeError::SocketInUse(path.into())),
+        Err(_) => {
+            log::warn!(
+                "removing stale socket {} (nothing listens on it)",
+                path.display()
+            );
+            std::fs::remove_file(path).map_err(|e| ServeError::Bind {
+                path: path.into(),
+                source: e,
+            })
+        }
+    }
+}
+
+/// SIGTERM/SIGINT as a signalfd (signals blocked in this thread).
+struct SignalFd {
+    fd: OwnedFd,
+    old: libc::sigset_t,
+}
+
+impl SignalFd {
+    fn new() -> std::io::Result<Self> {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: the sigset functions initialise and modify the set we own; the
+        // mask change only affects this thread; signalfd creates a new fd.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), old.as_mut_ptr());
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+            let fd = libc::signalfd(-1, set.as_ptr(), libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+                return Err(e);
+            }
+            Ok(SignalFd {
+                fd: OwnedFd::from_raw_fd(fd),
+                old: old.assume_init(),
+            })
+        }
+    }
+
+    fn read(&self) -> Option<u32> {
+        let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::zeroed();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading at most one siginfo into the buffer we own.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if n as usize != size {
+            return None;
+        }
+        // SAFETY: the kernel filled the whole structure.
+        Some(unsafe { info.assume_init() }.ssi_signo)
+    }
+}
+
+impl Drop for SignalFd {
+    fn drop(&mut self) {
+        // SAFETY: restores the thread's previous signal mask saved in `new`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+struct SocketGuard(PathBuf);
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::Result<()> {
+    epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
+}
+
+/// Opens the device per `args` and builds the [`Backend`].
+pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
+    let set = load_profiles(args.profile.as_deref())?;
+    let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
+    let dev = open_device(&args.device, args.no_dmago_gate, args.no_mmap)?;
+    let is_model = matches!(args.device, DeviceSpec::Model(_));
+    Backend::new(dev, profile, args.eoi, is_model, args.max_dma_maps)
+}
+
+/// Runs the server until SIGTERM/SIGINT (see the module docs).
+pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
+    let mut backend = build_backend(&args)?;
+    prepare_socket(&args.socket)?;
+    let listener = UnixListener::bind(&args.socket).map_err(|e| ServeError::Bind {
+        path: args.socket.clone(),
+        source: e,
+    })?;
+    let _guard = SocketGuard(args.socket.clone());
+    listener
+        .set_nonblocking(true)
+        .map_err(ServeError::EventLoop)?;
+    let sig = SignalFd::new().map_err(ServeError::EventLoop)?;
+    let epoll = Epoll::new().map_err(ServeError::EventLoop)?;
+    ctl(
+        &epoll,
+        ControlOperation::Add,
+        listener.as_raw_fd(),
+        TOKEN_LISTEN,
+    )
+    .map_err(ServeError::EventLoop)?;
+    ctl(
+        &epoll,
+        ControlOperation::Add,
+        sig.fd.as_raw_fd(),
+        TOKEN_SIGNAL,
+    )
+    .map_err(ServeError::EventLoop)?;
+    let policies: BTreeSet<String> = backend
+        .eoi()
+        .rules()
+        .iter()
+        .map(|r| r.policy.to_string())
+        .collect();
+    log::info!(
+        "listening on {} (device {}, profile {}, EOI {})",
+        args.socket.display(),
+        args.device,
+        backend.profile.name,
+        if policies.is_empty() {
+            "none".to_string()
+        } else {
+            policies.into_iter().collect::<Vec<_>>().join("/")
+        }
+    );
+    let limits = Limits {
+        max_dma_maps: args.max_dma_maps,
+        ..Limits::default()
+    };
+    let mut client: Option<ServerConnection> = None;
+    let mut rejecting: Option<ServerConnection> = None;
+    let mut dev_fds: Vec<(RawFd, u64)> = Vec::new();
+    let mut events = vec![EpollEvent::default(); 16];
+    loop {
+        if backend.irqs_changed {
+            for (fd, _) in dev_fds.drain(..) {
+                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            for (fd, tok) in backend.poll_fds() {
+                match ctl(&epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
+                    Ok(()) => dev_fds.push((fd, tok)),
+                    Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
+                }
+            }
+            backend.irqs_changed = false;
+        }
+        let timeout = if backend.work_pending { 0 } else { -1 };
+        let n = match epoll.wait(timeout, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ServeError::EventLoop(e)),
+        };
+        if n == 0 {
+            backend.run_pending();
+            continue;
+        }
+        for ev in events.iter().take(n) {
+            match ev.data() {
+                TOKEN_SIGNAL => {
+                    let signo = sig.read().unwrap_or(0);
+                    log::info!("signal {signo}: shutting down");
+                    if client.take().is_some() {
+                        backend.client_gone();
+                    } else {
+                        backend.log_counters("exit");
+                    }
+                    return Ok(());
+                }
+                TOKEN_LISTEN => loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let conn = match ServerConnection::new(stream, limits) {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    log::warn!("new connection: {e}");
+                                    continue;
+                                }
+                            };
+                            if client.is_none() {
+                                log::info!("client connected");
+                                if let Err(e) = ctl(
+                                    &epoll,
+                                    ControlOperation::Add,
+                                    conn.as_raw_fd(),
+                                    TOKEN_CLIENT,
+                                ) {
+                                    log::warn!("cannot watch client: {e}");
+                                    continue;
+                                }
+                                client = Some(conn);
+                            } else {
+                                log::warn!(
+                                    "second client refused: one client at a time (it gets EBUSY)"
+                                );
+                                if let Some(old) = rejecting.take() {
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        old.as_raw_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                }
+                                if ctl(
+                                    &epoll,
+                                    ControlOperation::Add,
+                                    conn.as_raw_fd(),
+                                    TOKEN_REJECT,
+                                )
+                                .is_ok()
+                                {
+                                    rejecting = Some(conn);
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            log::warn!("accept: {e}");
+                            break;
+                        }
+                    }
+                },
+                TOKEN_CLIENT => {
+                    let status = match client.as_mut() {
+                        Some(c) => c.handle_readable(&mut backend),
+                        None => Ok(ConnStatus::Open),
+                    };
+                    let closed = match status {
+                        Ok(ConnStatus::Open) => false,
+                        Ok(ConnStatus::Closed) => true,
+                        Err(e) => {
+                            log::warn!("client connection: {e}");
+                            true
+                        }
+                    };
+                    if closed {
+                        if let Some(c) = client.take() {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                c.as_raw_fd(),
+                                EpollEvent::default(),
+                            );
+                        }
+                        backend.client_gone();
+                    }
+                }
+                TOKEN_REJECT => {
+                    let done = match rejecting.as_mut() {
+                        Some(c) => {
+                            !matches!(c.handle_readable(&mut BusyHandler), Ok(ConnStatus::Open))
+                        }
+                        None => false,
+                    };
+                    if done {
+                        if let Some(c) = rejecting.take() {
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                c.as_raw_fd(),
+                                EpollEvent::default(),
+                            );
+                        }
+                    }
+                }
+                t if t & TOKEN_DEVICE != 0 => backend.on_poll_fd(t & !TOKEN_DEVICE),
+                t => log::debug!("unexpected epoll token {t:#x}"),
+            }
+        }
+        backend.run_pending();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trapped_pages_are_cut_out() {
+        let areas = [SparseArea {
+            offset: 0,
+            size: 0x4000,
+        }];
+        let out = subtract_trapped(&areas, &[(0x1000, 0x2000)]);
+        assert_eq!(
+            out,
+            vec![
+                SparseArea {
+                    offset: 0,
+                    size: 0x1000
+                },
+                SparseArea {
+                    offset: 0x2000,
+                    size: 0x2000
+                }
+            ]
+        );
+        assert!(subtract_trapped(&areas, &[(0, 0x4000)]).is_empty());
+        assert_eq!(
+            subtract_trapped(&areas, &[(0x8000, 0x9000)]),
+            areas.to_vec()
+        );
+    }
 }

@@ -1,1 +1,259 @@
-//! Helpers for cross-process tests.
+//! Helpers for cross-process tests: start the `vfio-sidecar` binary on a socket
+//! in a temporary directory (killed on drop), guest memory in a memfd, eventfds,
+//! counting a process's open fds.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vfio_sidecar_protocol::client::{Client, ClientOptions};
+
+/// Path of a workspace binary: next to the test executable's `deps/` dir
+/// (`cargo test --workspace` builds all bins). If it is missing, builds it with
+/// `cargo build -p PACKAGE --bin NAME`.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir")
+        .to_path_buf();
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .status()
+            .expect("run cargo build");
+        assert!(st.success(), "cargo build -p {package} --bin {name} failed");
+    }
+    assert!(bin.exists(), "{} not found", bin.display());
+    bin
+}
+
+/// A unique temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/vfio-sidecar-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("vfio-sidecar-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `vfio-sidecar serve` (SIGKILLed on drop).
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Option<Child>,
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+    dir: TempDir,
+}
+
+impl Sidecar {
+    /// Starts `vfio-sidecar serve --socket DIR/s.sock --device DEVICE EXTRA...`
+    /// and waits until the socket accepts connections.
+    pub fn start(device: &str, extra: &[&str]) -> Sidecar {
+        let dir = TempDir::new("srv");
+        let socket = dir.0.join("s.sock");
+        let log = dir.0.join("stderr.log");
+        let bin = workspace_bin("vfio-sidecar", "vfio-sidecar");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--device")
+            .arg(device)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn vfio-sidecar");
+        let mut s = Sidecar {
+            child: Some(child),
+            socket,
+            log,
+            dir,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("vfio-sidecar exited early ({st}): {}", self.log_text());
+                }
+            }
+            if self.log_text().contains("listening on") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vfio-sidecar not ready: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Temporary directory of this instance.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    /// Connects a client (`extension`: propose the vfio-sidecar extension).
+    pub fn connect(&self, extension: bool) -> Client {
+        let opts = ClientOptions {
+            propose_extension: extension,
+            ..ClientOptions::default()
+        };
+        Client::connect(&self.socket, opts).expect("connect to vfio-sidecar")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait")
+    }
+
+    /// Polls `cond` on the log text until true (or panics after 10 s).
+    pub fn wait_log(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log_text().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {what:?}: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Number of open fds of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Number of memory mappings of a process whose path contains `needle`.
+pub fn maps_matching(pid: u32, needle: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|m| m.lines().filter(|l| l.contains(needle)).count())
+        .unwrap_or(0)
+}
+
+/// Guest memory: a memfd of `size` bytes.
+#[derive(Debug)]
+pub struct GuestMem {
+    file: File,
+}
+
+impl GuestMem {
+    /// A memfd named `name` of `size` bytes.
+    pub fn new(name: &str, size: u64) -> Self {
+        let c = std::ffi::CString::new(name).expect("name");
+        // SAFETY: memfd_create reads the NUL-terminated name; returns a new fd.
+        let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh fd owned here.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size).expect("set_len");
+        GuestMem { file }
+    }
+
+    /// The fd, for DMA_MAP.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Writes bytes at an offset.
+    pub fn write(&self, off: u64, data: &[u8]) {
+        self.file
+            .write_all_at(data, off)
+            .expect("write guest memory");
+    }
+
+    /// Reads bytes at an offset.
+    pub fn read(&self, off: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut v, off)
+            .expect("read guest memory");
+        v
+    }
+}
+
+/// A non-blocking eventfd: (fd to pass, reader).
+pub fn eventfd() -> (OwnedFd, File) {
+    // SAFETY: eventfd(2) returns a new fd owned here.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0);
+    // SAFETY: fresh fd.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let reader = File::from(owned.try_clone().expect("dup"));
+    (owned, reader)
+}
+
+/// Reads (and resets) an eventfd counter; 0 if it was not signalled.
+pub fn drain(f: &File) -> u64 {
+    let mut b = [0u8; 8];
+    let mut f = f;
+    match f.read(&mut b) {
+        Ok(8) => u64::from_ne_bytes(b),
+        _ => 0,
+    }
+}

@@ -1,0 +1,241 @@
+//! Cross-process: the PL330 model behind `vfio-sidecar serve`, driven like
+//! Linux's pl330 driver over vfio-user (DMA from memfd guest memory, EXEC
+//! enforcement, interrupts with clear-register vs first-access EOI).
+#![allow(clippy::unwrap_used)]
+
+use vfio_sidecar::model::pl330::asm::{
+    dbginst, linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
+};
+use vfio_sidecar::model::pl330::insn::Insn;
+use vfio_sidecar_protocol::client::{Client, DmaProt, IrqData};
+use vfio_sidecar_protocol::message::IrqAction;
+use vfio_sidecar_tests::{drain, eventfd, GuestMem, Sidecar};
+
+const INTEN: u64 = 0x20;
+const INT_EVENT_RIS: u64 = 0x24;
+const INTCLR: u64 = 0x2c;
+const FSRD: u64 = 0x30;
+const FSRC: u64 = 0x34;
+const DBGCMD: u64 = 0xd04;
+const DBGINST0: u64 = 0xd08;
+const DBGINST1: u64 = 0xd0c;
+
+const IOVA: u64 = 0x4000_0000;
+const MEM: u64 = 0x10000;
+const CODE: u64 = 0x0;
+const SRC: u64 = 0x1000;
+const DST: u64 = 0x4000;
+const LEN: u32 = 0x1234;
+
+fn rd(c: &mut Client, off: u64) -> u32 {
+    let v = c.region_read(0, off, 4).unwrap();
+    u32::from_le_bytes(v.try_into().unwrap())
+}
+
+fn wr(c: &mut Client, off: u64, v: u32) {
+    c.region_write(0, off, &v.to_le_bytes()).unwrap();
+}
+
+/// Writes a Linux-shaped mem-to-mem program and the source pattern into guest
+/// memory; returns the pattern.
+fn prepare(mem: &GuestMem, event: u8) -> Vec<u8> {
+    let src = (IOVA + SRC) as u32;
+    let dst = (IOVA + DST) as u32;
+    let (bs, bl) = linux_memcpy_burst(src, dst, LEN, 64, 256, 8);
+    let code = linux_mem_to_mem(&LinuxXfer {
+        src,
+        dst,
+        len: LEN,
+        burst_size_log2: bs,
+        burst_len: bl,
+        ccr_extra: 0,
+        revision: 2,
+        event,
+        shape: LinuxShape::Dregs,
+    })
+    .unwrap();
+    mem.write(CODE, &code);
+    let pattern: Vec<u8> = (0..LEN).map(|i| (i * 7 + 3) as u8).collect();
+    mem.write(SRC, &pattern);
+    mem.write(DST, &vec![0u8; LEN as usize]);
+    pattern
+}
+
+/// `_start` + `_execute_DBGINSN(DMAGO)` as Linux does it.
+fn dmago(c: &mut Client, event: u8) {
+    let inten = rd(c, INTEN);
+    wr(c, INTEN, inten | (1 << event));
+    let (d0, d1) = dbginst(
+        Insn::Go {
+            chan: 0,
+            ns: false,
+            addr: (IOVA + CODE) as u32,
+        },
+        None,
+    );
+    wr(c, DBGINST0, d0);
+    wr(c, DBGINST1, d1);
+    wr(c, DBGCMD, 0);
+}
+
+/// `pl330_update`: FSRD, FSRC, ES, INTEN reads, then INTCLR per event.
+fn linux_isr(c: &mut Client) -> u32 {
+    let _fsm = rd(c, FSRD) & 1;
+    let _fsc = rd(c, FSRC);
+    let es = rd(c, INT_EVENT_RIS);
+    let mut handled = 0;
+    for ev in 0..8 {
+        if es & (1 << ev) != 0 {
+            let inten = rd(c, INTEN);
+            if inten & (1 << ev) != 0 {
+                wr(c, INTCLR, 1 << ev);
+                handled |= 1 << ev;
+            }
+        }
+    }
+    handled
+}
+
+fn map(c: &mut Client, mem: &GuestMem, exec: bool) {
+    c.dma_map(
+        IOVA,
+        MEM,
+        mem.fd(),
+        0,
+        DmaProt {
+            read: true,
+            write: true,
+            exec,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn plain_client_dma_copy_runs_microcode_from_read_mapping() {
+    let srv = Sidecar::start("model:pl330", &[]);
+    let mut c = srv.connect(false);
+    assert!(!c.negotiated().extension());
+    let info = c.device_info().unwrap();
+    assert_eq!((info.num_regions, info.num_irqs), (1, 8));
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, false);
+    let pattern = prepare(&mem, 0);
+    dmago(&mut c, 0);
+    assert_eq!(mem.read(DST, LEN as usize), pattern, "DMA copy");
+    assert_eq!(rd(&mut c, FSRC), 0);
+    assert_eq!(rd(&mut c, INT_EVENT_RIS) & 1, 1, "DMASEV 0 raised event 0");
+}
+
+#[test]
+fn extension_mapping_without_exec_faults() {
+    // With the DMAGO gate (default): the manager refuses the DMAGO.
+    let srv = Sidecar::start("model:pl330", &[]);
+    let mut c = srv.connect(true);
+    assert!(c.negotiated().exec_enforced(), "model enforces EXEC");
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, false);
+    prepare(&mem, 0);
+    dmago(&mut c, 0);
+    assert_eq!(rd(&mut c, FSRD) & 1, 1, "manager fault (dmago gate)");
+    assert!(
+        mem.read(DST, LEN as usize).iter().all(|b| *b == 0),
+        "no copy"
+    );
+    drop(c);
+    drop(srv);
+
+    // Without the gate: the channel faults on the instruction fetch.
+    let srv = Sidecar::start("model:pl330", &["--no-dmago-gate"]);
+    let mut c = srv.connect(true);
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, false);
+    prepare(&mem, 0);
+    dmago(&mut c, 0);
+    assert_eq!(rd(&mut c, FSRC) & 1, 1, "channel 0 faulting");
+    assert!(
+        mem.read(DST, LEN as usize).iter().all(|b| *b == 0),
+        "no copy"
+    );
+
+    // The same program from an EXEC mapping works.
+    c.dma_unmap(IOVA, MEM).unwrap();
+    let mem2 = GuestMem::new("guest2", MEM);
+    map(&mut c, &mem2, true);
+    let pattern = prepare(&mem2, 1);
+    // Kill the faulting channel first (DMAKILL on channel 0, as Linux does).
+    let (d0, d1) = dbginst(Insn::Kill, Some(0));
+    wr(&mut c, DBGINST0, d0);
+    wr(&mut c, DBGINST1, d1);
+    wr(&mut c, DBGCMD, 0);
+    assert_eq!(rd(&mut c, FSRC), 0);
+    dmago(&mut c, 1);
+    assert_eq!(mem2.read(DST, LEN as usize), pattern);
+}
+
+/// Runs `rounds` transfers with Linux's ISR; returns (stats, eventfd total).
+fn irq_rounds(eoi: &str, rounds: u32) -> (vfio_sidecar_protocol::ext::IrqStats, u64) {
+    let srv = Sidecar::start("model:pl330", &["--eoi", eoi]);
+    let mut c = srv.connect(true);
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, true);
+    let (fd, reader) = eventfd();
+    {
+        use std::os::fd::AsFd;
+        let fds = [Some(fd.as_fd())];
+        c.set_irqs(0, IrqAction::Trigger, IrqData::Eventfds(&fds), 0, 1)
+            .unwrap();
+    }
+    let mut signalled = 0;
+    for _ in 0..rounds {
+        let pattern = prepare(&mem, 0);
+        dmago(&mut c, 0);
+        assert_eq!(mem.read(DST, LEN as usize), pattern);
+        // The guest sees the interrupt, then runs the ISR.
+        let n = drain(&reader);
+        assert!(n >= 1, "interrupt delivered");
+        signalled += n;
+        assert_eq!(linux_isr(&mut c), 1);
+        signalled += drain(&reader);
+    }
+    let st = c.irq_stats(0, 0, 1).unwrap();
+    (st[0], signalled)
+}
+
+#[test]
+fn clear_register_eoi_one_host_interrupt_per_device_event() {
+    let (st, signalled) = irq_rounds("clear-register", 3);
+    assert_eq!(st.device_events, 3);
+    assert_eq!(st.host_interrupts, 3, "{st:?}");
+    assert_eq!(st.refires, 0);
+    assert_eq!(st.unmasks, 3);
+    assert_eq!(signalled, 3);
+}
+
+#[test]
+fn first_access_eoi_causes_extra_host_interrupts() {
+    let (st, signalled) = irq_rounds("first-access", 3);
+    assert_eq!(st.device_events, 3);
+    assert!(st.host_interrupts > 3, "{st:?}");
+    assert!(st.refires > 0, "{st:?}");
+    assert!(signalled > 3);
+}
+
+#[test]
+fn device_description_for_pl330() {
+    let srv = Sidecar::start("model:pl330,events=4", &[]);
+    let mut c = srv.connect(true);
+    let (d, _dtb) = c.device_desc().unwrap();
+    assert_eq!(d.compatible, ["arm,pl330", "arm,primecell"]);
+    assert_eq!(d.clocks[0].name, "apb_pclk");
+    assert_eq!(d.irqs.len(), 4);
+    let clear = d.irqs[2].eoi.clear.unwrap();
+    assert_eq!((clear.offset, clear.bit), (0x2c, Some(2)));
+    // Region accesses are bounds-checked.
+    assert!(c.region_read(0, 0xffc, 8).is_err());
+    assert!(c.region_read(1, 0, 4).is_err());
+    assert!(c.region_read(0, 0x1000, 4).is_err());
+    let (info, fd) = c.region_info(0).unwrap();
+    assert_eq!(info.size, 0x1000);
+    assert!(fd.is_none(), "PL330 frame is trapped, never mmapped");
+}
