@@ -46,6 +46,8 @@ pub struct DemoOptions {
     pub backend: Option<PathBuf>,
     /// Device string for the backend (`model:pl330`).
     pub device: String,
+    /// Extra arguments for the backend's `serve` (e.g. `--no-dmago-gate`).
+    pub backend_args: Vec<String>,
 }
 
 /// How the backend process is started: program and the arguments before ours.
@@ -140,7 +142,8 @@ pub fn demo(opts: &DemoOptions) -> Result<Summary, DemoError> {
         .arg("--device")
         .arg(&opts.device)
         .arg("--eoi")
-        .arg(opts.run.eoi.as_str());
+        .arg(opts.run.eoi.as_str())
+        .args(&opts.backend_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
     }

@@ -120,6 +120,11 @@ struct DemoArgs {
     /// Device string for the backend.
     #[arg(long, default_value = "model:pl330")]
     device: String,
+    /// Let the backend start microcode from any address (no DMAGO check): the
+    /// deliberate fault then shows as a channel fault (FSRC/FTR, instruction
+    /// fetch) instead of a manager fault (FSRD/FTRD) at DMAGO.
+    #[arg(long)]
+    no_dmago_gate: bool,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +189,11 @@ fn main() -> ExitCode {
                 run: a.guest.options(),
                 backend: a.backend,
                 device: a.device,
+                backend_args: if a.no_dmago_gate {
+                    vec!["--no-dmago-gate".into()]
+                } else {
+                    Vec::new()
+                },
             };
             match demo::demo(&opts) {
                 Ok(s) => print_summary(&s, a.guest.json),

@@ -443,9 +443,13 @@ impl std::fmt::Display for Summary {
         for t in &self.transfers {
             let x = &t.transfer;
             let status = match (&t.verdict.ok, t.verdict.fault_seen) {
+                (true, true) if t.record.fsrd & 1 != 0 => format!(
+                    "FAULT as expected: manager (FSRD {:#x} FTRD {:#x})",
+                    t.record.fsrd, t.record.ftrd
+                ),
                 (true, true) => format!(
-                    "FAULT as expected (FSRD {:#x} FSRC {:#x} FTR {:#x})",
-                    t.record.fsrd, t.record.fsrc, t.record.ftr
+                    "FAULT as expected: channel (FSRC {:#x} FTR {:#x})",
+                    t.record.fsrc, t.record.ftr
                 ),
                 (true, false) => "ok".to_string(),
                 (false, _) => format!("FAILED: {}", t.verdict.reason.as_deref().unwrap_or("?")),
