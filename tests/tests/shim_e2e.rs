@@ -224,3 +224,37 @@ fn demo_runs_end_to_end() {
     assert!(stdout.contains("verified      4/4 transfers"), "{stdout}");
     assert!(stdout.contains("result        PASS"), "{stdout}");
 }
+
+#[test]
+fn dtb_holds_the_backend_device_node() {
+    // No KVM needed: only the vfio-user conversation and the tree.
+    let backend = Sidecar::start("model:pl330", &[]);
+    let out_path = backend.dir().join("guest.dtb");
+    let shim = workspace_bin("vmm-shim", "vmm-shim");
+    let out = Command::new(shim)
+        .arg("dtb")
+        .arg("--socket")
+        .arg(&backend.socket)
+        .arg("-o")
+        .arg(&out_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dtb = std::fs::read(&out_path).unwrap();
+    assert_eq!(&dtb[..4], &0xd00d_feedu32.to_be_bytes(), "FDT magic");
+    let text = String::from_utf8_lossy(&dtb);
+    assert!(text.contains("arm,pl330"), "device compatible present");
+    assert!(
+        text.contains("apb_pclk"),
+        "the clock Linux's AMBA bus needs"
+    );
+    assert!(
+        text.contains("interrupt-controller"),
+        "a complete guest tree"
+    );
+}

@@ -7,6 +7,8 @@
 use thiserror::Error;
 use vm_fdt::FdtWriter;
 
+use vfio_sidecar_protocol::ext::{DeviceDescription, IrqTrigger};
+
 use crate::link::ProtoBackend;
 
 const FDT_MAGIC: u32 = 0xd00d_feed;
@@ -268,20 +270,155 @@ pub fn guest_dtb(backend_dtb: &[u8]) -> Result<(Vec<u8>, &'static str), DtbError
     }
 }
 
-/// Asks the backend (SIDECAR_GET_DEVICE_DESC) and builds the guest tree.
-pub fn fetch_guest_dtb(backend: &mut ProtoBackend) -> Result<(Vec<u8>, &'static str), DtbError> {
+/// Where the device goes in a tree built from the description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Guest-physical base of the first region (used unless the description
+    /// suggests one); later regions follow, page aligned.
+    pub base: u64,
+    /// GIC SPI number of the first interrupt (`interrupts = <0 SPI flags>`).
+    pub irq_base: u32,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            base: 0x0c00_0000,
+            irq_base: 32,
+        }
+    }
+}
+
+fn trigger_flags(t: IrqTrigger) -> u32 {
+    match t {
+        IrqTrigger::EdgeRising => 1,
+        IrqTrigger::EdgeFalling => 2,
+        IrqTrigger::EdgeBoth => 3,
+        IrqTrigger::LevelHigh => 4,
+        IrqTrigger::LevelLow => 8,
+    }
+}
+
+/// Builds a complete ARM guest tree from the device description (used when
+/// the backend sends no DTB). `region_sizes` are (index, size) from REGION_INFO.
+pub fn from_description(
+    desc: &DeviceDescription,
+    region_sizes: &[(u32, u64)],
+    at: Placement,
+) -> Result<Vec<u8>, DtbError> {
+    const GIC: u32 = 1;
+    let mut w = FdtWriter::new()?;
+    let root = w.begin_node("")?;
+    w.property_string_list(
+        "compatible",
+        vec!["vfio-sidecar,virt".into(), "linux,dummy-virt".into()],
+    )?;
+    w.property_string("model", "vfio-sidecar guest")?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_u32("interrupt-parent", GIC)?;
+    let c = w.begin_node("chosen")?;
+    w.end_node(c)?;
+    let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
+    w.end_node(m)?;
+    let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
+    w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_u32("#address-cells", 0)?;
+    w.property_array_u64("reg", &WRAP_GIC)?;
+    w.property_u32("phandle", GIC)?;
+    w.end_node(g)?;
+    let mut clock_phandles = Vec::new();
+    for (i, clk) in desc.clocks.iter().enumerate() {
+        let ph = GIC + 1 + i as u32;
+        let n = w.begin_node(&format!("clk-{}", clk.name.replace('_', "-")))?;
+        w.property_string("compatible", "fixed-clock")?;
+        w.property_u32("#clock-cells", 0)?;
+        w.property_u32(
+            "clock-frequency",
+            u32::try_from(clk.frequency_hz).unwrap_or(u32::MAX),
+        )?;
+        w.property_string("clock-output-names", &clk.name)?;
+        w.property_u32("phandle", ph)?;
+        w.end_node(n)?;
+        clock_phandles.push(ph);
+    }
+    // regions: suggested bases, else packed from `at.base`
+    let mut reg = Vec::new();
+    let mut next = at.base;
+    for r in &desc.regions {
+        let size = region_sizes
+            .iter()
+            .find(|(i, _)| *i == r.index)
+            .map(|(_, s)| *s)
+            .unwrap_or(0x1000);
+        let base = r.guest_base.unwrap_or(next);
+        next = base + ((size + 0xfff) & !0xfff);
+        reg.extend_from_slice(&[base, size]);
+    }
+    let first = reg.first().copied().unwrap_or(at.base);
+    let name = desc.dt_node_name.clone().unwrap_or_else(|| "device".into());
+    let d = w.begin_node(&format!("{name}@{first:x}"))?;
+    w.property_string_list("compatible", desc.compatible.clone())?;
+    w.property_array_u64("reg", &reg)?;
+    if desc.regions.len() > 1 {
+        w.property_string_list(
+            "reg-names",
+            desc.regions.iter().map(|r| r.name.clone()).collect(),
+        )?;
+    }
+    if !desc.irqs.is_empty() {
+        let mut cells = Vec::new();
+        for (k, irq) in desc.irqs.iter().enumerate() {
+            cells.extend_from_slice(&[0, at.irq_base + k as u32, trigger_flags(irq.trigger)]);
+        }
+        w.property_array_u32("interrupts", &cells)?;
+    }
+    if !clock_phandles.is_empty() {
+        w.property_array_u32("clocks", &clock_phandles)?;
+        w.property_string_list(
+            "clock-names",
+            desc.clocks.iter().map(|c| c.name.clone()).collect(),
+        )?;
+    }
+    if desc.compatible.iter().any(|c| c == "arm,pl330") {
+        w.property_u32("#dma-cells", 1)?; // dma-controller binding
+    }
+    w.end_node(d)?;
+    w.end_node(root)?;
+    Ok(w.finish()?)
+}
+
+/// Asks the backend (SIDECAR_GET_DEVICE_DESC) and builds the guest tree: the
+/// backend's DTB as-is or wrapped, or, if it sent none, a tree built from the
+/// description.
+pub fn fetch_guest_dtb(
+    backend: &mut ProtoBackend,
+    at: Placement,
+) -> Result<(Vec<u8>, &'static str), DtbError> {
     let (desc, dtb) = backend
         .client()
         .device_desc()
         .map_err(|e| DtbError::Backend(e.to_string()))?;
     log::info!("device description: {desc:?}");
-    if dtb.is_empty() {
-        return Err(DtbError::Backend(format!(
-            "the backend sent no DTB for {:?}",
-            desc.compatible
-        )));
+    if !dtb.is_empty() {
+        return guest_dtb(&dtb);
     }
-    guest_dtb(&dtb)
+    let mut sizes = Vec::new();
+    for r in &desc.regions {
+        let (info, _fd) = backend
+            .client()
+            .region_info(r.index)
+            .map_err(|e| DtbError::Backend(e.to_string()))?;
+        sizes.push((r.index, info.size));
+    }
+    Ok((
+        from_description(&desc, &sizes, at)?,
+        "built from the backend's device description (it sent no DTB)",
+    ))
 }
 
 #[cfg(test)]
@@ -339,6 +476,49 @@ mod tests {
         let (again, how) = guest_dtb(&wrapped).unwrap();
         assert_eq!(again, wrapped);
         assert!(how.contains("as-is"));
+    }
+
+    #[test]
+    fn tree_from_description() {
+        let json = r#"{"kind":"amba","compatible":["arm,pl330","arm,primecell"],
+            "clocks":[{"name":"apb_pclk","frequency_hz":24000000}],
+            "regions":[{"index":0,"name":"pl330-regs"}],
+            "irqs":[{"index":0,"name":"irq0","trigger":"level-high","eoi":{"policy":"clear-register"}},
+                    {"index":1,"name":"irq1","trigger":"edge-rising","eoi":{"policy":"clear-register"}}],
+            "dt_node_name":"dma-controller"}"#;
+        let desc: DeviceDescription = serde_json::from_str(json).unwrap();
+        let dtb = from_description(&desc, &[(0, 0x1000)], Placement::default()).unwrap();
+        let root = parse(&dtb).unwrap();
+        assert!(is_complete(&root));
+        let dev = root
+            .children
+            .iter()
+            .find(|c| c.name == "dma-controller@c000000")
+            .unwrap();
+        assert_eq!(
+            dev.prop("compatible").unwrap(),
+            b"arm,pl330\0arm,primecell\0"
+        );
+        let cells: Vec<u32> = dev
+            .prop("interrupts")
+            .unwrap()
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(cells, vec![0, 32, 4, 0, 33, 1]);
+        let reg: Vec<u8> = [0u64, 0xc00_0000, 0, 0x1000]
+            .iter()
+            .flat_map(|v| (*v as u32).to_be_bytes())
+            .collect();
+        assert_eq!(dev.prop("reg").unwrap(), reg.as_slice());
+        assert_eq!(dev.prop("clock-names").unwrap(), b"apb_pclk\0");
+        let clk = root
+            .children
+            .iter()
+            .find(|c| c.name == "clk-apb-pclk")
+            .unwrap();
+        assert_eq!(dev.prop("clocks").unwrap(), clk.prop("phandle").unwrap());
+        assert_eq!(dev.prop("#dma-cells").unwrap(), &1u32.to_be_bytes());
     }
 
     #[test]

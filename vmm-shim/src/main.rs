@@ -135,6 +135,21 @@ struct DtbArgs {
     /// Output file.
     #[arg(short, long)]
     output: PathBuf,
+    /// Guest-physical base for the device when the tree is built from the
+    /// description (the backend sent no DTB and suggests no base).
+    #[arg(long, value_parser = parse_u64, default_value = "0xc000000")]
+    base: u64,
+    /// First GIC SPI number for the device's interrupts (same case).
+    #[arg(long, default_value_t = 32)]
+    irq_base: u32,
+}
+
+fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
 }
 
 fn print_summary(s: &runner::Summary, json: bool) -> ExitCode {
@@ -205,7 +220,13 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return fail(e),
             };
-            match vmm_shim::dtb::fetch_guest_dtb(&mut backend) {
+            match vmm_shim::dtb::fetch_guest_dtb(
+                &mut backend,
+                vmm_shim::dtb::Placement {
+                    base: a.base,
+                    irq_base: a.irq_base,
+                },
+            ) {
                 Ok((dtb, how)) => match std::fs::write(&a.output, &dtb) {
                     Ok(()) => {
                         println!("wrote {} ({} bytes, {how})", a.output.display(), dtb.len());
