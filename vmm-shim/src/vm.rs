@@ -116,6 +116,14 @@ pub struct Vm {
     counters: RunCounters,
 }
 
+/// The KVM device: `/dev/kvm`, or `$VMM_SHIM_KVM_DEVICE` (lets tests exercise
+/// the "no KVM" path on a host that has it).
+pub fn kvm_device() -> std::path::PathBuf {
+    std::env::var_os("VMM_SHIM_KVM_DEVICE")
+        .map(Into::into)
+        .unwrap_or_else(|| "/dev/kvm".into())
+}
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn kick_signal() -> libc::c_int {
@@ -126,7 +134,9 @@ impl Vm {
     /// Opens /dev/kvm, creates the VM, in-kernel PIC/IOAPIC/LAPIC, maps RAM as
     /// slot 0 and sets the vCPU up at `CODE_BASE` in 32-bit protected mode.
     pub fn new(ram: &GuestRam) -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::NoKvm)?;
+        let path = std::ffi::CString::new(kvm_device().into_os_string().into_encoded_bytes())
+            .map_err(|_| VmError::NoKvm(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let kvm = Kvm::new_with_path(&path).map_err(VmError::NoKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("create_vm"))?;
         vm.set_tss_address(0xfffb_d000)
             .map_err(kvm_err("set_tss_address"))?;
