@@ -124,6 +124,11 @@ pub fn kvm_device() -> std::path::PathBuf {
         .unwrap_or_else(|| "/dev/kvm".into())
 }
 
+static SIG: Once = Once::new();
+/// Whether the no-op handler for [`kick_signal`] is installed (else sending it
+/// would kill the process).
+static KICK_READY: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn kick_signal() -> libc::c_int {
@@ -192,12 +197,10 @@ impl Vm {
         regs.rflags = 2;
         vcpu.set_regs(&regs).map_err(kvm_err("set_regs"))?;
 
-        static SIG: Once = Once::new();
         SIG.call_once(|| {
-            if let Err(e) =
-                vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
-            {
-                log::warn!("cannot install the vCPU kick handler: {e}");
+            match vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler) {
+                Ok(()) => KICK_READY.store(true, Ordering::Release),
+                Err(e) => log::warn!("cannot install the vCPU kick handler ({e})"),
             }
         });
         Ok(Vm {
@@ -310,6 +313,9 @@ impl Vm {
                 while !stop.load(Ordering::Acquire) {
                     if Instant::now() >= deadline {
                         expired.store(true, Ordering::Release);
+                        if !KICK_READY.load(Ordering::Acquire) {
+                            break;
+                        }
                         // SAFETY: `me` is the vCPU thread, alive until it joins us
                         // (it sets `stop` first); the signal has a no-op handler.
                         unsafe { libc::pthread_kill(me, sig) };
