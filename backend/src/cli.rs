@@ -51,8 +51,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a device over a vfio-user socket (one client at a time).
+    #[command(after_help = EXAMPLES)]
     Serve(ServeArgs),
     /// Print the guest device-tree node of a platform/AMBA device.
+    #[command(after_help = EXAMPLES)]
     Dt(DtArgs),
 }
 
@@ -321,8 +323,8 @@ pub fn open_device(
 /// The `dt` subcommand.
 pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let dev = open_device(&args.device, false, true)?;
+    let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let info = dev.info();
     let mut region_sizes = Vec::new();
     for i in 0..info.num_regions {

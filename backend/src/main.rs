@@ -11,7 +11,6 @@ fn main() {
         Command::Dt(args) => run_dt(&args).map_err(|e| e.to_string()),
     };
     if let Err(e) = r {
-        log::error!("{e}");
         eprintln!("vfio-sidecar: {e}");
         std::process::exit(1);
     }

@@ -223,6 +223,23 @@ fn default_eoi() -> EoiPolicy {
 }
 
 impl Profile {
+    /// A profile for a device nothing is known about: no DT data, level IRQs,
+    /// resample EOI.
+    pub fn generic() -> Profile {
+        Profile {
+            name: "generic".into(),
+            compatible: Vec::new(),
+            node_name: None,
+            matches: Vec::new(),
+            clocks: Vec::new(),
+            regions: Vec::new(),
+            default_eoi: EoiPolicy::Resample,
+            clear: None,
+            irqs: Vec::new(),
+            note: None,
+        }
+    }
+
     /// The IRQ entry of an index (defaults past the list).
     pub fn irq(&self, index: u32) -> IrqProfile {
         self.irqs.get(index as usize).cloned().unwrap_or_default()

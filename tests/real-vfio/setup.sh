@@ -20,7 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx poweroff || need+=(busybox-static)
+{ [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -x poweroff >/dev/null; } || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing packages: ${need[*]} (run as root, or: apt-get install --no-install-recommends ${need[*]})"
@@ -33,7 +33,17 @@ command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 still missin
 file /bin/busybox 2>/dev/null | grep -q 'dynamically linked' && die "/bin/busybox is not static: install busybox-static"
 
 meta=linux-image-cloud-amd64
-pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+# apt-cache takes 1-2 s: reuse the last resolution for a day (REAL_VFIO_REFRESH=1 forces a lookup).
+pkg=
+if [ "${REAL_VFIO_REFRESH:-0}" != 1 ] && [ -n "$(find "$cache/resolved" -mmin -1440 2>/dev/null)" ]; then
+    read -r pkg < "$cache/resolved" || pkg=
+    [ -f "$cache/$pkg/.complete" ] || pkg=
+fi
+fresh=0
+if [ -z "$pkg" ]; then
+    fresh=1
+    pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+fi
 if [ -z "$pkg" ]; then
     # apt lists may be missing on a fresh machine
     [ "$(id -u)" = 0 ] && apt-get update -qq || true
@@ -87,6 +97,7 @@ if [ ! -f "$dir/.complete" ]; then
     rm -rf "$dir/x" "$dir/deb"              # keep only vmlinuz + initrd (~17 MB)
     touch "$dir/.complete"
 fi
+[ "$fresh" = 1 ] && echo "$pkg" > "$cache/resolved"
 # /init may change without a new kernel: rebuild the (cheap) cpio every time.
 cp "$here/init" "$dir/root/init"; chmod 755 "$dir/root/init"
 (cd "$dir/root" && find . -print0 | sort -z | cpio --null -o -H newc --owner=0:0 --quiet) > "$dir/initrd-base.cpio.tmp"

@@ -357,8 +357,13 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
     }
     let mut irqs = Vec::new();
     for i in 0..num_irqs {
-        let (flags, count) =
-            sys::irq_info(&device, i).map_err(ioctl_err("VFIO_DEVICE_GET_IRQ_INFO"))?;
+        // vfio-pci answers EINVAL for indices the device lacks (ERR on a
+        // conventional PCI device): report them with count 0.
+        let (flags, count) = match sys::irq_info(&device, i) {
+            Ok(v) => v,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (0, 0),
+            Err(e) => return Err(ioctl_err("VFIO_DEVICE_GET_IRQ_INFO")(e)),
+        };
         irqs.push(IrqInfo {
             index: i,
             flags,

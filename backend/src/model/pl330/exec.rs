@@ -13,6 +13,8 @@ use crate::device::{DmaAccess, DmaMemory};
 const AXI_BOUNDARY: u32 = 0x1000;
 /// Instructions a channel runs before the scheduler moves to the next one.
 const QUANTUM: u64 = 64;
+/// Largest burst: 16 beats of 128 bytes.
+const MAX_BURST_BYTES: usize = 16 * 128;
 /// Consecutive stalled attempts after which a channel faults with
 /// `lockup_err` (the TRM's watchdog; QEMU uses the same limit).
 const WATCHDOG_LIMIT: u32 = 1024;
@@ -492,7 +494,15 @@ impl Pl330 {
             return Step::Left;
         };
         let mut buf = [0u8; insn::MAX_INSN_LEN];
-        if mem_read(mem, pc, &mut buf[..1], DmaAccess::Fetch).is_err() {
+        // Fast path: the longest instruction in one fetch when it stays in
+        // the 4 KiB page. If that fails (the instruction may be shorter and
+        // end before the unfetchable bytes) fall back to byte 0, then the rest.
+        let in_page = (pc % AXI_BOUNDARY) as usize + insn::MAX_INSN_LEN <= AXI_BOUNDARY as usize;
+        let whole = in_page
+            && mem
+                .dma_read(u64::from(pc), &mut buf, DmaAccess::Fetch)
+                .is_ok();
+        if !whole && mem_read(mem, pc, &mut buf[..1], DmaAccess::Fetch).is_err() {
             self.fault_channel(c, FaultType::InstrFetchErr.bit());
             return Step::Left;
         }
@@ -500,7 +510,7 @@ impl Pl330 {
             self.fault_channel(c, FaultType::UndefInstr.bit());
             return Step::Left;
         };
-        if len > 1 {
+        if !whole && len > 1 {
             if let Some(rest) = buf.get_mut(1..len) {
                 if mem_read(mem, pc.wrapping_add(1), rest, DmaAccess::Fetch).is_err() {
                     self.fault_channel(c, FaultType::InstrFetchErr.bit());
@@ -756,9 +766,12 @@ impl Pl330 {
             return Flow::Stall;
         }
         let sar = ch.sar;
-        let mut data = vec![0u8; total];
+        let mut buf = [0u8; MAX_BURST_BYTES];
+        let Some(data) = buf.get_mut(..total) else {
+            return Flow::Fault(FaultType::MfifoErr);
+        };
         let ok = if spec.inc {
-            mem_read(mem, sar, &mut data, DmaAccess::Read).is_ok()
+            mem_read(mem, sar, data, DmaAccess::Read).is_ok()
         } else {
             // Fixed address: every beat reads the same (shortened) beat.
             let beat = (spec.size - (sar & (spec.size - 1))) as usize;
@@ -770,7 +783,7 @@ impl Pl330 {
         }
         self.stats.bytes_loaded += total as u64;
         if let Some(ch) = self.channels.get_mut(c) {
-            ch.mfifo.extend(data);
+            ch.mfifo.extend(data.iter().copied());
             if spec.inc {
                 ch.sar = sar.wrapping_add(total as u32);
             }
@@ -794,15 +807,20 @@ impl Pl330 {
             return Flow::Fault(FaultType::StDataUnavailable);
         }
         let dar = ch.dar;
-        let data: Vec<u8> = if zero {
-            vec![0u8; total]
-        } else if let Some(ch) = self.channels.get_mut(c) {
-            ch.mfifo.drain(..total).collect()
-        } else {
-            return Flow::Leave;
+        let mut buf = [0u8; MAX_BURST_BYTES];
+        let Some(data) = buf.get_mut(..total) else {
+            return Flow::Fault(FaultType::MfifoErr);
         };
+        if !zero {
+            let Some(ch) = self.channels.get_mut(c) else {
+                return Flow::Leave;
+            };
+            for (d, s) in data.iter_mut().zip(ch.mfifo.drain(..total)) {
+                *d = s;
+            }
+        }
         let ok = if spec.inc {
-            mem_write(mem, dar, &data).is_ok()
+            mem_write(mem, dar, data).is_ok()
         } else {
             let beat = (spec.size - (dar & (spec.size - 1))) as usize;
             data.chunks(beat.max(1))

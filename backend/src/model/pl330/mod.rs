@@ -46,6 +46,27 @@
 //! [`Security`] settings (default: secure manager, all events and
 //! peripherals non-secure, which is what Linux expects from CR3/CR4).
 //!
+//! # Debug interface
+//! A DBGCMD write with `[1:0]` = 0 executes DBGINST0/1 (Linux's
+//! `_execute_DBGINSN`); other DBGCMD values are reserved and ignored (logged),
+//! as in QEMU. Only DMAGO (manager thread), DMAKILL and DMASEV may be issued;
+//! any other instruction faults the addressed thread with `undef_instr`, and
+//! every fault raised through the debug interface also sets `dbg_instr`.
+//! DMAGO faults the manager with `operand_invalid` when the channel does not
+//! exist or is not stopped (as QEMU), with `dmago_err` when a non-secure
+//! manager starts a secure channel or (with [`Pl330Config::dmago_exec_gate`])
+//! the start address is not fetchable. A debug instruction addressed to a
+//! channel beyond the configuration is ignored (logged). DMAKILL is the only
+//! way out of the faulting state (manager or channel).
+//!
+//! # Events and interrupts
+//! DMASEV n with INTEN\[n\] set sets INT_EVENT_RIS\[n\] and so `irq[n]`
+//! (level, see [`Pl330::irq_level`]) until INTCLR\[n\] is written. With
+//! INTEN\[n\] clear it is an event: every channel waiting in DMAWFE n
+//! resumes; if none waits, RIS\[n\] stays set until a DMAWFE n consumes it.
+//! INTMIS = RIS & INTEN. The abort line is separate ([`Pl330::abort_level`])
+//! and not part of the combined IRQ line.
+//!
 //! Not modelled: the manager's own microcode (boot), the instruction cache,
 //! `endian_swap_size` (data is stored unswapped), AXI cache/prot attributes
 //! beyond the non-secure bit, the watchdog register.
@@ -62,7 +83,7 @@ use log::{debug, warn};
 use thiserror::Error;
 
 use crate::device::{DmaAccess, DmaMemory};
-pub use exec::{Channel, Manager};
+pub use exec::{Channel, Manager, RequestType};
 pub use regs::{FaultType, ThreadState};
 
 /// Configuration of the modelled controller (what CR0–CR4/CRD report).
@@ -388,7 +409,6 @@ impl Pl330 {
     /// Reads a register. Only aligned 32-bit reads inside the frame are valid.
     pub fn read(&mut self, offset: u64, size: usize) -> Result<u32, Pl330Error> {
         Self::check_access(offset, size)?;
-        let nch = self.channels.len() as u64;
         let v = match offset {
             regs::DSR => self.manager.dsr(),
             regs::DPC => self.manager.pc,
@@ -458,7 +478,6 @@ impl Pl330 {
                 0
             }
         };
-        let _ = nch;
         Ok(v)
     }
 
@@ -512,6 +531,12 @@ impl Pl330 {
         } else {
             line < u32::from(self.cfg.events) && mis & (1 << line) != 0
         }
+    }
+
+    /// INTMIS: bit n = interrupt n asserted (per-event lines), whatever
+    /// `combined_irq` says.
+    pub fn intmis(&self) -> u32 {
+        self.ris & self.inten
     }
 
     /// Level of `irq_abort`: some thread is faulting.

@@ -1544,7 +1544,15 @@ fn reset_restores_initial_state() {
 // ------------------------------------------------------------- proptests
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // Regression seeds go next to this file (`tests.proptest-regressions`),
+    // inside the module's directory.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn linux_copy_is_exact(len in 1u32..=0x1_0000, so in 0u32..64, doff in 0u32..64, rev in 0u8..3) {
@@ -1593,6 +1601,51 @@ proptest! {
         prop_assert_eq!(csr_state(&mut p, u64::from(ch)), 0);
         for &(a, n) in mem.writes.borrow().iter() {
             prop_assert!(a >= u64::from(CODE) && a + n as u64 <= 0x50000);
+        }
+    }
+
+    #[test]
+    fn hostile_register_traffic_never_panics(
+        ops in proptest::collection::vec((0u64..0x1000, any::<u32>(), 0usize..6), 1..200),
+        code in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mem = TestMem::new(vec![
+            (u64::from(CODE)..0x2000, RWX),
+            (u64::from(DST)..0x50000, RW),
+        ]);
+        mem.poke(CODE, &code);
+        let mut p = dev_with(|c| { c.step_budget = 2000; c.channels = 4; c.events = 5; });
+        let budget = p.config().step_budget;
+        for (off, val, sz) in ops {
+            // Steer a third of the writes at the debug registers with a
+            // DMAGO-ish DBGINST1 pointing into the code window.
+            if off % 3 == 0 {
+                // A whole debug instruction: DMAGO/DMAKILL/DMASEV or random.
+                let chan = (val >> 8) & 3;
+                let d0 = match val % 4 {
+                    0 => (0xa0 << 16) | (chan << 24),
+                    1 => (0x01 << 16) | 1 | (chan << 8),
+                    2 => (0x34 << 16) | (((val >> 8) & 0x1f) << 27),
+                    _ => val,
+                };
+                let before = p.stats().instructions;
+                wr(&mut p, regs::DBGINST0, d0, &mem);
+                wr(&mut p, regs::DBGINST1, CODE + ((val >> 16) & 0x3f), &mem);
+                wr(&mut p, regs::DBGCMD, 0, &mem);
+                prop_assert!(p.stats().instructions - before <= budget + 1);
+                continue;
+            }
+            let before = p.stats().instructions;
+            let aligned = sz == 4 && off % 4 == 0;
+            prop_assert_eq!(p.write(off, sz, val, &mem).is_ok(), aligned);
+            prop_assert_eq!(p.read(off, sz).is_ok(), aligned);
+            prop_assert!(p.stats().instructions - before <= budget + 1);
+            p.run_pending(&mem);
+            prop_assert_eq!(p.abort_level(), rd(&mut p, regs::FSRD) != 0 || rd(&mut p, regs::FSRC) != 0);
+            prop_assert_eq!(p.intmis(), rd(&mut p, regs::INTMIS));
+            for line in 0..p.num_irq_lines() {
+                prop_assert_eq!(p.irq_level(line), p.intmis() & (1 << line) != 0);
+            }
         }
     }
 }

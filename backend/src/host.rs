@@ -1,0 +1,1 @@
+//! Host discovery and binding (in progress).

@@ -1,0 +1,1 @@
+//! Sandboxing (in progress).

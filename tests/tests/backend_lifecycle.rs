@@ -1,0 +1,232 @@
+//! Cross-process: the backend's client lifecycle — cleanup on disconnect (DMA
+//! maps and fds released, next client served), one client at a time (EBUSY),
+//! SIGTERM, socket-path errors, sparse mmap of the scratch model.
+#![allow(clippy::unwrap_used)]
+
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vfio_sidecar_protocol::client::{Client, ClientOptions, DmaProt, IrqData};
+use vfio_sidecar_protocol::error::ClientError;
+use vfio_sidecar_protocol::message::IrqAction;
+use vfio_sidecar_tests::{
+    drain, eventfd, fd_count, maps_matching, workspace_bin, GuestMem, Sidecar, TempDir,
+};
+
+const RW: DmaProt = DmaProt {
+    read: true,
+    write: true,
+    exec: false,
+};
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn use_client(srv: &Sidecar, mems: &[GuestMem]) -> Client {
+    let mut c = srv.connect(true);
+    for (i, m) in mems.iter().enumerate() {
+        c.dma_map(0x10_0000 * (i as u64 + 1), 0x4000, m.fd(), 0, RW)
+            .unwrap();
+    }
+    let (t, _r) = eventfd();
+    let (u, _w) = eventfd();
+    c.set_irqs(
+        0,
+        IrqAction::Trigger,
+        IrqData::Eventfds(&[Some(t.as_fd())]),
+        0,
+        1,
+    )
+    .unwrap();
+    c.set_irqs(
+        0,
+        IrqAction::Unmask,
+        IrqData::Eventfds(&[Some(u.as_fd())]),
+        0,
+        1,
+    )
+    .unwrap();
+    c
+}
+
+#[test]
+fn disconnect_releases_maps_and_fds_and_next_client_works() {
+    let srv = Sidecar::start("model:scratch", &[]);
+    let pid = srv.pid();
+    let base_fds = fd_count(pid);
+    assert!(base_fds > 0);
+    let mems: Vec<GuestMem> = (0..3).map(|_| GuestMem::new("guestmem", 0x4000)).collect();
+
+    // A client that disconnects cleanly.
+    let c = use_client(&srv, &mems);
+    // Client socket + 2 eventfds (DMA fds are closed right after mmap).
+    wait_until("fds held", || fd_count(pid) >= base_fds + 3);
+    assert_eq!(maps_matching(pid, "memfd:guestmem"), 3);
+    drop(c);
+    srv.wait_log("client disconnected");
+    wait_until("fds released", || fd_count(pid) == base_fds);
+    wait_until("maps released", || {
+        maps_matching(pid, "memfd:guestmem") == 0
+    });
+
+    // A client that dies in the middle of a request (half a header on the wire,
+    // then the socket closes, as when the process is killed): same cleanup.
+    let mut c = use_client(&srv, &mems);
+    let info = c.device_info().unwrap();
+    assert_eq!(info.num_regions, 1);
+    c.dma_unmap(0x10_0000, 0x4000).unwrap();
+    assert!(c.dma_unmap(0x10_0000, 0x4000).is_err(), "exact unmap only");
+    c.send_raw(&[1, 0, 0, 0, 0x20]).unwrap();
+    drop(c);
+    wait_until("fds released again", || fd_count(pid) == base_fds);
+    wait_until("maps released again", || {
+        maps_matching(pid, "memfd:guestmem") == 0
+    });
+    // The next client can reuse the same IOVAs (nothing left behind).
+    let mut c = use_client(&srv, &mems);
+    c.device_info().unwrap();
+    drop(c);
+    let c = srv.connect(false);
+    drop(c);
+}
+
+#[test]
+fn second_client_gets_ebusy() {
+    let srv = Sidecar::start("model:scratch", &[]);
+    let mut first = srv.connect(true);
+    let r = Client::connect(&srv.socket, ClientOptions::default());
+    match r {
+        Err(ClientError::Remote { errno, .. }) => assert_eq!(errno.raw(), libc::EBUSY),
+        Err(e) => panic!("expected EBUSY, got {e}"),
+        Ok(_) => panic!("second client accepted"),
+    }
+    srv.wait_log("second client refused");
+    // The first client is unaffected.
+    first.device_info().unwrap();
+}
+
+#[test]
+fn sigterm_removes_socket_and_exits_zero() {
+    let mut srv = Sidecar::start("model:pl330", &[]);
+    let _c = srv.connect(false);
+    let sock = srv.socket.clone();
+    let st = srv.terminate();
+    assert!(st.success(), "{st}");
+    assert!(!sock.exists(), "socket file removed");
+    assert!(srv.log_text().contains("shutting down"));
+}
+
+#[test]
+fn socket_path_errors_are_actionable() {
+    let bin = workspace_bin("vfio-sidecar", "vfio-sidecar");
+    // In use by a live server.
+    let srv = Sidecar::start("model:scratch", &[]);
+    let out = Command::new(&bin)
+        .args(["serve", "--device", "model:scratch", "--socket"])
+        .arg(&srv.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+
+    // A stale socket file is removed and reused.
+    let dir = TempDir::new("stale");
+    let path = dir.0.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut child = Command::new(&bin)
+        .args(["serve", "--device", "model:scratch", "--socket"])
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("stale socket reused", || {
+        Client::connect(&path, ClientOptions::default()).is_ok()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Bad device string, missing sysfs path.
+    for (dev, want) in [
+        ("pl330", "bad device"),
+        ("model:nosuch", "unknown model"),
+        (
+            "vfio:/sys/bus/platform/devices/does-not-exist",
+            "no such device in sysfs",
+        ),
+    ] {
+        let out = Command::new(&bin)
+            .args(["serve", "--socket"])
+            .arg(dir.0.join("x.sock"))
+            .args(["--device", dev])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{dev}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{dev}: {err}");
+    }
+}
+
+#[test]
+fn scratch_sparse_mmap_and_dma() {
+    let srv = Sidecar::start("model:scratch", &[]);
+    let mut c = srv.connect(true);
+    let (info, fd) = c.region_info(0).unwrap();
+    assert_eq!(info.size, 0x2000);
+    let sparse = info.sparse.clone().unwrap();
+    assert_eq!(sparse.len(), 1);
+    assert_eq!((sparse[0].offset, sparse[0].size), (0x1000, 0x1000));
+    let fd = fd.expect("mmap fd");
+    // The device's own region fd is refused as DMA memory.
+    let e = c.dma_map(0x20_0000, 0x1000, fd.as_fd(), 0, RW).unwrap_err();
+    assert!(
+        matches!(e, ClientError::Remote { errno, .. } if errno.raw() == libc::EINVAL),
+        "{e}"
+    );
+    // Writes through REGION_WRITE to the mmap-able page are visible in the fd.
+    c.region_write(0, 0x1010, b"sparse").unwrap();
+    let f = std::fs::File::from(fd);
+    let mut b = [0u8; 6];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, info.offset + 0x1010).unwrap();
+    assert_eq!(&b, b"sparse");
+
+    // Scratch DMA: copy 64 bytes inside a memfd mapping; IRQ via trigger.
+    let mem = GuestMem::new("g", 0x2000);
+    c.dma_map(0x8000_0000, 0x2000, mem.fd(), 0, RW).unwrap();
+    mem.write(0x100, &[0xab; 64]);
+    let (t, r) = eventfd();
+    c.set_irqs(
+        0,
+        IrqAction::Trigger,
+        IrqData::Eventfds(&[Some(t.as_fd())]),
+        0,
+        1,
+    )
+    .unwrap();
+    for (off, v) in [
+        (0x20u64, 0x8000_0100u32),
+        (0x24, 0),
+        (0x28, 0x8000_1000),
+        (0x2c, 0),
+        (0x30, 64),
+        (0x34, 1),
+    ] {
+        c.region_write(0, off, &v.to_le_bytes()).unwrap();
+    }
+    assert_eq!(mem.read(0x1000, 64), vec![0xab; 64]);
+    assert_eq!(drain(&r), 1);
+    // Clear-register EOI at INTCLR 0x0c.
+    c.region_write(0, 0x0c, &1u32.to_le_bytes()).unwrap();
+    let st = c.irq_stats(0, 0, 1).unwrap();
+    assert_eq!(
+        (st[0].device_events, st[0].host_interrupts, st[0].unmasks),
+        (1, 1, 1)
+    );
+}
