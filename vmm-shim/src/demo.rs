@@ -141,6 +141,8 @@ impl Drop for BackendProcess {
 /// Starts the backend on a private socket, runs the guest, stops the backend.
 pub fn demo(opts: &DemoOptions) -> Result<Summary, DemoError> {
     check_kvm()?;
+    let r = &opts.run;
+    crate::plan::plan(r.transfers, r.max_size, 8, true, r.seed).map_err(RunError::from)?;
     let dir = TempDir::new()?;
     let socket = dir.0.join("pl330.sock");
     let (program, pre) = backend_command(opts.backend.as_deref())?;

@@ -190,6 +190,11 @@ fn main() -> ExitCode {
                 return fail(e);
             }
             let opts = a.guest.options();
+            // reject impossible sizes before talking to the backend
+            if let Err(e) = vmm_shim::plan::plan(opts.transfers, opts.max_size, 8, true, opts.seed)
+            {
+                return fail(e);
+            }
             let mut backend = match ProtoBackend::connect(&a.socket, Duration::from_secs(5)) {
                 Ok(b) => b,
                 Err(e) => return fail(e),
