@@ -214,6 +214,8 @@ pub struct MmioBus {
     counts: BTreeMap<(u32, u64), PageCount>,
     /// Accesses that hit no region.
     stray: u64,
+    /// Accesses the backend refused (error reply).
+    refused: u64,
 }
 
 impl MmioBus {
@@ -223,6 +225,7 @@ impl MmioBus {
             regions,
             counts: BTreeMap::new(),
             stray: 0,
+            refused: 0,
         }
     }
 
@@ -263,7 +266,17 @@ impl MmioBus {
         match self.resolve(gpa, data.len()) {
             Some((index, offset)) => {
                 self.count(index, offset, false);
-                link.region_read(index, offset, data)?;
+                match link.region_read(index, offset, data) {
+                    Ok(()) => {}
+                    // the device said no (bad offset/width): the guest reads
+                    // all-ones, as from a bus error on real hardware
+                    Err(e @ LinkError::Refused { .. }) => {
+                        self.refused += 1;
+                        log::warn!("{e}");
+                        data.fill(0xff);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             None => {
                 self.stray += 1;
@@ -284,7 +297,14 @@ impl MmioBus {
         match self.resolve(gpa, data.len()) {
             Some((index, offset)) => {
                 self.count(index, offset, true);
-                link.region_write(index, offset, data)?;
+                match link.region_write(index, offset, data) {
+                    Ok(()) => {}
+                    Err(e @ LinkError::Refused { .. }) => {
+                        self.refused += 1;
+                        log::warn!("{e} (write dropped)");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             None => {
                 self.stray += 1;
@@ -314,6 +334,11 @@ impl MmioBus {
     pub fn stray(&self) -> u64 {
         self.stray
     }
+
+    /// Accesses the backend answered with an error (reads completed as all-ones).
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
 }
 
 #[cfg(test)]
@@ -338,6 +363,13 @@ mod tests {
         ) -> Result<(), LinkError> {
             if self.fail {
                 return Err(LinkError::Transport("gone".into()));
+            }
+            if offset == 0x800 {
+                return Err(LinkError::Refused {
+                    index,
+                    offset,
+                    msg: "EINVAL".into(),
+                });
             }
             let o = offset as usize;
             data.copy_from_slice(&self.regs[o..o + data.len()]);
@@ -408,6 +440,12 @@ mod tests {
             ..Default::default()
         };
         assert!(bus.read(&mut dev, 0x1000_0000, &mut [0; 4]).is_err());
+        // a refused access is not fatal: the guest reads all-ones
+        dev.fail = false;
+        let mut b = [0u8; 4];
+        bus.read(&mut dev, 0x1000_0800, &mut b).unwrap();
+        assert_eq!(b, [0xff; 4]);
+        assert_eq!(bus.refused(), 1);
     }
 
     #[test]

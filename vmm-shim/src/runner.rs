@@ -206,6 +206,10 @@ pub struct Summary {
     pub mmio_per_page: Vec<PageExits>,
     /// Sparse areas mapped as KVM slots.
     pub sparse_slots: usize,
+    /// Trapped accesses outside every region (reads returned all-ones).
+    pub mmio_stray: u64,
+    /// Trapped accesses the backend refused (reads returned all-ones).
+    pub mmio_refused: u64,
     /// Guest interrupt handler entries.
     pub guest_interrupts: u32,
     /// Handler entries that found no event.
@@ -389,6 +393,8 @@ pub fn run(backend: &mut dyn Backend, opts: &RunOptions) -> Result<Summary, RunE
         mmio_per_region,
         mmio_per_page,
         sparse_slots: vm.sparse_slots(),
+        mmio_stray: bus.stray(),
+        mmio_refused: bus.refused(),
         guest_interrupts: header.irqs,
         guest_spurious: header.spurious,
         backend_irq,
@@ -476,7 +482,11 @@ impl std::fmt::Display for Summary {
         for (r, n) in &self.mmio_per_region {
             write!(f, "region {r}: {n}  ")?;
         }
-        writeln!(f, "(sparse slots mapped: {})", self.sparse_slots)?;
+        writeln!(
+            f,
+            "(sparse slots mapped: {}; stray {}, refused {})",
+            self.sparse_slots, self.mmio_stray, self.mmio_refused
+        )?;
         for p in &self.mmio_per_page {
             writeln!(
                 f,
