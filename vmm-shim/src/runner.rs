@@ -239,15 +239,30 @@ impl Summary {
 
 /// Runs the guest driver against `backend`.
 pub fn run(backend: &mut dyn Backend, opts: &RunOptions) -> Result<Summary, RunError> {
-    let t0 = Instant::now();
     let ram = GuestRam::new(RAM_SIZE)?;
+    run_in(&ram, backend, opts)
+}
+
+/// [`run`] with caller-provided guest RAM (of [`RAM_SIZE`] bytes), which can be
+/// inspected afterwards.
+pub fn run_in(
+    ram: &GuestRam,
+    backend: &mut dyn Backend,
+    opts: &RunOptions,
+) -> Result<Summary, RunError> {
+    let t0 = Instant::now();
+    if ram.size() != RAM_SIZE {
+        return Err(RunError::Device(format!(
+            "guest RAM must be {RAM_SIZE:#x} bytes"
+        )));
+    }
     let exec_negotiated = backend.exec_negotiated();
     let fault_expected = exec_negotiated && !opts.exec_all;
     let xfers = plan::plan(opts.transfers, opts.max_size, 8, fault_expected, opts.seed)?;
     let elcr_level = opts.eoi == EoiPolicy::Resample;
-    plan::load_guest(&ram, GUEST_BIN, &xfers, DEVICE_BASE, elcr_level, opts.seed)?;
+    plan::load_guest(ram, GUEST_BIN, &xfers, DEVICE_BASE, elcr_level, opts.seed)?;
 
-    let mut vm = Vm::new(&ram)?;
+    let mut vm = Vm::new(ram)?;
 
     // DMA table: all RAM, IOVA = GPA, EXEC only for microcode (when negotiated).
     let table = default_dma_table(exec_negotiated, opts.exec_all);
@@ -328,7 +343,7 @@ pub fn run(backend: &mut dyn Backend, opts: &RunOptions) -> Result<Summary, RunE
         }
         Err(e) => return Err(e.into()),
     };
-    let header = plan::read_header(&ram)?;
+    let header = plan::read_header(ram)?;
     match done {
         0 => {}
         1 => return Err(RunError::Guest(1, "bad parameter block")),
@@ -343,8 +358,8 @@ pub fn run(backend: &mut dyn Backend, opts: &RunOptions) -> Result<Summary, RunE
 
     let mut transfers = Vec::new();
     for (i, x) in xfers.iter().enumerate() {
-        let record = plan::read_record(&ram, i)?;
-        let mut verdict = plan::verify(&ram, x, &record, 0)?;
+        let record = plan::read_record(ram, i)?;
+        let mut verdict = plan::verify(ram, x, &record, 0)?;
         if verdict.ok && !reported.contains(&(i as u32)) {
             verdict.ok = false;
             verdict.reason = Some("guest never reported this transfer on the mailbox".into());
