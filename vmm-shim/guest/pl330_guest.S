@@ -610,9 +610,9 @@ pic_other:
 
 /*
  * iret_soft: returns from an interrupt taken at the same privilege level
- * without IRET.  KVM's instruction emulator cannot execute a protected-mode
- * IRET, and on hosts where 32-bit guests run under emulation (e.g. the PVM
- * flavour of KVM) a plain IRET ends in KVM_EXIT_INTERNAL_ERROR.  Stack on
+ * without IRET.  KVM's instruction emulator does not implement a protected-mode
+ * IRET, and on hosts where this guest's IRET reaches the emulator (seen with
+ * the PVM flavour of KVM) it ends in KVM_EXIT_INTERNAL_ERROR.  Stack on
  * entry: EIP, CS, EFLAGS (CS is unchanged: one flat code segment).
  */
 iret_soft:
