@@ -210,7 +210,7 @@ fn demo_runs_end_to_end() {
     }
     let shim = workspace_bin("vmm-shim", "vmm-shim");
     let _ = workspace_bin("vfio-sidecar", "vfio-sidecar");
-    let out = Command::new(shim)
+    let out = Command::new(&shim)
         .args(["demo", "--transfers", "3", "--max-size", "1024"])
         .env("RUST_LOG", "warn")
         .output()
@@ -223,6 +223,34 @@ fn demo_runs_end_to_end() {
     );
     assert!(stdout.contains("verified      4/4 transfers"), "{stdout}");
     assert!(stdout.contains("result        PASS"), "{stdout}");
+
+    // --compare: one fresh backend per EOI policy, then the table
+    let out = Command::new(&shim)
+        .args([
+            "demo",
+            "--compare",
+            "--transfers",
+            "3",
+            "--max-size",
+            "1024",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for p in ["clear-register", "resample", "first-access"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(p) && l.contains("PASS"))
+            .unwrap_or_else(|| panic!("no PASS row for {p}: {stdout}"));
+        let per_event = row.split_whitespace().nth(5).unwrap();
+        if p == "first-access" {
+            assert!(per_event.parse::<f64>().unwrap() > 1.0, "{row}");
+        } else {
+            assert_eq!(per_event, "1.00", "{row}");
+        }
+    }
 }
 
 #[test]

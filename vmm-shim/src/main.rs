@@ -16,6 +16,7 @@ Examples:
   # private socket, run the guest against it, print the summary, clean up:
   vmm-shim demo
   vmm-shim demo --eoi resample --transfers 12 --max-size 65536
+  vmm-shim demo --compare        # all three EOI policies side by side
 
   # Against a backend you started yourself (its --eoi must match):
   vfio-sidecar serve --socket /tmp/pl330.sock --device model:pl330 --eoi resample &
@@ -125,6 +126,10 @@ struct DemoArgs {
     /// fetch) instead of a manager fault (FSRD/FTRD) at DMAGO.
     #[arg(long)]
     no_dmago_gate: bool,
+    /// Run once per EOI policy (each with a fresh backend) and print a
+    /// comparison table after the summaries (--eoi is ignored).
+    #[arg(long)]
+    compare: bool,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +207,47 @@ fn main() -> ExitCode {
             match runner::run(&mut backend, &opts) {
                 Ok(s) => print_summary(&s, a.guest.json),
                 Err(e) => fail(e),
+            }
+        }
+        Command::Demo(a) if a.compare => {
+            let mut all = Vec::new();
+            for eoi in [
+                EoiPolicy::ClearRegister,
+                EoiPolicy::Resample,
+                EoiPolicy::FirstAccess,
+            ] {
+                let mut guest = a.guest.clone();
+                guest.eoi = eoi;
+                let opts = DemoOptions {
+                    run: guest.options(),
+                    backend: a.backend.clone(),
+                    device: a.device.clone(),
+                    backend_args: if a.no_dmago_gate {
+                        vec!["--no-dmago-gate".into()]
+                    } else {
+                        Vec::new()
+                    },
+                };
+                match demo::demo(&opts) {
+                    Ok(s) => all.push(s),
+                    Err(e) => return fail(format!("{}: {e}", eoi.as_str())),
+                }
+            }
+            if a.guest.json {
+                match serde_json::to_string_pretty(&all) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => return fail(e),
+                }
+            } else {
+                for s in &all {
+                    println!("{s}\n");
+                }
+                println!("{}", runner::comparison_table(&all));
+            }
+            if all.iter().all(|s| s.success()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Command::Demo(a) => {

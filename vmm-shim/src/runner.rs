@@ -419,6 +419,37 @@ pub fn run_in(
     })
 }
 
+/// A table comparing runs (one line per run): the EOI policies side by side.
+pub fn comparison_table(runs: &[Summary]) -> String {
+    let mut t = String::from(
+        "EOI policy      result  transfers  device events  host irqs  per event  guest irqs  without event  MMIO exits\n",
+    );
+    for s in runs {
+        let (ev, host) = s
+            .backend_irq
+            .map(|b| (b.device_events.to_string(), b.host_interrupts.to_string()))
+            .unwrap_or_else(|| ("-".into(), "-".into()));
+        let per = s
+            .host_per_event()
+            .map(|p| format!("{p:.2}"))
+            .unwrap_or_else(|| "-".into());
+        t.push_str(&format!(
+            "{:<15} {:<7} {:>4}/{:<4}  {:>13}  {:>9}  {:>9}  {:>10}  {:>13}  {:>10}\n",
+            s.eoi.as_str(),
+            if s.success() { "PASS" } else { "FAIL" },
+            s.verified,
+            s.transfers.len(),
+            ev,
+            host,
+            per,
+            s.guest_interrupts,
+            s.guest_spurious,
+            s.vcpu.mmio_exits,
+        ));
+    }
+    t
+}
+
 fn borrowed(e: &EventFd) -> BorrowedFd<'_> {
     use std::os::fd::AsRawFd;
     // SAFETY: the EventFd owns this fd and outlives the returned borrow.
