@@ -96,8 +96,6 @@ pub struct Backend {
     dma_exec: bool,
     extension: bool,
     max_dma_maps: u32,
-    /// Set when a client message may have changed the device's poll fds.
-    irqs_changed: bool,
     /// Set after writes/resets: the device may have work left (`run_pending`).
     work_pending: bool,
 }
@@ -142,7 +140,6 @@ impl Backend {
             dma_exec: false,
             extension: false,
             max_dma_maps,
-            irqs_changed: true,
             work_pending: false,
         })
     }
@@ -278,7 +275,6 @@ impl Backend {
         self.dma_exec = false;
         self.extension = false;
         self.dma.set_limit(self.max_dma_maps as usize);
-        self.irqs_changed = true;
         self.work_pending = false;
     }
 
@@ -556,7 +552,6 @@ impl Handler for Backend {
                 }
             }
         };
-        self.irqs_changed = true;
         self.dev
             .set_irqs(SetIrqs {
                 index: req.index,
@@ -797,6 +792,23 @@ fn ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::R
     epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
 }
 
+/// Stops watching the device's poll fds (call while they are still open).
+fn unwatch(epoll: &Epoll, dev_fds: &mut Vec<RawFd>) {
+    for fd in dev_fds.drain(..) {
+        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+}
+
+/// Watches the device's current poll fds.
+fn watch(epoll: &Epoll, backend: &Backend, dev_fds: &mut Vec<RawFd>) {
+    for (fd, tok) in backend.poll_fds() {
+        match ctl(epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
+            Ok(()) => dev_fds.push(fd),
+            Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
+        }
+    }
+}
+
 /// Opens the device per `args` and builds the [`Backend`].
 pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
     let set = load_profiles(args.profile.as_deref())?;
@@ -867,21 +879,9 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let mut client: Option<ServerConnection> = None;
     let mut rejecting: Option<ServerConnection> = None;
-    let mut dev_fds: Vec<(RawFd, u64)> = Vec::new();
+    let mut dev_fds: Vec<RawFd> = Vec::new();
     let mut events = vec![EpollEvent::default(); 16];
     loop {
-        if backend.irqs_changed {
-            for (fd, _) in dev_fds.drain(..) {
-                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            }
-            for (fd, tok) in backend.poll_fds() {
-                match ctl(&epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
-                    Ok(()) => dev_fds.push((fd, tok)),
-                    Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
-                }
-            }
-            backend.irqs_changed = false;
-        }
         let timeout = if backend.work_pending { 0 } else { -1 };
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
@@ -897,6 +897,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                 TOKEN_SIGNAL => {
                     let signo = sig.read().unwrap_or(0);
                     log::info!("signal {signo}: shutting down");
+                    unwatch(&epoll, &mut dev_fds);
                     if client.take().is_some() {
                         backend.client_gone();
                     } else {
@@ -957,6 +958,10 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                     }
                 },
                 TOKEN_CLIENT => {
+                    // Device fds may be closed while handling (SET_IRQS, cleanup):
+                    // unregister them while they are still open (an epoll entry
+                    // outlives a closed fd whose file the client still holds).
+                    unwatch(&epoll, &mut dev_fds);
                     let status = match client.as_mut() {
                         Some(c) => c.handle_readable(&mut backend),
                         None => Ok(ConnStatus::Open),
@@ -979,6 +984,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                         }
                         backend.client_gone();
                     }
+                    watch(&epoll, &backend, &mut dev_fds);
                 }
                 TOKEN_REJECT => {
                     let done = match rejecting.as_mut() {
