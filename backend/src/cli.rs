@@ -406,7 +406,7 @@ mod tests {
         match cli.command {
             Command::Serve(a) => {
                 assert_eq!(a.eoi, Some(EoiPolicy::FirstAccess));
-                assert_eq!(a.max_dma_maps, 65536);
+                assert_eq!(a.max_dma_maps, 65535);
             }
             _ => panic!("not serve"),
         }
