@@ -1016,6 +1016,78 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
 mod tests {
     use super::*;
 
+    fn scratch_backend(toml: Option<&str>, policy: Option<EoiPolicy>) -> Backend {
+        let mut set = crate::profile::ProfileSet::default();
+        if let Some(t) = toml {
+            set.add_toml(t, "test.toml").unwrap();
+        }
+        let profile = set.by_name("scratch").unwrap().clone();
+        let dev = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
+        Backend::new(Box::new(dev), profile, policy, true, 16).unwrap()
+    }
+
+    #[test]
+    fn clear_register_page_is_never_mmappable() {
+        // Default scratch profile: INTCLR in page 0, the mmap area is page 1.
+        let mut b = scratch_backend(None, None);
+        let (info, fd) = b.region_info(0).unwrap();
+        assert!(fd.is_some() && info.flags & region_flags::MMAP != 0);
+        // A profile whose clear register sits in page 1: nothing left to mmap.
+        let toml = "[[device]]\nname = \"scratch\"\ncompatible = [\"x\"]\n\
+                    default-eoi = \"clear-register\"\n\
+                    clear = { region = 0, offset = 0x1010, mode = \"w1c\" }\n";
+        let mut b = scratch_backend(Some(toml), None);
+        let (info, fd) = b.region_info(0).unwrap();
+        assert!(fd.is_none());
+        assert_eq!(info.flags & region_flags::MMAP, 0);
+        assert!(info.sparse.is_none());
+        // Under resample the register needs no trap: the page is offered again.
+        let mut b = scratch_backend(Some(toml), Some(EoiPolicy::Resample));
+        let (_, fd) = b.region_info(0).unwrap();
+        assert!(fd.is_some());
+    }
+
+    #[test]
+    fn request_validation() {
+        let mut b = scratch_backend(None, None);
+        let mut buf = [0u8; 4];
+        assert_eq!(b.region_read(0, 0x2000, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, 0x1ffe, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, 0, &mut []), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(1, 0, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, u64::MAX - 1, &mut buf), Err(Errno::EINVAL));
+        b.region_read(0, 0, &mut buf).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), crate::model::scratch::SCRATCH_ID);
+        // SET_IRQS beyond the vector count, or on an unknown index.
+        let req = WireSetIrqs::new(0, msg::IrqAction::Mask, IrqDataType::None, 0, 2, Vec::new());
+        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
+        let req = WireSetIrqs::new(3, msg::IrqAction::Mask, IrqDataType::None, 0, 1, Vec::new());
+        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
+        // Trigger disable (count 0, DATA_NONE) is valid.
+        let req = WireSetIrqs::new(
+            0,
+            msg::IrqAction::Trigger,
+            IrqDataType::None,
+            0,
+            0,
+            Vec::new(),
+        );
+        b.set_irqs(&req, Vec::new()).unwrap();
+        // DMA_MAP without fd, unmap of nothing.
+        let m = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x1000, 0x1000);
+        assert_eq!(b.dma_map(&m, None), Err(Errno::EINVAL));
+        assert_eq!(
+            b.dma_unmap(&DmaUnmap::new(0, 0x1000, 0x1000)),
+            Err(Errno::EINVAL)
+        );
+        // Stats need a valid range.
+        assert!(b.irq_stats(0, 0, 1).is_ok());
+        assert_eq!(b.irq_stats(0, 1, 1), Err(Errno::EINVAL));
+        let d = b.description();
+        assert_eq!(d.kind, DeviceKind::Platform);
+        assert_eq!(d.irqs[0].eoi.policy, ext::EoiPolicy::ClearRegister);
+    }
+
     #[test]
     fn trapped_pages_are_cut_out() {
         let areas = [SparseArea {
