@@ -57,6 +57,9 @@ pub enum Command {
     /// Print the guest device-tree node of a platform/AMBA device.
     #[command(after_help = EXAMPLES)]
     Dt(DtArgs),
+    /// Connect to any vfio-user server and describe its device, like lspci -vv
+    /// (read-only unless --read is given).
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// A `--device` string.
