@@ -42,9 +42,10 @@
 //! all-ones and writes are ignored (as edu.c). The device side of a DMA is the
 //! 4 KiB buffer at device address `0x40000`; bus addresses are masked to
 //! `dma-bits` (default 28, edu's `dma_mask`). Differences from QEMU, on
-//! purpose: the factorial is computed synchronously; a DMA runs right after the
-//! command write returns (QEMU: after a 100 ms timer), so `RUN` is still
-//! observable only by a client that races the server; a buffer range outside
+//! purpose: the factorial is computed synchronously; a DMA runs when the
+//! server's event loop next runs pending device work, after the messages it
+//! has already received (QEMU: after a 100 ms timer) — a driver polls `RUN` in
+//! both cases; a buffer range outside
 //! the 4 KiB window is logged and dropped (QEMU aborts with `hw_error`); a DMA
 //! fault (unmapped IOVA) is logged and the transfer skipped, the completion
 //! interrupt still raised (as `pci_dma_read` errors are ignored by edu.c);
