@@ -41,8 +41,28 @@ pub const MAX_READ: u64 = 64 * 1024;
 /// Most vectors whose statistics are fetched per IRQ index.
 const MAX_STATS_VECTORS: u32 = 64;
 
+const PROBE_EXAMPLES: &str = "\
+Examples:
+  # Describe the device behind a socket (text, like lspci -vv):
+  vfio-sidecar probe --socket /run/pl330.sock
+
+  # The same as JSON, for scripts:
+  vfio-sidecar probe -s /run/edu.sock --json | jq '.regions[] | {name, size, trapped}'
+
+  # See the device as QEMU or cloud-hypervisor do (no vfio-sidecar extension):
+  vfio-sidecar probe -s /run/edu.sock --plain
+
+  # Hex-dump PCI config space and the first register of BAR0:
+  vfio-sidecar probe -s /run/edu.sock --read config:0:64 --read BAR0:0:4
+
+Only VERSION, DEVICE_GET_INFO, GET_REGION_INFO, GET_IRQ_INFO and the extension's
+read-only queries are sent (plus a 256-byte config space read for PCI devices);
+device memory is read only with --read. Exit status: 0 on success, 1 on any
+error (no such socket, refused, busy, not a vfio-user server, timeout).";
+
 /// `probe` options.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = PROBE_EXAMPLES)]
 pub struct ProbeArgs {
     /// vfio-user server socket to connect to.
     #[arg(short, long)]
