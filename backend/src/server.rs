@@ -278,7 +278,36 @@ impl Backend {
         self.work_pending = false;
     }
 
-    /// The extension's device description.
+    /// The device-tree blob describing a platform/AMBA device (a minimal tree
+    /// holding the device node, its clock and a GIC, at the default guest base
+    /// of [`crate::dt::DtParams`]); empty for PCI devices, which need none.
+    pub fn dtb(&self) -> Vec<u8> {
+        let info = self.dev.info();
+        if info.flags & device_flags::PCI != 0 || self.profile.compatible.is_empty() {
+            return Vec::new();
+        }
+        let region_sizes = (0..info.num_regions)
+            .map(|i| self.dev.region_info(i).map(|r| r.size).unwrap_or(0))
+            .collect();
+        let dev = crate::dt::DtDevice {
+            region_sizes,
+            num_irqs: info.num_irqs,
+        };
+        match crate::dt::device_tree(&self.profile, &dev, &crate::dt::DtParams::default())
+            .and_then(|t| t.to_dtb())
+        {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!(
+                    "cannot build the device tree for {}: {e}",
+                    self.profile.name
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The extension's device description (compatibles, clocks, regions, IRQs, EOI).
     pub fn description(&self) -> DeviceDescription {
         let info = self.dev.info();
         let kind = if info.flags & device_flags::PCI != 0 {
@@ -504,6 +533,17 @@ impl Handler for Backend {
         ))
     }
 
+    fn region_io_fds(
+        &mut self,
+        index: u32,
+    ) -> Result<(Vec<msg::SubRegionIoFd>, Vec<RawFd>), Errno> {
+        // A valid region has no ioeventfd/ioregionfd sub-regions here: an empty
+        // list (as libvfio-user answers), so clients fall back to REGION_READ/
+        // WRITE or mmap; an invalid index is EINVAL.
+        self.dev.region_info(index).map_err(|e| errno_of(&e))?;
+        Ok((Vec::new(), Vec::new()))
+    }
+
     fn irq_info(&mut self, index: u32) -> Result<WireIrqInfo, Errno> {
         let i = self.dev.irq_info(index).map_err(|e| errno_of(&e))?;
         Ok(WireIrqInfo {
@@ -601,7 +641,7 @@ impl Handler for Backend {
     }
 
     fn device_desc(&mut self) -> Result<(DeviceDescription, Vec<u8>), Errno> {
-        Ok((self.description(), Vec::new()))
+        Ok((self.description(), self.dtb()))
     }
 
     fn irq_stats(&mut self, index: u32, start: u32, count: u32) -> Result<Vec<IrqStats>, Errno> {

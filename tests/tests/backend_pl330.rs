@@ -225,8 +225,17 @@ fn first_access_eoi_causes_extra_host_interrupts() {
 fn device_description_for_pl330() {
     let srv = Sidecar::start("model:pl330,events=4", &[]);
     let mut c = srv.connect(true);
-    let (d, _dtb) = c.device_desc().unwrap();
+    let (d, dtb) = c.device_desc().unwrap();
     assert_eq!(d.compatible, ["arm,pl330", "arm,primecell"]);
+    // The DT blob comes with it: FDT magic, and the node's compatible strings inside.
+    assert_eq!(
+        dtb.get(..4),
+        Some(&[0xd0, 0x0d, 0xfe, 0xed][..]),
+        "not a DTB"
+    );
+    let has = |needle: &[u8]| dtb.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"arm,pl330\0arm,primecell\0"));
+    assert!(has(b"apb_pclk"));
     assert_eq!(d.clocks[0].name, "apb_pclk");
     assert_eq!(d.irqs.len(), 4);
     let clear = d.irqs[2].eoi.clear.unwrap();
