@@ -200,12 +200,12 @@ fn runaway_microcode_does_not_starve_the_client_and_dmakill_stops_it() {
     wr(&mut r, DBGCMD, 0);
     // The channel keeps executing; the client is still served.
     let t = Instant::now();
-    for _ in 0..10 {
+    for _ in 0..3 {
         let csr = rd(&mut r, CSR0);
         assert_eq!(csr & 0xf, 1, "channel 0 executing (CSR {csr:#x})");
     }
     println!(
-        "10 register reads while the channel runs away: {:.2} s",
+        "3 register reads while the channel runs away: {:.2} s",
         t.elapsed().as_secs_f64()
     );
     // DMAKILL channel 0.
