@@ -187,6 +187,7 @@ pub struct ServerConnection {
     dma_maps: u32,
     write_timeout: Duration,
     scratch: Vec<u8>,
+    batch: usize,
 }
 
 impl AsRawFd for ServerConnection {
@@ -237,7 +238,17 @@ impl ServerConnection {
             dma_maps: 0,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             scratch: Vec::new(),
+            batch: usize::MAX,
         })
+    }
+
+    /// Handles at most `n` (≥ 1) messages per [`Self::handle_readable`] call
+    /// (default: unlimited, i.e. until the socket is drained). The rest stays
+    /// in the socket, so a level-triggered epoll reports the connection again
+    /// after the loop's other events: a client that keeps its socket full
+    /// cannot starve signals, device fds or other connections.
+    pub fn set_batch_limit(&mut self, n: usize) {
+        self.batch = n.max(1);
     }
 
     /// Sets how long a reply write may wait for the client (default 5 s).
@@ -260,11 +271,17 @@ impl ServerConnection {
         self.dma_maps
     }
 
-    /// Reads everything available, handles every complete message and writes
+    /// Reads everything available (or up to the batch limit, see
+    /// [`Self::set_batch_limit`]), handles every complete message and writes
     /// the replies. Partial messages are kept for the next call. `Err` or
     /// `Ok(Closed)`: drop the connection.
     pub fn handle_readable(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
+        let mut handled = 0usize;
         loop {
+            if handled >= self.batch {
+                return Ok(ConnStatus::Open);
+            }
+            handled += 1;
             let inc = match self.reader.read_message(self.sock.as_fd()) {
                 Ok(None) => return Ok(ConnStatus::Open),
                 Ok(Some(i)) => i,
@@ -628,5 +645,90 @@ impl ServerConnection {
         h.negotiated(&n);
         self.negotiated = Some(n);
         Outcome::Reply(Reply::with(reply.encode()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Answers DEVICE_GET_INFO; everything else is unsupported.
+    struct Info;
+
+    impl Handler for Info {
+        fn dma_map(&mut self, _r: &DmaMap, _f: Option<OwnedFd>) -> Result<(), Errno> {
+            Err(Errno::ENOTSUP)
+        }
+        fn dma_unmap(&mut self, _r: &DmaUnmap) -> Result<(), Errno> {
+            Err(Errno::ENOTSUP)
+        }
+        fn device_info(&mut self) -> Result<DeviceInfo, Errno> {
+            Ok(DeviceInfo {
+                argsz: 16,
+                flags: 0,
+                num_regions: 0,
+                num_irqs: 0,
+            })
+        }
+        fn region_info(&mut self, _i: u32) -> Result<(RegionInfo, Option<RawFd>), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn irq_info(&mut self, _i: u32) -> Result<IrqInfo, Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn set_irqs(&mut self, _r: &SetIrqs, _f: Vec<OwnedFd>) -> Result<(), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn region_read(&mut self, _r: u32, _o: u64, _b: &mut [u8]) -> Result<(), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn region_write(&mut self, _r: u32, _o: u64, _d: &[u8]) -> Result<(), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn reset(&mut self) -> Result<(), Errno> {
+            Ok(())
+        }
+    }
+
+    fn replies_available(c: &UnixStream) -> usize {
+        let mut buf = [0u8; 4096];
+        let mut c = c;
+        let mut n = 0;
+        while let Ok(k) = c.read(&mut buf) {
+            n += k;
+        }
+        n / HEADER_SIZE_FOR_TEST
+    }
+
+    /// Error replies are header-only (16 bytes).
+    const HEADER_SIZE_FOR_TEST: usize = 16;
+
+    #[test]
+    fn batch_limit_bounds_messages_per_call() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut conn = ServerConnection::new(a, Limits::default()).unwrap();
+        conn.set_batch_limit(2);
+        // Five commands before VERSION: each gets a 16-byte EINVAL reply.
+        let mut bytes = Vec::new();
+        for id in 0..5u16 {
+            bytes.extend_from_slice(&Header::command(id, cmd::DEVICE_GET_INFO, 0).encode());
+        }
+        (&b).write_all(&bytes).unwrap();
+        let mut h = Info;
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 2, "first call: two messages");
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 2);
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 1, "the rest");
+        // Unlimited (default): everything in one call.
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut conn = ServerConnection::new(a, Limits::default()).unwrap();
+        (&b).write_all(&bytes).unwrap();
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 5);
     }
 }
