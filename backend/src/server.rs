@@ -730,6 +730,10 @@ pub enum ServeError {
     EventLoop(std::io::Error),
 }
 
+/// Messages handled per epoll wake-up of a connection (the rest waits for
+/// the next `epoll_wait`, level-triggered, after the other events).
+const MESSAGES_PER_WAKEUP: usize = 64;
+
 const TOKEN_LISTEN: u64 = 1;
 const TOKEN_CLIENT: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
@@ -948,13 +952,16 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                 TOKEN_LISTEN => loop {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let conn = match ServerConnection::new(stream, limits) {
+                            let mut conn = match ServerConnection::new(stream, limits) {
                                 Ok(c) => c,
                                 Err(e) => {
                                     log::warn!("new connection: {e}");
                                     continue;
                                 }
                             };
+                            // A client keeping its socket full must not starve
+                            // signals, device fds or pending device work.
+                            conn.set_batch_limit(MESSAGES_PER_WAKEUP);
                             if client.is_none() {
                                 log::info!("client connected");
                                 if let Err(e) = ctl(
