@@ -225,3 +225,70 @@ fn runaway_microcode_does_not_starve_the_client_and_dmakill_stops_it() {
         "backend still busy after DMAKILL: {used} ticks/s"
     );
 }
+
+/// A client that keeps the socket full of requests (a writer thread that
+/// never pauses, a reader thread draining the replies) must not starve the
+/// rest of the event loop: SIGTERM still shuts the backend down.
+#[test]
+fn flooding_client_does_not_starve_sigterm() {
+    let srv = Sidecar::start("model:pl330", &[]);
+    let r = Raw::negotiated(&srv.socket, true);
+    let writer = r.sock.try_clone().unwrap();
+    let reader = r.sock.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_w = stop.clone();
+    let w = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for i in 0..256u16 {
+            let p = region(0x20, 0, 4, &[]);
+            let h = vfio_sidecar_protocol::header::Header::command(i, cmd::REGION_READ, p.len());
+            batch.extend_from_slice(&h.encode());
+            batch.extend_from_slice(&p);
+        }
+        let mut sent = 0u64;
+        while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
+            match sendmsg(&writer, &batch, &[]) {
+                Ok(n) => sent += n as u64,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let rd = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0u64;
+        let mut s = &reader;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        got
+    });
+    // Let the flood build up, then ask the backend to stop (SIGTERM and wait
+    // for the exit status, under a watchdog).
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = srv.pid();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut srv = srv;
+        let st = srv.terminate();
+        let _ = tx.send(st);
+    });
+    let t = Instant::now();
+    let st = rx.recv_timeout(Duration::from_secs(20));
+    println!("SIGTERM to exit: {:.2} s", t.elapsed().as_secs_f64());
+    if st.is_err() {
+        // SAFETY: kill(2) on the stuck backend child before failing.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = r.sock.shutdown(std::net::Shutdown::Both);
+    let sent = w.join().unwrap();
+    let got = rd.join().unwrap();
+    println!("flood: {sent} request bytes sent, {got} reply bytes read");
+    let st = st.expect("backend did not exit on SIGTERM while flooded");
+    assert!(st.success(), "{st}");
+}
