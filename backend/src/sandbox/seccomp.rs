@@ -150,6 +150,9 @@ const COMMON: &[(&str, i64)] = &[
     ("rt_sigaction", libc::SYS_rt_sigaction),
     ("sigaltstack", libc::SYS_sigaltstack),
     ("tgkill", libc::SYS_tgkill),
+    // DMA copies of unsealed mappings (conditioned: own pid).
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
     ("restart_syscall", libc::SYS_restart_syscall),
     // `irq::check_eventfd` identifies eventfds by their /proc/self/fd link.
     ("readlinkat", libc::SYS_readlinkat),
@@ -213,6 +216,15 @@ pub fn syscall_conditions() -> &'static [(&'static str, &'static str)] {
         (
             "tgkill",
             "tgid = the backend's own pid (abort, Trap-mode re-raise)",
+        ),
+        (
+            "process_vm_readv",
+            "pid = the backend's own pid (DMA copies of mappings of files not sealed \
+             against shrinking: EFAULT instead of SIGBUS)",
+        ),
+        (
+            "process_vm_writev",
+            "pid = the backend's own pid (as process_vm_readv)",
         ),
         ("clone", "(allow_threads) flags contain CLONE_THREAD"),
         (
