@@ -265,6 +265,18 @@ impl Backend {
                 }) {
                     log::debug!("release IRQ {index} unmask eventfd: {e}");
                 }
+                // A level vector the dead client never EOI'd stays automasked;
+                // the next client must start with every vector unmasked (as
+                // Linux VFIO does on open), or it never sees that interrupt.
+                if let Err(e) = self.dev.set_irqs(SetIrqs {
+                    index,
+                    start: 0,
+                    count: ii.count,
+                    action: IrqAction::Unmask,
+                    data: IrqData::None,
+                }) {
+                    log::debug!("unmask IRQ {index} after disconnect: {e}");
+                }
             }
         }
         if info.flags & device_flags::RESET != 0 {
@@ -1092,6 +1104,58 @@ mod tests {
         let mut b = scratch_backend(Some(toml), Some(EoiPolicy::Resample));
         let (_, fd) = b.region_info(0).unwrap();
         assert!(fd.is_some());
+    }
+
+    #[test]
+    fn vector_left_masked_by_a_dead_client_is_unmasked_for_the_next() {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let set = crate::profile::ProfileSet::default();
+        let profile = set.by_name("pl330").unwrap().clone();
+        let dev = crate::model::create(&"pl330".parse().unwrap(), false).unwrap();
+        let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        let eventfd = || {
+            // SAFETY: eventfd(2) returns a new fd, owned here.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            assert!(fd >= 0);
+            // SAFETY: fresh fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let reader = std::fs::File::from(fd.try_clone().unwrap());
+            (fd, reader)
+        };
+        let count = |mut f: &std::fs::File| {
+            let mut v = [0u8; 8];
+            match f.read(&mut v) {
+                Ok(8) => u64::from_ne_bytes(v),
+                _ => 0,
+            }
+        };
+        let (d0, d1) = crate::model::pl330::asm::dbginst(
+            crate::model::pl330::insn::Insn::Sev { event: 0 },
+            None,
+        );
+        let raise = |b: &mut Backend| {
+            b.region_write(0, 0x20, &1u32.to_le_bytes()).unwrap();
+            b.region_write(0, 0xd08, &d0.to_le_bytes()).unwrap();
+            b.region_write(0, 0xd0c, &d1.to_le_bytes()).unwrap();
+            b.region_write(0, 0xd04, &0u32.to_le_bytes()).unwrap();
+        };
+        for client in 0..2 {
+            let (t, r) = eventfd();
+            let req = WireSetIrqs::new(
+                0,
+                msg::IrqAction::Trigger,
+                IrqDataType::Eventfd,
+                0,
+                1,
+                Vec::new(),
+            );
+            b.set_irqs(&req, vec![t]).unwrap();
+            raise(&mut b);
+            assert_eq!(count(&r), 1, "client {client}: interrupt");
+            // The client dies without writing INTCLR: the vector is automasked.
+            b.client_gone();
+        }
     }
 
     #[test]
