@@ -5,7 +5,8 @@
 //!   times in a row: before connecting, during setup, and while DMA maps,
 //!   trigger/unmask eventfds and PL330 transfers are live. After each kill
 //!   the backend holds exactly its idle fds (/proc/PID/fd) and no mapping of
-//!   the client's memfds (/proc/PID/maps), and the next client is served; at
+//!   the client's memfds (/proc/PID/maps), and the next client is served (each
+//!   child checks one DMA copy and its interrupt before it reports ready); at
 //!   the end a DMA copy and an interrupt work.
 //! * The backend SIGKILLed while a client has requests in flight: the
 //!   client's calls fail with `ClientError::Disconnected` within a watchdog
@@ -122,6 +123,14 @@ fn child_client() {
     .unwrap();
     wr(&mut c, INTEN, 1).unwrap();
     program(&m1, 0x1000);
+    // The device works for this client (i.e. after the previous one was
+    // killed): one checked DMA copy and its interrupt before "ready".
+    let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 31 + 7) as u8).collect();
+    m1.write(0x1000, &pattern);
+    go(&mut c).unwrap();
+    assert_eq!(m1.read(0x8000, 0x1000), pattern, "DMA copy");
+    assert_eq!(drain(&tr), 1, "interrupt");
+    wr(&mut c, INTCLR, 1).unwrap();
     println!("ready");
     loop {
         go(&mut c).unwrap();
