@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::procs::{pin_self, ChildProc};
+use crate::procs::{pin_process, pin_self};
 use crate::BenchError;
 
 /// Where the client (this process) and the server process run.
@@ -17,11 +17,11 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Pins this thread and every given server process.
-    pub fn apply(&self, servers: &[&ChildProc]) -> Result<(), BenchError> {
+    /// Pins this thread and every given server process (by pid).
+    pub fn apply(&self, servers: &[u32]) -> Result<(), BenchError> {
         pin_self(self.client_cpu)?;
-        for s in servers {
-            s.pin(self.server_cpu)?;
+        for &pid in servers {
+            pin_process(pid, self.server_cpu)?;
         }
         Ok(())
     }

@@ -6,10 +6,12 @@
 //! trapped pages from a KVM guest; 3. EOI policies; 4. DMA map table; 5. PL330
 //! model throughput vs memcpy.
 
+mod dmamap;
 mod harness;
 mod mmio;
 mod procs;
 mod stats;
+mod throughput;
 
 use std::path::PathBuf;
 
@@ -111,6 +113,8 @@ struct Report {
     command: String,
     quick: bool,
     mmio: Vec<mmio::MmioRow>,
+    dma_map: Vec<dmamap::DmaRow>,
+    pl330_throughput: Vec<throughput::ThroughputRow>,
 }
 
 fn section(n: u32, title: &str) {
@@ -165,6 +169,47 @@ fn run(args: &Args) -> Result<(), BenchError> {
         );
         rep.mmio = mmio::run(bin, &placements, lat)?;
         mmio::print(&rep.mmio);
+    }
+    if want.contains(&"4") {
+        section(
+            4,
+            "DMA map table: DMA_MAP / DMA_UNMAP per call vs raw round trip",
+        );
+        let counts: &[usize] = if args.quick {
+            &[1, 1000]
+        } else {
+            &[1, 1000, 64000]
+        };
+        let s = if args.quick {
+            Sizes {
+                blocks: 2,
+                per_block: 100,
+                warmup: 10,
+            }
+        } else {
+            Sizes {
+                blocks: 5,
+                per_block: 400,
+                warmup: 20,
+            }
+        };
+        rep.dma_map = dmamap::run(bin, &placements, counts, s)?;
+        dmamap::print(&rep.dma_map);
+    }
+    if want.contains(&"5") {
+        section(5, "PL330 model throughput (in process) vs host memcpy");
+        let sizes: Vec<u64> = if args.quick {
+            vec![4 << 10, 64 << 10, 1 << 20]
+        } else {
+            vec![4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
+        };
+        let (reps, target) = if args.quick {
+            (1, 8 << 20)
+        } else {
+            (5, 512 << 20)
+        };
+        rep.pl330_throughput = throughput::run(&sizes, reps, target)?;
+        throughput::print(&rep.pl330_throughput);
     }
     if let Some(j) = &args.json {
         let s = serde_json::to_string_pretty(&rep)

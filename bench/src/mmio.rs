@@ -125,8 +125,8 @@ pub fn run(
     }
     let mut rows = Vec::new();
     for p in placements {
-        let mut servers = vec![&pl330, &scratch];
-        servers.extend(peers.iter().map(|(_, e)| e.process()));
+        let mut servers = vec![pl330.pid(), scratch.pid()];
+        servers.extend(peers.iter().map(|(_, e)| e.process().pid()));
         p.apply(&servers)?;
         for op in OPS {
             let sz = sizes_of(op);

@@ -116,11 +116,6 @@ impl ChildProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Pins all its threads to `cpu`.
-    pub fn pin(&self, cpu: usize) -> Result<(), BenchError> {
-        pin_process(self.pid(), cpu)
-    }
-
     fn wait_for(&mut self, ready: impl Fn(&ChildProc) -> bool) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
