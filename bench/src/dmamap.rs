@@ -40,8 +40,8 @@ pub struct DmaRow {
     pub unmap_ratio_p50: f64,
 }
 
-fn memfd(size: u64) -> Result<File, BenchError> {
-    let name = c"vfio-sidecar-bench-dma";
+/// A memfd named `name` of `size` bytes.
+pub fn memfd_named(name: &std::ffi::CStr, size: u64) -> Result<File, BenchError> {
     // SAFETY: memfd_create reads the NUL-terminated name; returns a new fd.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -75,7 +75,7 @@ pub fn run(
     let mut peer_map = EchoPeer::start(MAP_SIZES.0, MAP_SIZES.1)?;
     let mut peer_unmap = EchoPeer::start(UNMAP_SIZES.0, UNMAP_SIZES.1)?;
     // Pages 0..max for the resident maps, page `max` for the probe.
-    let mem = memfd((max as u64 + 1) * PAGE)?;
+    let mem = memfd_named(c"vfio-sidecar-bench-dma", (max as u64 + 1) * PAGE)?;
     let prot = DmaProt {
         read: true,
         write: true,

@@ -7,6 +7,7 @@
 //! model throughput vs memcpy.
 
 mod dmamap;
+mod eoi;
 mod harness;
 mod mmio;
 mod procs;
@@ -113,6 +114,7 @@ struct Report {
     command: String,
     quick: bool,
     mmio: Vec<mmio::MmioRow>,
+    eoi: Vec<eoi::EoiRow>,
     dma_map: Vec<dmamap::DmaRow>,
     pl330_throughput: Vec<throughput::ThroughputRow>,
 }
@@ -169,6 +171,11 @@ fn run(args: &Args) -> Result<(), BenchError> {
         );
         rep.mmio = mmio::run(bin, &placements, lat)?;
         mmio::print(&rep.mmio);
+    }
+    if want.contains(&"3") {
+        section(3, "EOI policies on the Linux-order PL330 ISR");
+        rep.eoi = eoi::run(bin, &placements, if args.quick { 40 } else { 1000 })?;
+        eoi::print(&rep.eoi);
     }
     if want.contains(&"4") {
         section(
