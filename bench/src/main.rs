@@ -9,6 +9,7 @@
 mod dmamap;
 mod eoi;
 mod harness;
+mod kvm;
 mod mmio;
 mod procs;
 mod stats;
@@ -114,6 +115,7 @@ struct Report {
     command: String,
     quick: bool,
     mmio: Vec<mmio::MmioRow>,
+    kvm: Vec<kvm::KvmRow>,
     eoi: Vec<eoi::EoiRow>,
     dma_map: Vec<dmamap::DmaRow>,
     pl330_throughput: Vec<throughput::ThroughputRow>,
@@ -171,6 +173,16 @@ fn run(args: &Args) -> Result<(), BenchError> {
         );
         rep.mmio = mmio::run(bin, &placements, lat)?;
         mmio::print(&rep.mmio);
+    }
+    if want.contains(&"2") {
+        section(2, "Shared vs trapped pages from a KVM guest");
+        let (fast, slow, reps) = if args.quick {
+            (20, 200, 3)
+        } else {
+            (200, 3000, 7)
+        };
+        rep.kvm = kvm::run(bin, &placements, fast, slow, reps)?;
+        kvm::print(&rep.kvm);
     }
     if want.contains(&"3") {
         section(3, "EOI policies on the Linux-order PL330 ISR");
