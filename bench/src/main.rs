@@ -11,6 +11,7 @@ mod eoi;
 mod harness;
 mod kvm;
 mod mmio;
+mod plot;
 mod procs;
 mod stats;
 mod throughput;
@@ -218,7 +219,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
     if want.contains(&"5") {
         section(5, "PL330 model throughput (in process) vs host memcpy");
         let sizes: Vec<u64> = if args.quick {
-            vec![4 << 10, 64 << 10, 1 << 20]
+            vec![4 << 10, 64 << 10, 256 << 10]
         } else {
             vec![4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
         };
@@ -229,6 +230,19 @@ fn run(args: &Args) -> Result<(), BenchError> {
         };
         rep.pl330_throughput = throughput::run(&sizes, reps, target)?;
         throughput::print(&rep.pl330_throughput);
+    }
+    if let Some(dir) = &args.plot {
+        std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(dir.display().to_string(), e))?;
+        println!();
+        if !rep.dma_map.is_empty() {
+            println!("plot: {}", plot::dma_map(dir, &rep.dma_map)?.display());
+        }
+        if !rep.pl330_throughput.is_empty() {
+            println!(
+                "plot: {}",
+                plot::throughput(dir, &rep.pl330_throughput)?.display()
+            );
+        }
     }
     if let Some(j) = &args.json {
         let s = serde_json::to_string_pretty(&rep)
