@@ -51,8 +51,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a device over a vfio-user socket (one client at a time).
+    #[command(after_help = EXAMPLES)]
     Serve(ServeArgs),
     /// Print the guest device-tree node of a platform/AMBA device.
+    #[command(after_help = EXAMPLES)]
     Dt(DtArgs),
 }
 

@@ -96,8 +96,6 @@ pub struct Backend {
     dma_exec: bool,
     extension: bool,
     max_dma_maps: u32,
-    /// Set when a client message may have changed the device's poll fds.
-    irqs_changed: bool,
     /// Set after writes/resets: the device may have work left (`run_pending`).
     work_pending: bool,
 }
@@ -142,7 +140,6 @@ impl Backend {
             dma_exec: false,
             extension: false,
             max_dma_maps,
-            irqs_changed: true,
             work_pending: false,
         })
     }
@@ -278,11 +275,39 @@ impl Backend {
         self.dma_exec = false;
         self.extension = false;
         self.dma.set_limit(self.max_dma_maps as usize);
-        self.irqs_changed = true;
         self.work_pending = false;
     }
 
-    /// The extension's device description.
+    /// The device-tree blob describing a platform/AMBA device (a minimal tree
+    /// holding the device node, its clock and a GIC, at the default guest base
+    /// of [`crate::dt::DtParams`]); empty for PCI devices, which need none.
+    pub fn dtb(&self) -> Vec<u8> {
+        let info = self.dev.info();
+        if info.flags & device_flags::PCI != 0 || self.profile.compatible.is_empty() {
+            return Vec::new();
+        }
+        let region_sizes = (0..info.num_regions)
+            .map(|i| self.dev.region_info(i).map(|r| r.size).unwrap_or(0))
+            .collect();
+        let dev = crate::dt::DtDevice {
+            region_sizes,
+            num_irqs: info.num_irqs,
+        };
+        match crate::dt::device_tree(&self.profile, &dev, &crate::dt::DtParams::default())
+            .and_then(|t| t.to_dtb())
+        {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!(
+                    "cannot build the device tree for {}: {e}",
+                    self.profile.name
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The extension's device description (compatibles, clocks, regions, IRQs, EOI).
     pub fn description(&self) -> DeviceDescription {
         let info = self.dev.info();
         let kind = if info.flags & device_flags::PCI != 0 {
@@ -556,7 +581,6 @@ impl Handler for Backend {
                 }
             }
         };
-        self.irqs_changed = true;
         self.dev
             .set_irqs(SetIrqs {
                 index: req.index,
@@ -606,7 +630,7 @@ impl Handler for Backend {
     }
 
     fn device_desc(&mut self) -> Result<(DeviceDescription, Vec<u8>), Errno> {
-        Ok((self.description(), Vec::new()))
+        Ok((self.description(), self.dtb()))
     }
 
     fn irq_stats(&mut self, index: u32, start: u32, count: u32) -> Result<Vec<IrqStats>, Errno> {
@@ -797,6 +821,23 @@ fn ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::R
     epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
 }
 
+/// Stops watching the device's poll fds (call while they are still open).
+fn unwatch(epoll: &Epoll, dev_fds: &mut Vec<RawFd>) {
+    for fd in dev_fds.drain(..) {
+        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+}
+
+/// Watches the device's current poll fds.
+fn watch(epoll: &Epoll, backend: &Backend, dev_fds: &mut Vec<RawFd>) {
+    for (fd, tok) in backend.poll_fds() {
+        match ctl(epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
+            Ok(()) => dev_fds.push(fd),
+            Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
+        }
+    }
+}
+
 /// Opens the device per `args` and builds the [`Backend`].
 pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
     let set = load_profiles(args.profile.as_deref())?;
@@ -867,21 +908,9 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let mut client: Option<ServerConnection> = None;
     let mut rejecting: Option<ServerConnection> = None;
-    let mut dev_fds: Vec<(RawFd, u64)> = Vec::new();
+    let mut dev_fds: Vec<RawFd> = Vec::new();
     let mut events = vec![EpollEvent::default(); 16];
     loop {
-        if backend.irqs_changed {
-            for (fd, _) in dev_fds.drain(..) {
-                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-            }
-            for (fd, tok) in backend.poll_fds() {
-                match ctl(&epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
-                    Ok(()) => dev_fds.push((fd, tok)),
-                    Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
-                }
-            }
-            backend.irqs_changed = false;
-        }
         let timeout = if backend.work_pending { 0 } else { -1 };
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
@@ -897,6 +926,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                 TOKEN_SIGNAL => {
                     let signo = sig.read().unwrap_or(0);
                     log::info!("signal {signo}: shutting down");
+                    unwatch(&epoll, &mut dev_fds);
                     if client.take().is_some() {
                         backend.client_gone();
                     } else {
@@ -957,6 +987,10 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                     }
                 },
                 TOKEN_CLIENT => {
+                    // Device fds may be closed while handling (SET_IRQS, cleanup):
+                    // unregister them while they are still open (an epoll entry
+                    // outlives a closed fd whose file the client still holds).
+                    unwatch(&epoll, &mut dev_fds);
                     let status = match client.as_mut() {
                         Some(c) => c.handle_readable(&mut backend),
                         None => Ok(ConnStatus::Open),
@@ -979,6 +1013,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                         }
                         backend.client_gone();
                     }
+                    watch(&epoll, &backend, &mut dev_fds);
                 }
                 TOKEN_REJECT => {
                     let done = match rejecting.as_mut() {
@@ -1009,6 +1044,78 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn scratch_backend(toml: Option<&str>, policy: Option<EoiPolicy>) -> Backend {
+        let mut set = crate::profile::ProfileSet::default();
+        if let Some(t) = toml {
+            set.add_toml(t, "test.toml").unwrap();
+        }
+        let profile = set.by_name("scratch").unwrap().clone();
+        let dev = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
+        Backend::new(Box::new(dev), profile, policy, true, 16).unwrap()
+    }
+
+    #[test]
+    fn clear_register_page_is_never_mmappable() {
+        // Default scratch profile: INTCLR in page 0, the mmap area is page 1.
+        let mut b = scratch_backend(None, None);
+        let (info, fd) = b.region_info(0).unwrap();
+        assert!(fd.is_some() && info.flags & region_flags::MMAP != 0);
+        // A profile whose clear register sits in page 1: nothing left to mmap.
+        let toml = "[[device]]\nname = \"scratch\"\ncompatible = [\"x\"]\n\
+                    default-eoi = \"clear-register\"\n\
+                    clear = { region = 0, offset = 0x1010, mode = \"w1c\" }\n";
+        let mut b = scratch_backend(Some(toml), None);
+        let (info, fd) = b.region_info(0).unwrap();
+        assert!(fd.is_none());
+        assert_eq!(info.flags & region_flags::MMAP, 0);
+        assert!(info.sparse.is_none());
+        // Under resample the register needs no trap: the page is offered again.
+        let mut b = scratch_backend(Some(toml), Some(EoiPolicy::Resample));
+        let (_, fd) = b.region_info(0).unwrap();
+        assert!(fd.is_some());
+    }
+
+    #[test]
+    fn request_validation() {
+        let mut b = scratch_backend(None, None);
+        let mut buf = [0u8; 4];
+        assert_eq!(b.region_read(0, 0x2000, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, 0x1ffe, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, 0, &mut []), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(1, 0, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, u64::MAX - 1, &mut buf), Err(Errno::EINVAL));
+        b.region_read(0, 0, &mut buf).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), crate::model::scratch::SCRATCH_ID);
+        // SET_IRQS beyond the vector count, or on an unknown index.
+        let req = WireSetIrqs::new(0, msg::IrqAction::Mask, IrqDataType::None, 0, 2, Vec::new());
+        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
+        let req = WireSetIrqs::new(3, msg::IrqAction::Mask, IrqDataType::None, 0, 1, Vec::new());
+        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
+        // Trigger disable (count 0, DATA_NONE) is valid.
+        let req = WireSetIrqs::new(
+            0,
+            msg::IrqAction::Trigger,
+            IrqDataType::None,
+            0,
+            0,
+            Vec::new(),
+        );
+        b.set_irqs(&req, Vec::new()).unwrap();
+        // DMA_MAP without fd, unmap of nothing.
+        let m = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x1000, 0x1000);
+        assert_eq!(b.dma_map(&m, None), Err(Errno::EINVAL));
+        assert_eq!(
+            b.dma_unmap(&DmaUnmap::new(0, 0x1000, 0x1000)),
+            Err(Errno::EINVAL)
+        );
+        // Stats need a valid range.
+        assert!(b.irq_stats(0, 0, 1).is_ok());
+        assert_eq!(b.irq_stats(0, 1, 1), Err(Errno::EINVAL));
+        let d = b.description();
+        assert_eq!(d.kind, DeviceKind::Platform);
+        assert_eq!(d.irqs[0].eoi.policy, ext::EoiPolicy::ClearRegister);
+    }
 
     #[test]
     fn trapped_pages_are_cut_out() {

@@ -102,6 +102,47 @@ fn pl330_node_passes_dt_schema() {
         assert!(errors.is_empty(), "dt-schema errors: {errors:#?}");
     }
 
+    // The CLI path: `vfio-sidecar dt --device model:pl330... --format dtb`.
+    for dev in [
+        "model:pl330",
+        "model:pl330,combined-irq",
+        "model:pl330,events=32",
+    ] {
+        let dtb = dir.0.join("cli.dtb");
+        let out = Command::new(env!("CARGO_BIN_EXE_vfio-sidecar"))
+            .args([
+                "dt",
+                "--device",
+                dev,
+                "--format",
+                "dtb",
+                "--base",
+                "0x9000000",
+                "--irq-base",
+                "40",
+                "-o",
+            ])
+            .arg(&dtb)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{dev}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let errors = validate(&dir.0, &schema, &dtb);
+        assert!(errors.is_empty(), "{dev}: dt-schema errors: {errors:#?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vfio-sidecar"))
+        .args(["dt", "--device", "model:pl330,events=2", "--format", "dts"])
+        .output()
+        .unwrap();
+    let dts = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        dts.contains("interrupts = <0x0 0x20 0x4>, <0x0 0x21 0x4>;"),
+        "{dts}"
+    );
+
     // Negative control: the validator must catch a broken node (#dma-cells = 2),
     // so an empty report above means something.
     let mut tree = device_tree(

@@ -477,7 +477,16 @@ impl Client {
             let req = RegionInfoRequest { argsz, index };
             let m = self.transact(c, &[&req.encode()], &[])?;
             let r = RegionInfo::decode_reply(&m.payload).map_err(|e| bad_reply(c, e))?;
-            if r.is_truncated() && r.argsz > argsz {
+            if r.is_truncated() {
+                if r.argsz <= argsz {
+                    return Err(bad_reply(
+                        c,
+                        DecodeError::invalid(
+                            "DEVICE_GET_REGION_INFO reply",
+                            "capabilities missing although argsz was large enough",
+                        ),
+                    ));
+                }
                 if r.argsz as usize > self.reader.max_msg_size() {
                     return Err(bad_reply(
                         c,

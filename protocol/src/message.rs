@@ -648,7 +648,11 @@ impl RegionInfo {
         let size = r.u64()?;
         let offset = r.u64()?;
         let mut sparse = None;
-        if flags & REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 {
+        // A reply whose argsz exceeds what was sent is truncated: whatever
+        // cap_offset says, the capabilities are not there (some servers keep
+        // cap_offset set in that case).
+        let complete = argsz as usize <= payload.len();
+        if flags & REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 && complete {
             let mut at = cap_offset as usize;
             for _ in 0..16 {
                 if at < RegionInfoRequest::SIZE {
@@ -1592,3 +1596,6 @@ impl IrqStatsReply {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

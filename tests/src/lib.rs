@@ -13,10 +13,18 @@ use std::time::{Duration, Instant};
 
 use vfio_sidecar_protocol::client::{Client, ClientOptions};
 
-/// Path of a workspace binary: next to the test executable's `deps/` dir
-/// (`cargo test --workspace` builds all bins). If it is missing, builds it with
-/// `cargo build -p PACKAGE --bin NAME`.
+/// Path of a workspace binary, next to the test executable's `deps/` dir.
+///
+/// `cargo test --workspace` builds every bin, but `cargo test -p
+/// vfio-sidecar-tests` does not; so when running under cargo (`CARGO` is set) the
+/// binary is brought up to date once per process with `cargo build -p PACKAGE
+/// --bin NAME` (a no-op when it is current). Without cargo, the existing binary
+/// is used.
 pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
         .parent()
@@ -30,15 +38,24 @@ pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
         .expect("target dir")
         .to_path_buf();
     let bin = dir.join(name);
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", name])
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "cargo build -p {package} --bin {name} failed");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        let set = built.get_or_insert_with(HashSet::new);
+        if set.insert(format!("{package}/{name}")) {
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "-p", package, "--bin", name]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let st = cmd.status().expect("run cargo build");
+            assert!(st.success(), "cargo build -p {package} --bin {name} failed");
+        }
     }
-    assert!(bin.exists(), "{} not found", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p {package}`",
+        bin.display()
+    );
     bin
 }
 

@@ -225,8 +225,17 @@ fn first_access_eoi_causes_extra_host_interrupts() {
 fn device_description_for_pl330() {
     let srv = Sidecar::start("model:pl330,events=4", &[]);
     let mut c = srv.connect(true);
-    let (d, _dtb) = c.device_desc().unwrap();
+    let (d, dtb) = c.device_desc().unwrap();
     assert_eq!(d.compatible, ["arm,pl330", "arm,primecell"]);
+    // The DT blob comes with it: FDT magic, and the node's compatible strings inside.
+    assert_eq!(
+        dtb.get(..4),
+        Some(&[0xd0, 0x0d, 0xfe, 0xed][..]),
+        "not a DTB"
+    );
+    let has = |needle: &[u8]| dtb.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"arm,pl330\0arm,primecell\0"));
+    assert!(has(b"apb_pclk"));
     assert_eq!(d.clocks[0].name, "apb_pclk");
     assert_eq!(d.irqs.len(), 4);
     let clear = d.irqs[2].eoi.clear.unwrap();
@@ -238,4 +247,61 @@ fn device_description_for_pl330() {
     let (info, fd) = c.region_info(0).unwrap();
     assert_eq!(info.size, 0x1000);
     assert!(fd.is_none(), "PL330 frame is trapped, never mmapped");
+}
+
+#[test]
+fn resample_eventfd_unmasks() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let srv = Sidecar::start("model:pl330", &["--eoi", "resample"]);
+    let mut c = srv.connect(true);
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, true);
+    let (t, treader) = eventfd();
+    let (u, uwriter) = eventfd();
+    c.set_irqs(
+        0,
+        IrqAction::Trigger,
+        IrqData::Eventfds(&[Some(t.as_fd())]),
+        0,
+        1,
+    )
+    .unwrap();
+    c.set_irqs(
+        0,
+        IrqAction::Unmask,
+        IrqData::Eventfds(&[Some(u.as_fd())]),
+        0,
+        1,
+    )
+    .unwrap();
+    for round in 1..=2u64 {
+        prepare(&mem, 0);
+        dmago(&mut c, 0);
+        assert_eq!(drain(&treader), 1, "round {round}: interrupt");
+        // ISR clears the event; the INTCLR write is NOT an EOI under resample.
+        assert_eq!(linux_isr(&mut c), 1);
+        let st = c.irq_stats(0, 0, 1).unwrap()[0];
+        assert_eq!(
+            st.unmasks,
+            round - 1,
+            "no unmask before the resample signal"
+        );
+        // The VMM's resample eventfd (guest EOI at the GIC) unmasks.
+        (&uwriter).write_all(&1u64.to_ne_bytes()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let st = c.irq_stats(0, 0, 1).unwrap()[0];
+            if st.unmasks == round {
+                assert_eq!(st.host_interrupts, round);
+                assert_eq!(st.refires, 0);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unmask never happened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
 }

@@ -576,6 +576,8 @@ impl VfioDevice {
             if irq.count == 0 || irq.flags & crate::device::irq_flags::EVENTFD == 0 {
                 continue;
             }
+            // Read the counts first: a disabled MSI vector's line leaves /proc/interrupts.
+            self.freeze(irq.index, 0, irq.count);
             let buf = sys::irq_set_buffer(irq.index, 0, 0, IrqAction::Trigger, &RawIrqData::None);
             if let Err(e) = sys::set_irqs(&self.device, &buf) {
                 log::debug!(
@@ -584,7 +586,6 @@ impl VfioDevice {
                     irq.index
                 );
             }
-            self.freeze(irq.index, 0, irq.count);
         }
     }
 
@@ -767,22 +768,42 @@ impl Device for VfioDevice {
             // MSI is a DMA write: without bus master it is silently dropped.
             self.enable_bus_master()?;
         }
+        // A trigger change ends the counting period of the vectors it touches. Their
+        // counts are read before the ioctl: a disabled MSI vector's line leaves
+        // /proc/interrupts. On failure the previous state is restored.
+        let touched = match (req.action, &req.data) {
+            (IrqAction::Trigger, IrqData::Eventfd(_)) => Some((req.start, req.count)),
+            (IrqAction::Trigger, IrqData::None) if req.count == 0 => Some((0, info.count)),
+            _ => None,
+        };
+        let saved: Vec<((u32, u32), Option<VectorState>)> = touched
+            .map(|(s, n)| {
+                (s..s.saturating_add(n))
+                    .map(|v| ((req.index, v), self.vectors.get(&(req.index, v)).copied()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some((s, n)) = touched {
+            self.freeze(req.index, s, n);
+        }
         let buf = sys::irq_set_buffer(req.index, req.start, req.count, req.action, &raw);
-        sys::set_irqs(&self.device, &buf)?;
+        if let Err(e) = sys::set_irqs(&self.device, &buf) {
+            for (k, st) in saved {
+                match st {
+                    Some(st) => self.vectors.insert(k, st),
+                    None => self.vectors.remove(&k),
+                };
+            }
+            return Err(e.into());
+        }
         // The kernel holds its own references to the eventfds; ours drop with `req`.
         match (req.action, &req.data) {
             (IrqAction::Trigger, IrqData::Eventfd(v)) => {
                 for (i, fd) in v.iter().enumerate() {
-                    let vec = req.start + i as u32;
                     if fd.is_some() {
-                        self.arm(req.index, vec);
-                    } else {
-                        self.freeze(req.index, vec, 1);
+                        self.arm(req.index, req.start + i as u32);
                     }
                 }
-            }
-            (IrqAction::Trigger, IrqData::None) if req.count == 0 => {
-                self.freeze(req.index, 0, info.count)
             }
             (IrqAction::Unmask, IrqData::None) => {
                 self.after_unmask(req.index, req.start, req.count)

@@ -426,6 +426,10 @@ fn direct(path: &Path) -> u32 {
             set_irqs(d, 1, IrqAction::Trigger, IrqData::None, 0),
             "MSI disabled",
         );
+        c.check(
+            d.irq_counters(1, 0).is_some_and(|k| k.host_interrupts == 2),
+            "MSI counters kept after the vector is disabled",
+        );
     } else {
         println!("SKIP MSI: edu reports no MSI vector");
     }
@@ -823,6 +827,12 @@ mod e2e {
                 cl.set_irqs(1, PAction::Trigger, PIrqData::None, 0, 0)
                     .is_ok(),
                 "MSI trigger removed",
+            );
+            let s = cl.irq_stats(1, 0, 1);
+            println!("  IRQ_STATS MSI: {s:?}");
+            c.check(
+                s.is_ok_and(|s| s.first().is_some_and(|s| s.host_interrupts == 2)),
+                "IRQ_STATS MSI: 2 host interrupts (kept after the trigger is removed)",
             );
         } else {
             println!("SKIP MSI: no MSI vector offered");
