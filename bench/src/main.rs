@@ -11,6 +11,7 @@ mod eoi;
 mod harness;
 mod kvm;
 mod mmio;
+mod pattern;
 mod plot;
 mod procs;
 mod stats;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use vfio_sidecar_protocol::client::{Client, ClientOptions};
 
 use crate::harness::{interleave, Placement, Sizes};
-use crate::procs::{start_backend, EchoPeer};
+use crate::procs::{start_backend, EchoPeer, Pattern};
 use crate::stats::{us, Summary};
 use crate::{client_err, BenchError};
 
@@ -37,6 +37,16 @@ pub struct MmioRow {
     pub ratio_p50: f64,
     /// sidecar p99 / raw p99.
     pub ratio_p99: f64,
+    /// Raw ping-pong with vfio-sidecar's syscall pattern, no protocol code.
+    pub raw_pattern: Summary,
+    /// raw_pattern p50 / raw p50: the share of the gap that is system calls.
+    pub pattern_ratio_p50: f64,
+    /// Raw ping-pong with the leanest pattern an epoll server can use
+    /// (client sendmsg + one blocking recvmsg; server epoll_wait + one
+    /// recvmsg + sendmsg): what the transport could reach.
+    pub raw_lean: Summary,
+    /// raw_lean p50 / raw p50.
+    pub lean_ratio_p50: f64,
 }
 
 #[derive(Clone, Copy)]
@@ -116,24 +126,33 @@ pub fn run(
     let pl330 = start_backend(backend_bin, "model:pl330", &[])?;
     let scratch = start_backend(backend_bin, "model:scratch", &[])?;
     let mut clients = [connect(&pl330.socket)?, connect(&scratch.socket)?];
-    let mut peers: Vec<((usize, usize), EchoPeer)> = Vec::new();
+    let mut peers: Vec<((usize, usize), EchoPeer, EchoPeer, EchoPeer)> = Vec::new();
     for op in OPS {
         let sz = sizes_of(op);
-        if !peers.iter().any(|(k, _)| *k == sz) {
-            peers.push((sz, EchoPeer::start(sz.0, sz.1)?));
+        if !peers.iter().any(|(k, _, _, _)| *k == sz) {
+            peers.push((
+                sz,
+                EchoPeer::start(sz.0, sz.1)?,
+                EchoPeer::start_with(sz.0, sz.1, Pattern::Sidecar)?,
+                EchoPeer::start_with(sz.0, sz.1, Pattern::Lean)?,
+            ));
         }
     }
     let mut rows = Vec::new();
     for p in placements {
         let mut servers = vec![pl330.pid(), scratch.pid()];
-        servers.extend(peers.iter().map(|(_, e)| e.process().pid()));
+        for (_, e, pe, le) in &peers {
+            servers.push(e.process().pid());
+            servers.push(pe.process().pid());
+            servers.push(le.process().pid());
+        }
         p.apply(&servers)?;
         for op in OPS {
             let sz = sizes_of(op);
-            let peer = peers
+            let (peer, ppeer, lpeer) = peers
                 .iter_mut()
-                .find(|(k, _)| *k == sz)
-                .map(|(_, e)| e)
+                .find(|(k, _, _, _)| *k == sz)
+                .map(|(_, e, pe, le)| (e, pe, le))
                 .ok_or_else(|| BenchError::Config("echo peer missing".into()))?;
             let c = clients
                 .get_mut(op.dev)
@@ -157,7 +176,9 @@ pub fn run(
                 },
                 || peer.round_trip(),
             )?;
-            let (a, b) = (Summary::of(&side), Summary::of(&raw));
+            let (lean, pat) = interleave(s, || lpeer.round_trip(), || ppeer.round_trip())?;
+            let (a, b, pt) = (Summary::of(&side), Summary::of(&raw), Summary::of(&pat));
+            let ln = Summary::of(&lean);
             rows.push(MmioRow {
                 placement: p.name,
                 op: op.name.to_string(),
@@ -167,6 +188,10 @@ pub fn run(
                 raw: b,
                 ratio_p50: a.p50_ns / b.p50_ns,
                 ratio_p99: a.p99_ns / b.p99_ns,
+                raw_pattern: pt,
+                pattern_ratio_p50: pt.p50_ns / b.p50_ns,
+                raw_lean: ln,
+                lean_ratio_p50: ln.p50_ns / b.p50_ns,
             });
         }
     }
@@ -176,12 +201,23 @@ pub fn run(
 /// Prints the table.
 pub fn print(rows: &[MmioRow]) {
     println!(
-        "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
-        "place", "access", "req/rep", "p50 µs", "p99 µs", "raw p50", "raw p99", "x p50", "x p99"
+        "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7}",
+        "place",
+        "access",
+        "req/rep",
+        "p50 µs",
+        "p99 µs",
+        "raw p50",
+        "raw p99",
+        "x p50",
+        "x p99",
+        "pat p50",
+        "pat x",
+        "lean x"
     );
     for r in rows {
         println!(
-            "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2} {:>7.2}",
+            "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2} {:>7.2} {:>9} {:>7.2} {:>7.2}",
             r.placement,
             r.op,
             format!("{}/{}", r.req_bytes, r.reply_bytes),
@@ -190,7 +226,18 @@ pub fn print(rows: &[MmioRow]) {
             us(r.raw.p50_ns),
             us(r.raw.p99_ns),
             r.ratio_p50,
-            r.ratio_p99
+            r.ratio_p99,
+            us(r.raw_pattern.p50_ns),
+            r.pattern_ratio_p50,
+            r.lean_ratio_p50
         );
     }
+    println!(
+        "x = vfio-sidecar / raw blocking write+read ping-pong of the same sizes (same \
+         placement, interleaved blocks). pat = raw ping-pong with vfio-sidecar's syscall \
+         pattern (client sendmsg+poll+2 recvmsg; server epoll_wait+3 recvmsg+sendmsg) and \
+         no protocol code: pat x close to x means the gap is system calls. lean = the \
+         fewest calls an epoll server can use (client sendmsg + 1 blocking recvmsg; server \
+         epoll_wait + 1 recvmsg + sendmsg): what the transport could reach."
+    );
 }

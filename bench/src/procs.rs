@@ -224,10 +224,22 @@ pub fn backend_main(args: Vec<String>) -> i32 {
     }
 }
 
+/// System-call pattern of an echo pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// Blocking `write` + `read` (the baseline).
+    Plain,
+    /// vfio-sidecar's calls ([`crate::pattern`]).
+    Sidecar,
+    /// The fewest calls an epoll server and a blocking client can use.
+    Lean,
+}
+
 /// A raw echo peer: reads exactly `req` bytes, answers `reply` bytes, forever.
 #[derive(Debug)]
 pub struct EchoPeer {
     proc_: ChildProc,
+    pattern: Pattern,
     stream: UnixStream,
     req: Vec<u8>,
     reply: Vec<u8>,
@@ -236,6 +248,12 @@ pub struct EchoPeer {
 impl EchoPeer {
     /// Starts an echo process for requests of `req` and replies of `reply` bytes.
     pub fn start(req: usize, reply: usize) -> Result<EchoPeer, BenchError> {
+        Self::start_with(req, reply, Pattern::Plain)
+    }
+
+    /// The same with vfio-sidecar's syscall pattern on both sides
+    /// ([`crate::pattern`]) instead of plain blocking `write`/`read`.
+    pub fn start_with(req: usize, reply: usize, pattern: Pattern) -> Result<EchoPeer, BenchError> {
         let dir = TempDir::new()?;
         let socket = dir.0.join("echo.sock");
         let me = std::env::current_exe().map_err(|e| BenchError::Io("current_exe".into(), e))?;
@@ -244,6 +262,15 @@ impl EchoPeer {
             .arg(&socket)
             .arg(req.to_string())
             .arg(reply.to_string());
+        match pattern {
+            Pattern::Plain => {}
+            Pattern::Sidecar => {
+                cmd.arg("pattern");
+            }
+            Pattern::Lean => {
+                cmd.arg("lean");
+            }
+        }
         let mut p = spawn(cmd, format!("echo peer {req}/{reply}"), dir, socket)?;
         p.wait_for(|p| p.log_text().contains("echo ready"))?;
         let stream = UnixStream::connect(&p.socket)
@@ -253,8 +280,14 @@ impl EchoPeer {
         if let Some(s) = req_buf.get_mut(4..8) {
             s.copy_from_slice(&(req as u32).to_le_bytes());
         }
+        if pattern == Pattern::Sidecar {
+            stream
+                .set_nonblocking(true)
+                .map_err(|e| BenchError::Io("nonblocking".into(), e))?;
+        }
         Ok(EchoPeer {
             proc_: p,
+            pattern,
             stream,
             req: req_buf,
             reply: vec![0u8; reply],
@@ -269,6 +302,22 @@ impl EchoPeer {
     /// One round trip; returns its duration in ns.
     pub fn round_trip(&mut self) -> Result<u64, BenchError> {
         let t = Instant::now();
+        if self.pattern != Pattern::Plain {
+            use std::os::fd::AsRawFd;
+            let fd = self.stream.as_raw_fd();
+            let ok = if self.pattern == Pattern::Sidecar {
+                crate::pattern::client_round_trip(fd, &self.req, &mut self.reply)
+            } else {
+                crate::pattern::lean_client_round_trip(fd, &self.req, &mut self.reply)
+            };
+            if !ok {
+                return Err(BenchError::Io(
+                    "pattern round trip".into(),
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            return Ok(t.elapsed().as_nanos() as u64);
+        }
         self.stream
             .write_all(&self.req)
             .map_err(|e| BenchError::Io("echo write".into(), e))?;
@@ -304,6 +353,19 @@ pub fn echo_main(args: Vec<String>) -> i32 {
             return 1;
         }
     };
+    let mode = args.get(3).map(String::as_str);
+    if matches!(mode, Some("pattern" | "lean")) {
+        use std::os::fd::AsRawFd;
+        if let Err(e) = s.set_nonblocking(true) {
+            eprintln!("echo: {e}");
+            return 1;
+        }
+        return if mode == Some("lean") {
+            crate::pattern::lean_serve(s.as_raw_fd(), req, reply)
+        } else {
+            crate::pattern::serve(s.as_raw_fd(), req, reply)
+        };
+    }
     let mut rq = vec![0u8; req];
     let rp = vec![0u8; reply];
     loop {
