@@ -234,7 +234,7 @@ fn median(v: &mut [u64]) -> f64 {
 }
 
 /// Runs item 5 for `sizes` (bytes); each size is copied at least `reps_min`
-/// times and until about `bytes_target` bytes were moved (at most 4096 times).
+/// times and until about `bytes_target` bytes were moved.
 pub fn run(
     sizes: &[u64],
     reps_min: usize,
@@ -282,7 +282,7 @@ pub fn run(
                     "PL330 copy of {size} bytes produced wrong data"
                 )));
             }
-            let reps = reps_min.max(((bytes_target / size) as usize).min(4096));
+            let reps = reps_min.max((bytes_target / size) as usize);
             let (mut m, mut c) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
             for _ in 0..reps {
                 let t = Instant::now();
