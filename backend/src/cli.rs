@@ -30,6 +30,7 @@ Device strings:
   model:pl330[,channels=N][,events=N][,periph-reqs=N][,revision=N][,data-width=BITS]
              [,buffer-lines=N][,combined-irq][,no-dmago-gate][,step-budget=N]
   model:scratch[,irqs=N]          tiny test device (trapped registers + mmap-able page)
+  model:edu[,dma-bits=N]          QEMU's edu PCI device (1234:11e8), for PCI clients
   vfio:SYSFS_PATH                  a device bound to a VFIO driver
 
 Logging: -v (debug), -vv (trace); RUST_LOG overrides (e.g. RUST_LOG=vfio_sidecar=trace).
@@ -56,6 +57,9 @@ pub enum Command {
     /// Print the guest device-tree node of a platform/AMBA device.
     #[command(after_help = EXAMPLES)]
     Dt(DtArgs),
+    /// Connect to any vfio-user server and describe its device, like lspci -vv
+    /// (read-only unless --read is given).
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// A `--device` string.
@@ -305,6 +309,9 @@ pub fn open_device(
     no_mmap: bool,
 ) -> Result<Box<dyn Device>, CliError> {
     match spec {
+        DeviceSpec::Model(m) if m.name == "edu" => model::edu::Edu::from_spec(m)
+            .map(|d| Box::new(d) as Box<dyn Device>)
+            .map_err(|e| CliError::Device(format!("model:edu: {e}"))),
         DeviceSpec::Model(m) => model::create(m, no_dmago_gate)
             .map(|d| Box::new(d) as Box<dyn Device>)
             .map_err(|e: DeviceError| CliError::Device(format!("model:{}: {e}", m.name))),
@@ -404,7 +411,7 @@ mod tests {
         match cli.command {
             Command::Serve(a) => {
                 assert_eq!(a.eoi, Some(EoiPolicy::FirstAccess));
-                assert_eq!(a.max_dma_maps, 65536);
+                assert_eq!(a.max_dma_maps, 65535);
             }
             _ => panic!("not serve"),
         }

@@ -9,6 +9,7 @@ fn main() {
     let r = match cli.command {
         Command::Serve(args) => vfio_sidecar::server::run_serve(args).map_err(|e| e.to_string()),
         Command::Dt(args) => run_dt(&args).map_err(|e| e.to_string()),
+        Command::Probe(args) => vfio_sidecar::probe::run_probe(&args).map_err(|e| e.to_string()),
     };
     if let Err(e) = r {
         eprintln!("vfio-sidecar: {e}");
