@@ -3,8 +3,9 @@
 //! (the `org.vfio-sidecar` extension when offered), device flags, every region
 //! (name, size, flags, sparse mmap areas, trapped pages), every IRQ index (count,
 //! flags, trigger and EOI policy when the extension describes them), the
-//! device-tree node of platform/AMBA devices, and with `--json` all of it as one
-//! JSON object for scripts.
+//! device-tree node of platform/AMBA devices (the server's DTB fragment decoded
+//! by [`fdt`] when it sends one, else built from the device description), and
+//! with `--json` all of it as one JSON object for scripts.
 //!
 //! The probe is read-only: it sends VERSION, DEVICE_GET_INFO,
 //! DEVICE_GET_REGION_INFO, DEVICE_GET_IRQ_INFO and, when the extension was
@@ -31,6 +32,8 @@ use vfio_sidecar_protocol::message::{
     REGION_INFO_FLAG_CAPS, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ, REGION_INFO_FLAG_WRITE,
 };
 use vfio_sidecar_protocol::{Client, ClientError, ClientOptions, Errno, TransportError};
+
+pub mod fdt;
 
 use crate::device::{device_flags, irq_flags};
 use crate::dt::{device_nodes, DtDevice, DtParams, Node};
@@ -369,8 +372,11 @@ pub struct ProbeReport {
     pub regions: Vec<RegionReport>,
     /// IRQ indices.
     pub irqs: Vec<IrqReport>,
-    /// DTS text of the device node (platform/AMBA devices with a description).
+    /// DTS text of the device node (platform/AMBA devices): decoded from the
+    /// server's DTB fragment when it sent one, else built from the description.
     pub device_tree: Option<String>,
+    /// `"server-dtb"` or `"description"`.
+    pub device_tree_source: Option<&'static str>,
     /// `--read` results.
     pub reads: Vec<ReadReport>,
 }
@@ -685,9 +691,9 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
         num_regions: info.num_regions,
         num_irqs: info.num_irqs,
     };
-    let (description, dtb_bytes) = if neg.extension() && neg.sidecar().is_some_and(|x| x.platform) {
+    let (description, dtb) = if neg.extension() && neg.sidecar().is_some_and(|x| x.platform) {
         match c.device_desc() {
-            Ok((d, dtb)) => (Some(d), Some(dtb.len())),
+            Ok((d, dtb)) => (Some(d), Some(dtb)),
             Err(e) => {
                 log::warn!("SIDECAR_GET_DEVICE_DESC failed: {e}");
                 (None, None)
@@ -696,6 +702,7 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
     } else {
         (None, None)
     };
+    let dtb_bytes = dtb.as_ref().map(Vec::len);
     // Bounded: a hostile server's counts must not make us loop for ever.
     let num_regions = info.num_regions.min(256);
     let num_irqs = info.num_irqs.min(256);
@@ -837,10 +844,27 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
     } else {
         None
     };
-    let device_tree = description.as_ref().and_then(|d| {
-        let sizes: Vec<u64> = regions.iter().map(|r| r.size).collect();
-        description_dts(d, &sizes)
-    });
+    // The server's own DTB fragment wins; else the node is built from the
+    // description the way `vfio-sidecar dt` / vmm-shim would place it.
+    let (device_tree, device_tree_source) = match dtb.as_deref() {
+        Some(b) if !b.is_empty() => match fdt::dtb_to_dts(b) {
+            Ok(t) => (Some(t), Some("server-dtb")),
+            Err(e) => (
+                Some(format!(
+                    "/* the server's DTB fragment could not be decoded: {e} */\n"
+                )),
+                Some("server-dtb"),
+            ),
+        },
+        _ => {
+            let t = description.as_ref().and_then(|d| {
+                let sizes: Vec<u64> = regions.iter().map(|r| r.size).collect();
+                description_dts(d, &sizes)
+            });
+            let src = t.as_ref().map(|_| "description");
+            (t, src)
+        }
+    };
     let mut reads = Vec::new();
     for r in &args.read {
         let region = resolve_region(&r.region, &regions)?;
@@ -869,6 +893,7 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
         regions,
         irqs,
         device_tree,
+        device_tree_source,
         reads,
     })
 }
@@ -1125,7 +1150,10 @@ pub fn render_text(r: &ProbeReport) -> String {
         }
     }
     if let Some(dts) = &r.device_tree {
-        s.push_str("Device tree node (suggested placement):\n");
+        s.push_str(match r.device_tree_source {
+            Some("server-dtb") => "Device tree (the server's DTB fragment):\n",
+            _ => "Device tree node (built from the description; suggested placement):\n",
+        });
         for l in dts.lines() {
             s.push('\t');
             s.push_str(l);
@@ -1225,6 +1253,59 @@ mod tests {
             device_flag_names(device_flags::PCI | device_flags::RESET),
             vec!["RESET", "PCI"]
         );
+    }
+
+    #[test]
+    fn dts_from_a_description() {
+        use vfio_sidecar_protocol::ext::{ClockDesc, EoiDesc, IrqDesc, RegionDesc};
+        let irq = |index, name: &str, trigger| IrqDesc {
+            index,
+            name: name.into(),
+            trigger,
+            eoi: EoiDesc {
+                policy: EoiPolicy::None,
+                clear: None,
+            },
+        };
+        let d = DeviceDescription {
+            kind: DeviceKind::Amba,
+            compatible: vec!["arm,pl330".into(), "arm,primecell".into()],
+            clocks: vec![ClockDesc {
+                name: "apb_pclk".into(),
+                frequency_hz: 24_000_000,
+            }],
+            regions: vec![RegionDesc {
+                index: 0,
+                name: "regs".into(),
+                guest_base: Some(0x0900_0000),
+            }],
+            irqs: vec![
+                irq(0, "done", IrqTrigger::LevelHigh),
+                irq(1, "abort", IrqTrigger::EdgeRising),
+            ],
+            dt_node_name: Some("dma-controller".into()),
+        };
+        let t = description_dts(&d, &[0x1000]).unwrap();
+        for want in [
+            "dma-controller@9000000 {",
+            "reg = <0x0 0x9000000 0x0 0x1000>;",
+            "interrupts = <0x0 0x20 0x4>, <0x0 0x21 0x1>;",
+            "interrupt-names = \"done\", \"abort\";",
+            "clocks = <&apb_pclk>;",
+        ] {
+            assert!(t.contains(want), "missing {want:?} in\n{t}");
+        }
+        // PCI devices and devices without compatible strings get no node.
+        let pci = DeviceDescription {
+            kind: DeviceKind::Pci,
+            ..d.clone()
+        };
+        assert!(description_dts(&pci, &[0x1000]).is_none());
+        let anon = DeviceDescription {
+            compatible: vec![],
+            ..d
+        };
+        assert!(description_dts(&anon, &[0x1000]).is_none());
     }
 
     #[test]

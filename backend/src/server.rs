@@ -543,6 +543,17 @@ impl Handler for Backend {
         ))
     }
 
+    fn region_io_fds(
+        &mut self,
+        index: u32,
+    ) -> Result<(Vec<msg::SubRegionIoFd>, Vec<RawFd>), Errno> {
+        // A valid region has no ioeventfd/ioregionfd sub-regions here: an empty
+        // list (as libvfio-user answers), so clients fall back to REGION_READ/
+        // WRITE or mmap; an invalid index is EINVAL.
+        self.dev.region_info(index).map_err(|e| errno_of(&e))?;
+        Ok((Vec::new(), Vec::new()))
+    }
+
     fn irq_info(&mut self, index: u32) -> Result<WireIrqInfo, Errno> {
         let i = self.dev.irq_info(index).map_err(|e| errno_of(&e))?;
         Ok(WireIrqInfo {

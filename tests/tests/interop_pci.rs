@@ -12,7 +12,8 @@
 //!   minor 0, the reply checks QEMU applies, region info with argsz 32 for all
 //!   9 indices, ERR/REQ IRQ info, a 256-byte config read, posted writes with
 //!   NO_REPLY, WRITE_MULTI, DMA_MAP without an fd for ROM, SET_IRQS with the
-//!   fds and argsz 20, the resample (UNMASK eventfd) path of INTx, reset).
+//!   fds and argsz 20, the resample (UNMASK eventfd) path of INTx, reset;
+//!   plus GET_REGION_IO_FDS, which QEMU does not send).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
@@ -462,8 +463,11 @@ fn qemu_shaped_session() {
         srv.log_text()
     );
 
-    // GET_REGION_IO_FDS: answered (an error reply), the connection stays.
-    let r = q.call(6, &le32(&[32, 0, 0, 0]), &[]);
+    // GET_REGION_IO_FDS (QEMU does not send it; answered anyway): no
+    // sub-regions for a valid index, EINVAL for an invalid one.
+    let r = q.ok(6, &le32(&[32, 0, 0, 0]), &[]);
+    assert_eq!(&r[8..16], &le32(&[0, 0])[..], "index 0, count 0");
+    let r = q.call(6, &le32(&[32, 0, 99, 0]), &[]);
     assert_ne!(r.flags & ERROR, 0);
     assert_eq!(r.fds, 0);
     // vfio_user_pci_reset → DEVICE_RESET; DMA_UNMAP as the listener does.

@@ -102,12 +102,21 @@ fn pl330_text_with_device_tree_and_plain_mode() {
         "Region 0 (pl330-regs): size 0x1000 (4 KiB) [READ WRITE]",
         "Trapped: all (no MMAP)",
         "IRQ 3 (irq3): count 1 [EVENTFD MASKABLE AUTOMASKED]; level-high; EOI clear-register (region 0 offset 0x2c width 4 w1c bit 3)",
+        // The server sends a DTB fragment with the description: decoded.
+        "Device tree (the server's DTB fragment):",
         "dma-controller@c000000 {",
         "compatible = \"arm,pl330\", \"arm,primecell\";",
-        "clocks = <&apb_pclk>;",
+        "clock-names = \"apb_pclk\";",
     ] {
         assert!(t.contains(want), "missing {want:?} in:\n{t}");
     }
+    let j = probe_json(&srv.socket, &[]);
+    assert_eq!(j["device_tree_source"], "server-dtb");
+    assert!(j["dtb_bytes"].as_u64().unwrap() > 0);
+    assert!(j["device_tree"]
+        .as_str()
+        .unwrap()
+        .contains("reg = <0x0 0xc000000 0x0 0x1000>;"));
     // Plain: what QEMU would see — no extension, so no description.
     let j = probe_json(&srv.socket, &["--plain"]);
     assert!(j["capabilities"]["sidecar"].is_null());
