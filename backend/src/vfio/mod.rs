@@ -34,7 +34,9 @@
 //!   `ACTION_UNMASK | DATA_NONE` for any index (not only INTx).
 //! * **Counters**: the backend never sees an interrupt, so `host_interrupts` is read
 //!   from `/proc/interrupts` (the vfio handler's line, see `procirq`), relative to
-//!   when the trigger was set. Interrupts are not otherwise observable, so
+//!   when the trigger was set. The file is opened once by [`open`] and re-read with
+//!   `pread` at offset 0 ([`read_whole_at`]): the serve loop's seccomp filter
+//!   forbids opening files. Interrupts are not otherwise observable, so
 //!   `device_events` equals `host_interrupts`. `unmasks` counts the unmasks the
 //!   backend performs (`unmask_irq` and `SET_IRQS(UNMASK)` with NONE/BOOL data, not
 //!   the kernel's virqfd unmasks). `refires` (PCI INTx only): after an unmask the
@@ -241,6 +243,9 @@ pub struct VfioDevice {
     vectors: HashMap<(u32, u32), VectorState>,
     /// IOVA → size of what this device mapped into the IOMMU.
     mappings: BTreeMap<u64, u64>,
+    /// `/proc/interrupts` opened once at open time and re-read with `pread` at
+    /// offset 0: the serve loop's seccomp filter forbids opening files.
+    proc_interrupts: Option<File>,
 }
 
 /// `vfio_ioctls::VfioContainer` does not implement `Debug`.
@@ -388,6 +393,16 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
         bus_master_set: false,
         vectors: HashMap::new(),
         mappings: BTreeMap::new(),
+        proc_interrupts: match File::open(&opts.proc_interrupts) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::warn!(
+                    "vfio: cannot open {}: {e}; host-interrupt counts unavailable",
+                    opts.proc_interrupts.display()
+                );
+                None
+            }
+        },
     };
     if opts.reset_on_open && flags & device_flags::RESET != 0 {
         sys::device_reset(&d.device).map_err(ioctl_err("VFIO_DEVICE_RESET"))?;
@@ -402,6 +417,32 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
         d.bus
     );
     Ok(d)
+}
+
+/// Upper bound on what [`read_whole_at`] reads (`/proc/interrupts` of a large
+/// machine is a few hundred KiB).
+const PROC_READ_LIMIT: usize = 16 << 20;
+
+/// Reads a whole file from offset 0 with `pread` (no open, no seek: usable under
+/// the serve loop's seccomp filter; procfs seq files restart at offset 0).
+pub fn read_whole_at(f: &File) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match f.read_at(&mut chunk, buf.len() as u64) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if buf.len() > PROC_READ_LIMIT {
+            return Err(std::io::Error::other("file too large"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Name of region `i` (see the module documentation).
@@ -534,7 +575,7 @@ impl VfioDevice {
     }
 
     fn proc_count(&self, index: u32, vector: u32) -> Option<u64> {
-        let text = std::fs::read_to_string(&self.opts.proc_interrupts).ok()?;
+        let text = read_whole_at(self.proc_interrupts.as_ref()?).ok()?;
         let lines = procirq::parse(&text);
         if self.is_pci() {
             procirq::count_for(
@@ -884,6 +925,34 @@ impl Device for VfioDevice {
 mod tests {
     use super::sysfs::tests::{fake_pci, TempDir};
     use super::*;
+
+    #[test]
+    fn proc_interrupts_reread_without_reopening() {
+        // A file that changes between reads: the same fd sees the new contents.
+        let t = TempDir::new("pread");
+        let p = t.0.join("interrupts");
+        let big: String = (0..5000)
+            .map(|i| format!("{i:>4}: {i} x y vfio-intx(d)\n"))
+            .collect();
+        std::fs::write(&p, "CPU0\n 24: 1 x y vfio-intx(d)\n").unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(
+            read_whole_at(&f).unwrap(),
+            "CPU0\n 24: 1 x y vfio-intx(d)\n"
+        );
+        std::fs::write(&p, &big).unwrap();
+        assert_eq!(read_whole_at(&f).unwrap(), big);
+        // procfs seq files restart at offset 0 too.
+        if let Ok(f) = File::open("/proc/interrupts") {
+            let a = read_whole_at(&f).unwrap();
+            let b = read_whole_at(&f).unwrap();
+            assert!(
+                a.starts_with(' ') || a.starts_with("CPU") || a.is_empty(),
+                "{a}"
+            );
+            assert_eq!(a.lines().next(), b.lines().next());
+        }
+    }
 
     #[test]
     fn inspect_accepts_a_vfio_bound_device() {
