@@ -5,7 +5,10 @@
 //! every failure comes with a fix (wrong driver and the `driver_override` lines to
 //! rebind it, no IOMMU group, no permission on `/dev/vfio/N`, a group that is not
 //! viable and which devices make it so), then opens the type1v2 container, the
-//! group and the device.
+//! group and the device — or, with iommufd ([`IommuBackend`], `VfioOptions::iommu`;
+//! `Auto` takes it when `/dev/iommu` and the device's vfio cdev exist), `/dev/iommu`
+//! and the device cdev (see `iommufd`). Regions, IRQs and reset are the same device
+//! ioctls either way; only DMA mapping differs.
 //!
 //! What comes from where:
 //! * `vfio-ioctls` ([`vfio_ioctls::VfioContainer`]): opening `/dev/vfio/vfio`, the
@@ -54,9 +57,12 @@
 //!   disconnect; [`VfioDevice::unmap_all`] is a backstop). `open` resets the
 //!   device when it can (`VfioOptions::reset_on_open`).
 
+pub mod iommufd;
 pub mod procirq;
 pub mod sys;
 pub mod sysfs;
+
+pub use iommufd::IommuBackend;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -111,6 +117,8 @@ pub struct VfioOptions {
     pub no_mmap: bool,
     /// Where to read host-interrupt counts from.
     pub proc_interrupts: PathBuf,
+    /// Which IOMMU interface to open the device through (default `Auto`).
+    pub iommu: IommuBackend,
 }
 
 impl Default for VfioOptions {
@@ -120,6 +128,7 @@ impl Default for VfioOptions {
             reset_on_open: true,
             no_mmap: false,
             proc_interrupts: PathBuf::from("/proc/interrupts"),
+            iommu: IommuBackend::Auto,
         }
     }
 }
@@ -181,6 +190,9 @@ pub enum VfioError {
         /// All members with their drivers.
         members: Vec<(String, Option<String>)>,
     },
+    /// The iommufd path was asked for but cannot be used.
+    #[error(transparent)]
+    Iommufd(#[from] iommufd::IommufdError),
     /// Opening the container failed.
     #[error("VFIO container (/dev/vfio/vfio): {0}")]
     Container(#[source] vfio_ioctls::VfioError),
@@ -223,15 +235,12 @@ struct Region {
     name: String,
 }
 
-/// An open VFIO device (container + group + device fd).
+/// An open VFIO device (device fd + container and group, or + iommufd).
 #[derive(Debug)]
 pub struct VfioDevice {
-    // Field order is drop order: device fd, then group (which detaches it from the
-    // container), then the container.
+    // Field order is drop order: the device fd, then the IOMMU side.
     device: File,
-    /// Held open for the device's lifetime (closing it detaches the container).
-    _group: File,
-    container: ContainerHandle,
+    iommu: Iommu,
     sysfs: PathBuf,
     name: String,
     bus: Bus,
@@ -253,6 +262,67 @@ struct ContainerHandle(vfio_ioctls::VfioContainer);
 impl std::fmt::Debug for ContainerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "VfioContainer(fd {})", self.0.as_raw_fd())
+    }
+}
+
+/// The IOMMU side of an open device.
+#[derive(Debug)]
+enum Iommu {
+    /// Legacy: field order is drop order: the group (closing it detaches the
+    /// container), then the container.
+    Container {
+        _group: File,
+        container: ContainerHandle,
+    },
+    /// `/dev/iommu` with the IOAS the device is attached to.
+    Iommufd(iommufd::Iommufd),
+}
+
+impl Iommu {
+    fn backend(&self) -> IommuBackend {
+        match self {
+            Iommu::Container { .. } => IommuBackend::Container,
+            Iommu::Iommufd(_) => IommuBackend::Iommufd,
+        }
+    }
+
+    /// Maps with type1 `flags` (`sys::dma_map_flags`).
+    ///
+    /// # Safety
+    /// As `sys::map_dma`.
+    unsafe fn map(&self, iova: u64, size: u64, vaddr: u64, flags: u32) -> std::io::Result<()> {
+        match self {
+            // SAFETY: forwarded contract.
+            Iommu::Container { container, .. } => unsafe {
+                sys::map_dma(&container.0, iova, size, vaddr, flags)
+            },
+            // SAFETY: forwarded contract.
+            Iommu::Iommufd(fd) => unsafe {
+                fd.map(iova, size, vaddr, iommufd::ioas_map_flags(flags))
+            },
+        }
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), String> {
+        match self {
+            Iommu::Container { container, .. } => {
+                let len = usize::try_from(size).map_err(|_| format!("size {size:#x}"))?;
+                container
+                    .0
+                    .vfio_dma_unmap(iova, len)
+                    .map_err(|e| format!("VFIO_IOMMU_UNMAP_DMA iova {iova:#x}+{size:#x}: {e}"))
+            }
+            Iommu::Iommufd(fd) => fd
+                .unmap(iova, size)
+                .map_err(|e| format!("IOMMU_IOAS_UNMAP iova {iova:#x}+{size:#x}: {e}")),
+        }
+    }
+
+    fn describe(&self, group: u32) -> String {
+        match self {
+            Iommu::Container { .. } => format!("container + group {group}, type1v2"),
+            Iommu::Iommufd(fd) => format!("iommufd IOAS {}, devid {}", fd.ioas(), fd.devid()),
+        }
     }
 }
 
@@ -302,6 +372,18 @@ fn inspect(sysfs_path: &Path) -> Result<(PathBuf, String, Bus, u32), VfioError> 
 /// Opens the VFIO device at `sysfs_path` (see the module documentation).
 pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioError> {
     let (dev, name, bus, group_id) = inspect(sysfs_path)?;
+    let (device, iommu) = match iommufd::choose(opts.iommu, &dev, Path::new("/dev"))? {
+        iommufd::Choice::Container => open_container(&dev, &name, group_id)?,
+        iommufd::Choice::Iommufd { cdev, iommu } => {
+            let (device, fd) = iommufd::open_device(&cdev, &iommu, &dev, group_id)?;
+            (device, Iommu::Iommufd(fd))
+        }
+    };
+    finish_open(dev, name, bus, group_id, device, iommu, opts)
+}
+
+/// The legacy path: group (viable?), type1v2 container, device fd.
+fn open_container(dev: &Path, name: &str, group_id: u32) -> Result<(File, Iommu), VfioError> {
     let group_path = PathBuf::from(format!("/dev/vfio/{group_id}"));
     if !Path::new("/dev/vfio/vfio").exists() {
         return Err(VfioError::NoVfio("/dev/vfio/vfio".into()));
@@ -311,7 +393,7 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
     if status & VFIO_GROUP_FLAGS_VIABLE == 0 {
         return Err(VfioError::GroupNotViable {
             group: group_id,
-            members: sysfs::group_members(&dev),
+            members: sysfs::group_members(dev),
         });
     }
     let container = vfio_ioctls::VfioContainer::new(None).map_err(|e| match e {
@@ -329,7 +411,24 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
         .map_err(ioctl_err("VFIO_GROUP_SET_CONTAINER"))?;
     sys::set_iommu_type1v2(&container).map_err(ioctl_err("VFIO_SET_IOMMU(TYPE1v2)"))?;
     let device =
-        sys::group_get_device(&group, &name).map_err(ioctl_err("VFIO_GROUP_GET_DEVICE_FD"))?;
+        sys::group_get_device(&group, name).map_err(ioctl_err("VFIO_GROUP_GET_DEVICE_FD"))?;
+    let iommu = Iommu::Container {
+        _group: group,
+        container: ContainerHandle(container),
+    };
+    Ok((device, iommu))
+}
+
+/// Device info, regions and IRQs of a freshly opened device fd (either path).
+fn finish_open(
+    dev: PathBuf,
+    name: String,
+    bus: Bus,
+    group_id: u32,
+    device: File,
+    iommu: Iommu,
+    opts: &VfioOptions,
+) -> Result<VfioDevice, VfioError> {
     let (flags, num_regions, num_irqs) =
         sys::device_info(&device).map_err(ioctl_err("VFIO_DEVICE_GET_INFO"))?;
     let kind = flags & (device_flags::PCI | device_flags::PLATFORM | device_flags::AMBA);
@@ -377,8 +476,7 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
     }
     let mut d = VfioDevice {
         device,
-        _group: group,
-        container: ContainerHandle(container),
+        iommu,
         sysfs: dev,
         name,
         bus,
@@ -412,9 +510,10 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
             .map_err(|e| ioctl_err("enable bus master")(std::io::Error::other(e.to_string())))?;
     }
     log::info!(
-        "vfio: opened {} ({:?}, group {group_id}): flags {flags:#x}, {num_regions} regions, {num_irqs} irqs",
+        "vfio: opened {} ({:?}, {}): flags {flags:#x}, {num_regions} regions, {num_irqs} irqs",
         d.name,
-        d.bus
+        d.bus,
+        d.iommu.describe(group_id)
     );
     Ok(d)
 }
@@ -509,6 +608,12 @@ impl VfioDevice {
         self.bus_master_set
     }
 
+    /// The IOMMU interface the device was opened through (`Container` or
+    /// `Iommufd`, never `Auto`).
+    pub fn iommu_backend(&self) -> IommuBackend {
+        self.iommu.backend()
+    }
+
     /// Currently mapped IOVA ranges (iova, size).
     pub fn mappings(&self) -> Vec<(u64, u64)> {
         self.mappings.iter().map(|(&a, &s)| (a, s)).collect()
@@ -601,13 +706,9 @@ impl VfioDevice {
     }
 
     fn unmap(&mut self, iova: u64, size: u64) -> Result<(), DeviceError> {
-        let len = usize::try_from(size)
-            .map_err(|_| DeviceError::Invalid(format!("unmap size {size:#x}")))?;
-        self.container.0.vfio_dma_unmap(iova, len).map_err(|e| {
-            DeviceError::Io(std::io::Error::other(format!(
-                "VFIO_IOMMU_UNMAP_DMA iova {iova:#x}+{size:#x}: {e}"
-            )))
-        })?;
+        self.iommu
+            .unmap(iova, size)
+            .map_err(|e| DeviceError::Io(std::io::Error::other(e)))?;
         self.mappings.remove(&iova);
         Ok(())
     }
@@ -757,20 +858,20 @@ impl Device for VfioDevice {
         // until it calls `dma_unmap` for this region (the `Device::dma_map` contract), and
         // only ever accesses it with volatile/raw operations.
         unsafe {
-            sys::map_dma(
-                &self.container.0,
-                region.iova,
-                region.size,
-                region.host_addr,
-                flags,
-            )
+            self.iommu
+                .map(region.iova, region.size, region.host_addr, flags)
         }
         .map_err(|e| {
             DeviceError::Io(std::io::Error::new(
                 e.kind(),
                 format!(
-                    "VFIO_IOMMU_MAP_DMA iova {:#x}+{:#x}: {e}",
-                    region.iova, region.size
+                    "{} iova {:#x}+{:#x}: {e}",
+                    match self.iommu.backend() {
+                        IommuBackend::Iommufd => "IOMMU_IOAS_MAP",
+                        _ => "VFIO_IOMMU_MAP_DMA",
+                    },
+                    region.iova,
+                    region.size
                 ),
             ))
         })?;
