@@ -146,8 +146,14 @@ pub enum Choice {
 
 /// The name of the device's VFIO cdev (`vfioN`) from `<dev>/vfio-dev/`, if the kernel
 /// created one (`CONFIG_VFIO_DEVICE_CDEV`; the device is bound to a VFIO driver).
+///
+/// Since 6.1 every VFIO device has a `vfio-dev/vfioN` sysfs entry, with or without
+/// the cdev; only with the cdev does it carry a device number (`vfioN/dev`,
+/// `major:minor`), so that file is what decides (seen on Debian's 6.1 kernel:
+/// `vfio-dev/vfio0` without `dev`, and no `/dev/vfio/devices`).
 pub fn vfio_cdev(dev: &Path) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dev.join("vfio-dev"))
+    let dir = dev.join("vfio-dev");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -155,6 +161,7 @@ pub fn vfio_cdev(dev: &Path) -> Option<String> {
             n.strip_prefix("vfio")
                 .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
         })
+        .filter(|n| dir.join(n).join("dev").is_file())
         .collect();
     names.sort();
     names.into_iter().next()
@@ -475,6 +482,7 @@ mod tests {
         }
         if let Some(c) = cdev {
             std::fs::create_dir_all(dev.join("vfio-dev").join(c)).unwrap();
+            std::fs::write(dev.join("vfio-dev").join(c).join("dev"), b"511:0\n").unwrap();
             std::fs::write(root.join("vfio/devices").join(c), b"").unwrap();
         }
         (dev, root)
@@ -490,10 +498,24 @@ mod tests {
         std::fs::create_dir_all(dev.join("vfio-dev/vfiox")).unwrap();
         assert_eq!(vfio_cdev(&dev).as_deref(), Some("vfio3"));
         let t2 = TempDir::new("nocdev");
-        let (dev2, _) = setup(&t2, true, None);
+        let (dev2, root2) = setup(&t2, true, None);
         assert_eq!(vfio_cdev(&dev2), None);
         std::fs::create_dir_all(dev2.join("vfio-dev")).unwrap();
         assert_eq!(vfio_cdev(&dev2), None);
+        // 6.1 without CONFIG_VFIO_DEVICE_CDEV: vfio-dev/vfio0 exists but has no `dev`
+        std::fs::create_dir_all(dev2.join("vfio-dev/vfio0/power")).unwrap();
+        std::fs::write(dev2.join("vfio-dev/vfio0/uevent"), b"").unwrap();
+        assert_eq!(vfio_cdev(&dev2), None);
+        assert_eq!(
+            choose(IommuBackend::Auto, &dev2, &root2).unwrap(),
+            Choice::Container
+        );
+        assert!(matches!(
+            choose(IommuBackend::Iommufd, &dev2, &root2),
+            Err(IommufdError::NoCdev { .. })
+        ));
+        std::fs::write(dev2.join("vfio-dev/vfio0/dev"), b"511:0\n").unwrap();
+        assert_eq!(vfio_cdev(&dev2).as_deref(), Some("vfio0"));
     }
 
     #[test]
