@@ -13,7 +13,9 @@
 //! Selection ([`choose`], [`IommuBackend`]): `Auto` takes iommufd when `/dev/iommu`
 //! exists and the device has a vfio cdev, else the legacy container (kernels before
 //! 6.6, or without `CONFIG_IOMMUFD` / `CONFIG_VFIO_DEVICE_CDEV`, e.g. every Debian
-//! kernel up to 7.2 at the time of writing).
+//! kernel up to 7.2 at the time of writing). `Auto` also falls back to the container
+//! when opening `/dev/iommu` or the cdev is denied. The choice is logged at info level
+//! (`vfio: IOMMU backend ...`), and `VfioDevice::iommu_backend` reports it.
 //!
 //! Structs: `iommufd-bindings` (`iommu_ioas_*`) and `vfio-bindings`
 //! (`vfio_device_bind_iommufd`, `vfio_device_attach_iommufd_pt`). The VFIO structs in
@@ -70,7 +72,9 @@ pub const ATTACH_ARGSZ: u32 = 12;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum IommuBackend {
     /// iommufd when `/dev/iommu` exists and the device has a vfio cdev
-    /// (`<sysfs dev>/vfio-dev/vfioN`), else the legacy container.
+    /// (`<sysfs dev>/vfio-dev/vfioN`), else the legacy container. Also the legacy
+    /// container when opening `/dev/iommu` or the cdev is denied (permissions set up
+    /// for the legacy nodes only), with a warning.
     #[default]
     Auto,
     /// Legacy VFIO container + group (`/dev/vfio/vfio`, `/dev/vfio/<group>`, type1v2).

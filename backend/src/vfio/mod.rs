@@ -375,8 +375,16 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
     let (device, iommu) = match iommufd::choose(opts.iommu, &dev, Path::new("/dev"))? {
         iommufd::Choice::Container => open_container(&dev, &name, group_id)?,
         iommufd::Choice::Iommufd { cdev, iommu } => {
-            let (device, fd) = iommufd::open_device(&cdev, &iommu, &dev, group_id)?;
-            (device, Iommu::Iommufd(fd))
+            match iommufd::open_device(&cdev, &iommu, &dev, group_id) {
+                Ok((device, fd)) => (device, Iommu::Iommufd(fd)),
+                // Auto: a node set up for the legacy path only (chown of /dev/vfio/<group>
+                // for an unprivileged backend) still works.
+                Err(e @ VfioError::Permission { .. }) if opts.iommu == IommuBackend::Auto => {
+                    log::warn!("vfio: {e}; falling back to the legacy container (--iommu container silences this)");
+                    open_container(&dev, &name, group_id)?
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     finish_open(dev, name, bus, group_id, device, iommu, opts)
