@@ -529,11 +529,15 @@ fn socket_activation_with_listen_fds() {
     // systemd's SocketMode: the backend must leave the inherited socket as it is.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     let env = [("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "vfio-user")];
-    let mut p = Spawned::start(&path, &[], &env, Some(&l), true);
+    let mut p = Spawned::start(&path, &["--socket-mode", "0666"], &env, Some(&l), true);
     drop(l);
     p.wait_log("listening on");
     let log = p.log_text();
     assert!(log.contains("socket activation: fd 3"), "{log}");
+    assert!(
+        log.contains("ignored: the socket is socket-activated"),
+        "{log}"
+    );
     assert!(log.contains("(socket-activated)"), "{log}");
     assert!(!log.contains("created (mode"), "{log}");
     let mut c = Client::connect(&path, ClientOptions::default()).unwrap();
