@@ -32,7 +32,9 @@ use crate::transport::{send_message, FrameError, Incoming, Message, MessageReade
 pub enum ConnStatus {
     /// Still usable; wait for the next readable event.
     Open,
-    /// The client went away or the connection had to be closed; drop it.
+    /// The client went away or the connection had to be closed; drop it. The
+    /// device layer should then release the client's DMA mappings and IRQ fds
+    /// and keep the device state (spec: "Client Disconnection").
     Closed,
 }
 
@@ -45,10 +47,16 @@ pub trait Handler {
     /// `pgsizes`, `write_multiple`, and the extension with `exec_enforced` if it
     /// supports it). The connection intersects the offer with the client's
     /// proposal and its own [`Limits`] and enforces the result. Default: a
-    /// plain vfio-user server with default capabilities.
+    /// plain vfio-user server (no `write_multiple`, no extension, 4 KiB pages)
+    /// whose numeric limits are the connection's [`Limits`].
     fn version(&mut self, client: &Capabilities) -> Result<Capabilities, Errno> {
         let _ = client;
-        Ok(Capabilities::default())
+        Ok(Capabilities {
+            max_msg_fds: u32::MAX,
+            max_data_xfer_size: u32::MAX,
+            max_dma_maps: u32::MAX,
+            ..Capabilities::default()
+        })
     }
 
     /// Called once after a successful VERSION exchange.

@@ -274,14 +274,21 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
-    let mut cbuf = vec![
-        0u64;
-        if max_fds > 0 {
-            cmsg_space_u64(max_fds)
-        } else {
-            0
-        }
-    ];
+    // Control buffer: on the stack for the usual fd limits (no allocation per
+    // receive), on the heap for unusually large ones.
+    let words = if max_fds > 0 {
+        cmsg_space_u64(max_fds)
+    } else {
+        0
+    };
+    let mut stack = [0u64; 64];
+    let mut heap = Vec::new();
+    let cbuf: &mut [u64] = if words <= stack.len() {
+        &mut stack[..words]
+    } else {
+        heap.resize(words, 0u64);
+        &mut heap
+    };
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -292,7 +299,7 @@ pub fn recv_with_fds(
     msg.msg_iovlen = 1;
     if !cbuf.is_empty() {
         msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = cbuf.len() * mem::size_of::<u64>();
+        msg.msg_controllen = mem::size_of_val(cbuf);
     }
     // SAFETY: msg points to a valid iovec over `buf` and a valid control buffer
     // of msg_controllen bytes, both live for the call.
@@ -469,7 +476,7 @@ fn sendmsg_once(fd: BorrowedFd<'_>, iov: &[libc::iovec], fds: &[RawFd]) -> io::R
     if !fds.is_empty() {
         let data_len = u32::try_from(mem::size_of_val(fds)).unwrap_or(u32::MAX);
         msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = cbuf.len() * mem::size_of::<u64>();
+        msg.msg_controllen = mem::size_of_val(cbuf.as_slice());
         // SAFETY: the control buffer is CMSG_SPACE(len) bytes, so the first
         // header and its data fit; we write within it only.
         unsafe {

@@ -740,3 +740,78 @@ fn connect_by_path_and_no_hang_on_dead_server() {
     assert!(Client::connect(&dir.join("none"), ClientOptions::default()).is_err());
     let _ = wait_fd;
 }
+
+#[test]
+fn client_and_connection_are_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Client>();
+    is_send::<vfio_sidecar_protocol::ServerConnection>();
+}
+
+/// A handler that only implements the required methods: plain vfio-user,
+/// numeric limits from the connection, optional commands answer ENOTSUP.
+struct Minimal;
+
+impl vfio_sidecar_protocol::Handler for Minimal {
+    fn dma_map(&mut self, _: &DmaMap, _: Option<std::os::fd::OwnedFd>) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn dma_unmap(&mut self, _: &DmaUnmap) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn device_info(&mut self) -> Result<DeviceInfo, Errno> {
+        Ok(DeviceInfo {
+            argsz: 0,
+            flags: 0,
+            num_regions: 0,
+            num_irqs: 0,
+        })
+    }
+    fn region_info(&mut self, _: u32) -> Result<(RegionInfo, Option<std::os::fd::RawFd>), Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn irq_info(&mut self, _: u32) -> Result<IrqInfo, Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn set_irqs(&mut self, _: &SetIrqs, _: Vec<std::os::fd::OwnedFd>) -> Result<(), Errno> {
+        Ok(())
+    }
+    fn region_read(&mut self, _: u32, _: u64, _: &mut [u8]) -> Result<(), Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn region_write(&mut self, _: u32, _: u64, _: &[u8]) -> Result<(), Errno> {
+        Err(Errno::EINVAL)
+    }
+    fn reset(&mut self) -> Result<(), Errno> {
+        Ok(())
+    }
+}
+
+#[test]
+fn default_handler_methods() {
+    let limits = Limits {
+        max_msg_fds: 5,
+        max_data_xfer_size: 8192,
+        max_dma_maps: 7,
+    };
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = spawn_server(b, limits, Minimal);
+    let mut c = Client::from_stream(a, ClientOptions::default()).unwrap();
+    let n = c.negotiated().clone();
+    assert_eq!(
+        (
+            n.server.max_msg_fds,
+            n.server.max_data_xfer_size,
+            n.server.max_dma_maps
+        ),
+        (5, 8192, 7)
+    );
+    assert!(!n.extension() && !n.write_multiple());
+    assert_eq!(
+        remote_errno(c.region_io_fds(0).unwrap_err()),
+        Errno::ENOTSUP
+    );
+    c.reset().unwrap();
+    drop(c);
+    assert_eq!(server.join().unwrap().1, Ok(ConnStatus::Closed));
+}

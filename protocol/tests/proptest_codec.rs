@@ -21,12 +21,14 @@ struct Tracking;
 
 thread_local! {
     static MAX_ALLOC: Cell<usize> = const { Cell::new(0) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
 }
 
 // SAFETY: forwards to the system allocator; only records sizes.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = MAX_ALLOC.try_with(|m| m.set(m.get().max(layout.size())));
+        let _ = ALLOCS.try_with(|m| m.set(m.get() + 1));
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -36,6 +38,7 @@ unsafe impl GlobalAlloc for Tracking {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let _ = MAX_ALLOC.try_with(|m| m.set(m.get().max(new_size)));
+        let _ = ALLOCS.try_with(|m| m.set(m.get() + 1));
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -405,4 +408,29 @@ fn tracking_allocator_sees_allocations() {
     });
     assert!(n >= 100_000);
     assert!(max_alloc_of(|| {}) < 100_000);
+}
+
+/// `Client::region_read_into` and `region_write` do not allocate once warmed
+/// up (the benchmark path).
+#[test]
+fn client_region_io_is_allocation_free_in_steady_state() {
+    use vfio_sidecar_protocol::{Client, ClientOptions};
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = common::spawn_server(b, Limits::default(), common::ToyHandler::default());
+    let mut c = Client::from_stream(a, ClientOptions::default()).unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..4 {
+        c.region_read_into(0, 0, &mut buf).unwrap();
+        c.region_write(0, 0x100, &buf).unwrap();
+    }
+    ALLOCS.with(|m| m.set(0));
+    for i in 0..100u64 {
+        c.region_read_into(0, i, &mut buf).unwrap();
+        c.region_write(0, 0x100, &buf[..8]).unwrap();
+    }
+    let n = ALLOCS.with(|m| m.get());
+    assert_eq!(n, 0, "{n} allocations in 200 region accesses");
+    assert_eq!(buf[0], 99);
+    drop(c);
+    assert!(server.join().unwrap().1.is_ok());
 }

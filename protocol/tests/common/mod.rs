@@ -436,6 +436,32 @@ impl RawPeer {
         }
     }
 
+    /// Next message within `t`; None on timeout, disconnect or a bad frame.
+    pub fn try_recv(&mut self, t: Duration) -> Option<Message> {
+        let deadline = std::time::Instant::now() + t;
+        loop {
+            match self.reader.read_message(self.sock.as_fd()) {
+                Ok(Some(Incoming::Message(m))) => return Some(m),
+                Ok(Some(Incoming::Bad { .. })) | Err(_) => return None,
+                Ok(None) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    wait_fd(self.sock.as_fd(), libc::POLLIN, Some(left)).ok()?;
+                }
+            }
+        }
+    }
+
+    /// Writes raw bytes; false if the peer is gone.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        use std::io::Write;
+        self.sock.set_nonblocking(false).is_ok()
+            && (&self.sock).write_all(bytes).is_ok()
+            && self.sock.set_nonblocking(true).is_ok()
+    }
+
     /// Sends a request and returns its reply (asserting id and command).
     pub fn call(&mut self, command: u16, payload: &[u8], fds: &[RawFd]) -> Message {
         let h = self.send(command, payload, fds);

@@ -1,0 +1,420 @@
+//! The KVM side: one VM with an in-kernel irqchip, guest RAM as slot 0, sparse
+//! device areas as further slots, one vCPU in 32-bit protected mode, and the
+//! run loop that forwards MMIO exits and reads the port-I/O mailbox.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::layout::*;
+use crate::memory::GuestRam;
+use crate::mmio::{DeviceLink, MmioBus, MmioError, SparseSlot};
+
+/// Errors of the KVM layer.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// /dev/kvm is missing or unusable.
+    #[error(
+        "KVM is not available on this host (/dev/kvm: {0}); the shim needs hardware virtualization"
+    )]
+    NoKvm(kvm_ioctls::Error),
+    /// A KVM ioctl failed.
+    #[error("KVM {what}: {source}")]
+    Kvm {
+        /// The failing step.
+        what: &'static str,
+        /// errno.
+        source: kvm_ioctls::Error,
+    },
+    /// mmap of a device area failed.
+    #[error("mmap of device region {index} area at {offset:#x}: {source}")]
+    Mmap {
+        /// Region index.
+        index: u32,
+        /// fd offset.
+        offset: u64,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// MMIO forwarding failed.
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+    /// The guest took an exception or an unexpected interrupt.
+    #[error("guest stopped on unexpected vector {vector:#x} (eip {eip:#x}, esp {esp:#x}, stack {stack:x?})")]
+    GuestPanic {
+        /// Vector the guest reported.
+        vector: u32,
+        /// Guest EIP at the report.
+        eip: u64,
+        /// Guest ESP.
+        esp: u64,
+        /// A few stack words (error code / EIP / CS / EFLAGS of the exception).
+        stack: Vec<u32>,
+    },
+    /// The guest did not finish in time.
+    #[error("guest did not finish within {0:?} (last eip {1:#x})")]
+    Timeout(Duration, u64),
+    /// The vCPU stopped in a way the shim does not handle.
+    #[error("unexpected vCPU exit: {0}")]
+    UnexpectedExit(String),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A shared mapping of a backend fd (a sparse area), unmapped on drop.
+#[derive(Debug)]
+struct HostMapping {
+    ptr: NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl Drop for HostMapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe a mapping created by `map_sparse`, unmapped once,
+        // after the VM (which referenced it through a slot) is gone.
+        unsafe { libc::munmap(self.ptr.as_ptr(), self.len) };
+    }
+}
+
+/// Counters of the run loop.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RunCounters {
+    /// KVM_RUN returns.
+    pub exits: u64,
+    /// MMIO exits.
+    pub mmio_exits: u64,
+    /// Port I/O exits.
+    pub io_exits: u64,
+}
+
+/// What the mailbox reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mailbox {
+    /// Transfer `i` finished (its record is in guest RAM).
+    Result(u32),
+    /// The guest finished with this code.
+    Done(u32),
+}
+
+/// A VM with one vCPU. Field order = drop order: vCPU and VM before the mappings.
+#[derive(Debug)]
+pub struct Vm {
+    vcpu: VcpuFd,
+    vm: VmFd,
+    _kvm: Kvm,
+    maps: Vec<HostMapping>,
+    next_slot: u32,
+    counters: RunCounters,
+}
+
+/// The KVM device: `/dev/kvm`, or `$VMM_SHIM_KVM_DEVICE` (lets tests exercise
+/// the "no KVM" path on a host that has it).
+pub fn kvm_device() -> std::path::PathBuf {
+    std::env::var_os("VMM_SHIM_KVM_DEVICE")
+        .map(Into::into)
+        .unwrap_or_else(|| "/dev/kvm".into())
+}
+
+static SIG: Once = Once::new();
+/// Whether the no-op handler for [`kick_signal`] is installed (else sending it
+/// would kill the process).
+static KICK_READY: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN() + 2
+}
+
+impl Vm {
+    /// Opens /dev/kvm, creates the VM, in-kernel PIC/IOAPIC/LAPIC, maps RAM as
+    /// slot 0 and sets the vCPU up at `CODE_BASE` in 32-bit protected mode.
+    pub fn new(ram: &GuestRam) -> Result<Self, VmError> {
+        let path = std::ffi::CString::new(kvm_device().into_os_string().into_encoded_bytes())
+            .map_err(|_| VmError::NoKvm(kvm_ioctls::Error::new(libc::EINVAL)))?;
+        let kvm = Kvm::new_with_path(&path).map_err(VmError::NoKvm)?;
+        let vm = kvm.create_vm().map_err(kvm_err("create_vm"))?;
+        vm.set_tss_address(0xfffb_d000)
+            .map_err(kvm_err("set_tss_address"))?;
+        vm.create_irq_chip().map_err(kvm_err("create_irq_chip"))?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_addr(),
+        };
+        // SAFETY: the region describes `ram`'s mapping, which outlives the VM
+        // (callers keep GuestRam alive until the Vm is dropped; see runner).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("set_user_memory_region(RAM)"))?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create_vcpu"))?;
+
+        let mut sregs = vcpu.get_sregs().map_err(kvm_err("get_sregs"))?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x08,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment {
+            selector: 0x10,
+            type_: 0x3,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.gdt.base = GDT_BASE;
+        sregs.gdt.limit = 3 * 8 - 1;
+        sregs.cr0 |= 1; // PE
+        sregs.cr0 &= !(1 << 31); // no paging
+        vcpu.set_sregs(&sregs).map_err(kvm_err("set_sregs"))?;
+        let mut regs = vcpu.get_regs().map_err(kvm_err("get_regs"))?;
+        regs.rip = CODE_BASE;
+        regs.rsp = STACK_TOP;
+        regs.rflags = 2;
+        vcpu.set_regs(&regs).map_err(kvm_err("set_regs"))?;
+
+        SIG.call_once(|| {
+            match vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler) {
+                Ok(()) => KICK_READY.store(true, Ordering::Release),
+                Err(e) => log::warn!("cannot install the vCPU kick handler ({e})"),
+            }
+        });
+        Ok(Vm {
+            vcpu,
+            vm,
+            _kvm: kvm,
+            maps: Vec::new(),
+            next_slot: 1,
+            counters: RunCounters::default(),
+        })
+    }
+
+    /// mmaps a sparse area from the backend's region fd and makes it a KVM
+    /// slot: guest accesses there never exit. `region_fd_offset` is the
+    /// region's offset in `fd` (from REGION_INFO).
+    pub fn map_sparse(
+        &mut self,
+        slot: &SparseSlot,
+        fd: BorrowedFd<'_>,
+        region_fd_offset: u64,
+    ) -> Result<(), VmError> {
+        let offset = region_fd_offset.saturating_add(slot.region_offset);
+        let merr = |source| VmError::Mmap {
+            index: slot.index,
+            offset,
+            source,
+        };
+        let len = usize::try_from(slot.size).map_err(|_| merr(std::io::Error::other("size")))?;
+        let off =
+            libc::off_t::try_from(offset).map_err(|_| merr(std::io::Error::other("offset")))?;
+        // SAFETY: a fresh shared mapping of the backend's fd, checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(merr(std::io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(p).ok_or_else(|| merr(std::io::Error::other("null")))?;
+        self.maps.push(HostMapping { ptr, len });
+        let region = kvm_userspace_memory_region {
+            slot: self.next_slot,
+            flags: 0,
+            guest_phys_addr: slot.gpa,
+            memory_size: slot.size,
+            userspace_addr: ptr.as_ptr() as u64,
+        };
+        // SAFETY: the mapping is kept in `self.maps`, dropped after the VM.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(kvm_err("set_user_memory_region(sparse)"))?;
+        self.next_slot += 1;
+        Ok(())
+    }
+
+    /// Number of sparse slots mapped.
+    pub fn sparse_slots(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Registers `trigger` as an irqfd for `gsi`; with `resample`, as a level
+    /// irqfd whose line drops at guest EOI, signalling `resample`.
+    pub fn register_irqfd(
+        &self,
+        trigger: &EventFd,
+        gsi: u32,
+        resample: Option<&EventFd>,
+    ) -> Result<(), VmError> {
+        match resample {
+            Some(r) => self
+                .vm
+                .register_irqfd_with_resample(trigger, r, gsi)
+                .map_err(kvm_err("KVM_IRQFD (resample)")),
+            None => self
+                .vm
+                .register_irqfd(trigger, gsi)
+                .map_err(kvm_err("KVM_IRQFD")),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> RunCounters {
+        self.counters
+    }
+
+    /// Runs the guest until it reports done, forwarding MMIO to `link` through
+    /// `bus` and mailbox results to `on_mailbox`. Fails after `timeout`.
+    pub fn run(
+        &mut self,
+        bus: &mut MmioBus,
+        link: &mut dyn DeviceLink,
+        on_mailbox: &mut dyn FnMut(Mailbox),
+        timeout: Duration,
+    ) -> Result<u32, VmError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let expired = Arc::new(AtomicBool::new(false));
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let watchdog = {
+            let stop = stop.clone();
+            let expired = expired.clone();
+            let deadline = Instant::now() + timeout;
+            let sig = kick_signal();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if Instant::now() >= deadline {
+                        expired.store(true, Ordering::Release);
+                        if !KICK_READY.load(Ordering::Acquire) {
+                            break;
+                        }
+                        // SAFETY: `me` is the vCPU thread, alive until it joins us
+                        // (it sets `stop` first); the signal has a no-op handler.
+                        unsafe { libc::pthread_kill(me, sig) };
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let result = self.run_loop(bus, link, on_mailbox, &expired, timeout);
+        stop.store(true, Ordering::Release);
+        let _ = watchdog.join();
+        result
+    }
+
+    fn run_loop(
+        &mut self,
+        bus: &mut MmioBus,
+        link: &mut dyn DeviceLink,
+        on_mailbox: &mut dyn FnMut(Mailbox),
+        expired: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<u32, VmError> {
+        loop {
+            if expired.load(Ordering::Acquire) {
+                let eip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                return Err(VmError::Timeout(timeout, eip));
+            }
+            let exit = match self.vcpu.run() {
+                Ok(e) => e,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => {
+                    return Err(VmError::Kvm {
+                        what: "KVM_RUN",
+                        source: e,
+                    })
+                }
+            };
+            self.counters.exits += 1;
+            let mut panic = None;
+            match exit {
+                VcpuExit::MmioRead(addr, data) => {
+                    self.counters.mmio_exits += 1;
+                    bus.read(link, addr, data)?;
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    self.counters.mmio_exits += 1;
+                    bus.write(link, addr, data)?;
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.counters.io_exits += 1;
+                    let mut v = [0u8; 4];
+                    let n = data.len().min(4);
+                    v[..n].copy_from_slice(&data[..n]);
+                    let v = u32::from_le_bytes(v);
+                    match port {
+                        PORT_RESULT => on_mailbox(Mailbox::Result(v)),
+                        PORT_DONE => {
+                            on_mailbox(Mailbox::Done(v));
+                            return Ok(v);
+                        }
+                        PORT_PANIC => panic = Some(v),
+                        _ => log::debug!("guest out {port:#x} <- {v:#x} ignored"),
+                    }
+                }
+                VcpuExit::IoIn(port, data) => {
+                    self.counters.io_exits += 1;
+                    log::debug!("guest in {port:#x}: all-ones");
+                    data.fill(0xff);
+                }
+                VcpuExit::Hlt => {
+                    return Err(VmError::UnexpectedExit(
+                        "HLT (no in-kernel irqchip?)".into(),
+                    ))
+                }
+                VcpuExit::Shutdown => {
+                    return Err(VmError::UnexpectedExit("shutdown (triple fault)".into()))
+                }
+                VcpuExit::FailEntry(reason, cpu) => {
+                    return Err(VmError::UnexpectedExit(format!(
+                        "entry failed: reason {reason:#x} cpu {cpu}"
+                    )))
+                }
+                VcpuExit::InternalError => {
+                    let eip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    return Err(VmError::UnexpectedExit(format!(
+                        "KVM internal error (emulation failure?) at eip {eip:#x}"
+                    )));
+                }
+                other => return Err(VmError::UnexpectedExit(format!("{other:?}"))),
+            }
+            if let Some(vector) = panic {
+                let regs = self.vcpu.get_regs().map_err(kvm_err("get_regs"))?;
+                return Err(VmError::GuestPanic {
+                    vector,
+                    eip: regs.rip,
+                    esp: regs.rsp,
+                    stack: Vec::new(),
+                });
+            }
+        }
+    }
+}

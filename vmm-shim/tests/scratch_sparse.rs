@@ -1,0 +1,135 @@
+//! The sparse-mmap path against the real backend: `model:scratch` (served by a
+//! separate `vmm-shim backend` process over its socket) offers page 1 of its
+//! region as a sparse area. The shim maps it from the backend's fd as a KVM
+//! slot; page 0 stays trapped. A tiny guest touches both.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm_shim::layout::*;
+use vmm_shim::link::ProtoBackend;
+use vmm_shim::memory::GuestRam;
+use vmm_shim::mmio::{place_regions, sparse_slots, DeviceLink, MmioBus, RegionSpec};
+use vmm_shim::runner::Backend;
+use vmm_shim::vm::{Mailbox, Vm};
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_scratch(dir: &Path) -> (Kill, std::path::PathBuf) {
+    let socket = dir.join("s.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_vmm-shim"))
+        .arg("backend")
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--device", "model:scratch"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "backend exited early"
+        );
+        assert!(Instant::now() < deadline, "backend socket never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, socket)
+}
+
+#[test]
+fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("SKIPPED: /dev/kvm not available; see the unit tests of mmio.rs/link.rs");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-shim-scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_child, socket) = start_scratch(&dir);
+    let mut be = ProtoBackend::connect(&socket, Duration::from_secs(5)).unwrap();
+
+    let regions = be.regions().unwrap();
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].spec.size, 0x2000);
+    assert_eq!(
+        regions[0].spec.sparse,
+        vec![(0x1000, 0x1000)],
+        "page 1 is the sparse area"
+    );
+    let (fd, fd_off) = regions[0].mmap.as_ref().expect("an mmap fd");
+
+    // the backend's page 1 content, written through the protocol
+    be.region_write(0, 0x1010, &0x600d_f00du32.to_le_bytes())
+        .unwrap();
+
+    let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
+    let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END).unwrap();
+    let base = placed[0].gpa as u32;
+    let ram = GuestRam::new(RAM_SIZE).unwrap();
+    let gdt: [u64; 3] = [0, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
+    for (i, d) in gdt.iter().enumerate() {
+        ram.write(GDT_BASE + 8 * i as u64, &d.to_le_bytes())
+            .unwrap();
+    }
+    let mut vm = Vm::new(&ram).unwrap();
+    for s in sparse_slots(&placed) {
+        vm.map_sparse(&s, std::os::fd::AsFd::as_fd(fd), *fd_off)
+            .unwrap();
+    }
+    assert_eq!(vm.sparse_slots(), 1);
+
+    // mov eax,[base+0x1010]; out 0xf0,eax; mov dword [base+0x1020],0xabcdef01;
+    // mov eax,[base+0]; out 0xf4,eax
+    let mut code = vec![0xa1];
+    code.extend_from_slice(&(base + 0x1010).to_le_bytes());
+    code.extend_from_slice(&[0xe7, 0xf0, 0xc7, 0x05]);
+    code.extend_from_slice(&(base + 0x1020).to_le_bytes());
+    code.extend_from_slice(&0xabcd_ef01u32.to_le_bytes());
+    code.push(0xa1);
+    code.extend_from_slice(&base.to_le_bytes());
+    code.extend_from_slice(&[0xe7, 0xf4]);
+    ram.write(CODE_BASE, &code).unwrap();
+
+    let mut bus = MmioBus::new(placed);
+    let mut seen = Vec::new();
+    let done = vm
+        .run(
+            &mut bus,
+            &mut be,
+            &mut |m| seen.push(m),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(
+        seen[0],
+        Mailbox::Result(0x600d_f00d),
+        "guest read the backend's page directly"
+    );
+    assert_eq!(done, 0x5c2a_7c11, "the trapped ID read went to the backend");
+    let mut b = [0u8; 4];
+    be.region_read(0, 0x1020, &mut b).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(b),
+        0xabcd_ef01,
+        "the guest's store is in the backend's memory"
+    );
+    let pages = bus.page_counts();
+    assert_eq!(pages.len(), 1, "only page 0 trapped: {pages:?}");
+    assert_eq!(pages[&(0, 0)].reads, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
