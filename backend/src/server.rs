@@ -917,6 +917,12 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     let forbidden_hook =
         std::env::var_os(TEST_FORBIDDEN_SYSCALL_ENV).is_some_and(|v| v.as_encoded_bytes() == b"1");
     let listen = sandbox::open_listener(&args.socket, &opts)?;
+    if listen.activated && opts != SocketOpts::default() {
+        log::warn!(
+            "--socket-mode/--socket-owner/--socket-group ignored: the socket is \
+             socket-activated (set SocketMode=/SocketUser=/SocketGroup= in the socket unit)"
+        );
+    }
     let _guard = listen
         .remove_on_exit()
         .then(|| SocketGuard(listen.path.clone()));
