@@ -38,7 +38,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, VFIO_BASE, VFIO_DMA_MAP_FLAG_READ,
     VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE,
 };
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref};
+use vmm_sys_util::ioctl::ioctl_with_mut_ref;
 use vmm_sys_util::ioctl_io_nr;
 
 use super::{open_node, sysfs, VfioError};
@@ -256,7 +256,7 @@ impl Iommufd {
     /// from the IOAS (the device reads/writes it at any time); no Rust reference to
     /// that memory may be relied upon for its contents meanwhile.
     pub unsafe fn map(&self, iova: u64, size: u64, vaddr: u64, flags: u32) -> std::io::Result<()> {
-        let map = iommu_ioas_map {
+        let mut map = iommu_ioas_map {
             size: std::mem::size_of::<iommu_ioas_map>() as u32,
             flags,
             ioas_id: self.ioas,
@@ -265,9 +265,18 @@ impl Iommufd {
             length: size,
             iova,
         };
-        // SAFETY: the kernel reads `map` (and writes back `iova`, unchanged with
-        // FIXED_IOVA, into a copy); pinning the user range is the caller's contract.
-        errno_result(unsafe { ioctl_with_ref(&self.fd, IOMMU_IOAS_MAP(), &map) })?;
+        // SAFETY: the kernel reads `map` and copies it back with `iova` filled in
+        // (unchanged with FIXED_IOVA), within its `size`; `map` is ours and mutable.
+        // Pinning the user range is covered by the caller's contract.
+        errno_result(unsafe { ioctl_with_mut_ref(&self.fd, IOMMU_IOAS_MAP(), &mut map) })?;
+        if map.iova != iova {
+            // Cannot happen with FIXED_IOVA; do not leave a stray mapping if it does.
+            let _ = self.unmap(map.iova, size);
+            return Err(std::io::Error::other(format!(
+                "the kernel placed the mapping at {:#x}, not {iova:#x}",
+                map.iova
+            )));
+        }
         Ok(())
     }
 
