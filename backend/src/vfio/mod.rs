@@ -30,6 +30,8 @@
 //!   READ and/or WRITE only. Upstream VFIO has no exec flag (bit 2 is
 //!   `VFIO_DMA_MAP_FLAG_VADDR` and is never sent): **exec is implied by any
 //!   mapping, no-exec is not enforceable**; an exec-only mapping is mapped READ.
+//!   Through iommufd the same holds: `IOMMU_IOAS_MAP` with `FIXED_IOVA` and
+//!   `READABLE`/`WRITEABLE` (iommufd has no exec flag either), `IOMMU_IOAS_UNMAP`.
 //! * **Interrupts**: trigger eventfds from the client go straight to
 //!   `VFIO_DEVICE_SET_IRQS`, so interrupts never pass through the backend. Unmask
 //!   eventfds (`ACTION_UNMASK | DATA_EVENTFD`) go to the kernel too, which then
