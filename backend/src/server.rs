@@ -18,7 +18,13 @@
 //!   killed): every DMA mapping is dropped (device notified, munmap, fd closed),
 //!   every IRQ eventfd released (`SET_IRQS` trigger disable, unmask eventfd
 //!   removed), the device reset when it supports reset, counters logged, and the
-//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed.
+//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed
+//!   (unless inherited through socket activation).
+//! * **Sandbox** ([`run_serve`]): listener from [`crate::sandbox::open_listener`]
+//!   (socket activation preferred), `--user` privilege drop, the seccomp filter
+//!   (on by default, `--seccomp kill`) before the loop; every accepted peer is
+//!   checked with `SO_PEERCRED` (`--allow-uid`/`--allow-gid`) and a refused one is
+//!   closed unread. `--no-mmap` ([`Backend::set_no_mmap`]) offers no mmap area.
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
