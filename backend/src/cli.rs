@@ -271,6 +271,10 @@ pub struct ServeArgs {
     /// into the backend.
     #[arg(long)]
     pub no_mmap: bool,
+    /// VFIO devices: IOMMU interface. auto = iommufd (/dev/iommu + the device's
+    /// VFIO cdev) when the kernel has it, else the legacy type1v2 container.
+    #[arg(long, value_enum, default_value_t = crate::vfio::IommuBackend::Auto, value_name = "IOMMU")]
+    pub iommu: crate::vfio::IommuBackend,
     /// Maximum number of DMA mappings a client may create.
     #[arg(long, default_value_t = crate::dma::DEFAULT_DMA_LIMIT as u32)]
     pub max_dma_maps: u32,
@@ -313,6 +317,7 @@ impl ServeArgs {
             eoi: None,
             no_dmago_gate: false,
             no_mmap: false,
+            iommu: crate::vfio::IommuBackend::Auto,
             max_dma_maps: crate::dma::DEFAULT_DMA_LIMIT as u32,
             socket_mode: 0o600,
             socket_owner: None,
@@ -440,6 +445,7 @@ pub fn open_device(
     spec: &DeviceSpec,
     no_dmago_gate: bool,
     no_mmap: bool,
+    iommu: crate::vfio::IommuBackend,
 ) -> Result<Box<dyn Device>, CliError> {
     match spec {
         DeviceSpec::Model(m) if m.name == "edu" => model::edu::Edu::from_spec(m)
@@ -451,6 +457,7 @@ pub fn open_device(
         DeviceSpec::Vfio(path) => {
             let opts = crate::vfio::VfioOptions {
                 no_mmap,
+                iommu,
                 ..Default::default()
             };
             crate::vfio::open(path, &opts)
@@ -463,7 +470,7 @@ pub fn open_device(
 /// The `dt` subcommand.
 pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let dev = open_device(&args.device, false, true)?;
+    let dev = open_device(&args.device, false, true, crate::vfio::IommuBackend::Auto)?;
     let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let info = dev.info();
     let mut region_sizes = Vec::new();

@@ -836,7 +836,7 @@ fn watch(epoll: &Epoll, backend: &Backend, dev_fds: &mut Vec<RawFd>) {
 /// Opens the device per `args` and builds the [`Backend`].
 pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let dev = open_device(&args.device, args.no_dmago_gate, args.no_mmap)?;
+    let dev = open_device(&args.device, args.no_dmago_gate, args.no_mmap, args.iommu)?;
     let is_model = matches!(args.device, DeviceSpec::Model(_));
     let profile = match select_profile(&set, &args.device, args.profile_name.as_deref()) {
         Ok(p) => p,

@@ -38,6 +38,9 @@ complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -s d -l
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l profile -d 'TOML file with extra device profiles (override built-in ones by name)' -r -F
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l profile-name -d 'Use this profile (by name) instead of detecting it' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l eoi -d 'EOI policy for level IRQs (default: the profile\'s, clear-register for the PL330): clear-register, resample or first-access (legacy, comparison only)' -r
+complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l iommu -d 'VFIO devices: IOMMU interface. auto = iommufd (/dev/iommu + the device\'s VFIO cdev) when the kernel has it, else the legacy type1v2 container' -r -f -a "auto\t'iommufd when `/dev/iommu` exists and the device has a vfio cdev (`<sysfs dev>/vfio-dev/vfioN`), else the legacy container. Also the legacy container when opening `/dev/iommu` or the cdev is denied (permissions set up for the legacy nodes only), with a warning'
+container\t'Legacy VFIO container + group (`/dev/vfio/vfio`, `/dev/vfio/<group>`, type1v2)'
+iommufd\t'`/dev/iommu` + the device cdev (`/dev/vfio/devices/vfioN`); an error when the kernel lacks it'"
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l max-dma-maps -d 'Maximum number of DMA mappings a client may create' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l socket-mode -d 'Permission bits of the socket file we create (octal)' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l socket-owner -d 'Owner of the socket file we create (user name or uid), e.g. the VMM\'s user' -r
