@@ -11,7 +11,7 @@
 //! * IOVA, size and file offset are 4 KiB aligned, size > 0, `iova + size` does not
 //!   wrap past 2^64 (`EINVAL`);
 //! * no overlap with an existing entry (`EEXIST`, as the spec says);
-//! * at most `limit` entries (default 65536, `ENOSPC` like type1's `dma_entry_limit`);
+//! * at most `limit` entries (default 65535 = type1's `dma_entry_limit`; QEMU refuses a larger `max_dma_maps`; `ENOSPC`);
 //! * the fd must be mmap-able and, for a regular file or memfd, long enough
 //!   (`EINVAL`); the fd of one of the device's own regions is refused (`EINVAL`):
 //!   device MMIO is never DMA-mapped as RAM. The check compares `st_dev`/`st_ino`.
@@ -49,7 +49,7 @@ use crate::device::{DmaAccess, DmaFault, DmaMemory, DmaProt, MappedRegion};
 /// Page size every mapping is aligned to.
 pub const DMA_PAGE_SIZE: u64 = 4096;
 /// Default maximum number of entries.
-pub const DEFAULT_DMA_LIMIT: usize = 65536;
+pub const DEFAULT_DMA_LIMIT: usize = 65535;
 
 /// vfio-user `DMA_MAP` flag: readable.
 pub const DMA_FLAG_READ: u32 = 1 << 0;
@@ -814,8 +814,8 @@ mod tests {
 
     #[test]
     fn many_maps_lookup() {
-        // 64k one-page mappings at every other page, sharing one memfd.
-        let n: u64 = 65536;
+        // The default limit of one-page mappings at every other page, sharing one memfd.
+        let n: u64 = DEFAULT_DMA_LIMIT as u64;
         let fd = mfd(n * 0x1000);
         let file = File::from(fd.try_clone().unwrap());
         let mut t = DmaTable::default();

@@ -501,6 +501,7 @@ default-eoi = "clear-register"
 match = [{ pci = { vendor = 0x1234, device = 0x11e8 } }]
 note = "QEMU edu: INTx; 0x64 'interrupt acknowledge' clears the written bits from the status (W1C semantics)"
 clear = { region = 0, offset = 0x64, width = 4, mode = "w1c", bits = "all" }
+irqs = [{ name = "INTx" }, { name = "MSI", trigger = "edge-rising" }, { name = "MSI-X", trigger = "edge-rising" }, { name = "ERR", trigger = "edge-rising" }, { name = "REQ", trigger = "edge-rising" }]
 "#;
 
 /// The built-in profile table.

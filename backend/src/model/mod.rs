@@ -17,6 +17,7 @@
 //! * `scratch` — a tiny test device: region 0 is 8 KiB, page 0 trapped registers,
 //!   page 1 a memfd-backed sparse mmap area (see [`scratch`]). One level IRQ.
 
+pub mod edu;
 pub mod pl330;
 pub mod scratch;
 
@@ -224,7 +225,7 @@ pub fn parse_num(key: &str, v: Option<&str>) -> Result<u64, DeviceError> {
 }
 
 /// Names of the built-in models.
-pub const MODEL_NAMES: &[&str] = &["pl330", "scratch"];
+pub const MODEL_NAMES: &[&str] = &["pl330", "scratch", "edu"];
 
 /// Builds a model device from a spec. `no_dmago_gate` (CLI flag) overrides the
 /// PL330 option of the same name.

@@ -1,0 +1,211 @@
+//! Generates the man pages and shell completions of every binary from its clap
+//! definition ([`vfio_sidecar::cli::Cli`], [`vmm_shim::cli::command`]):
+//!
+//! * `docs/man/<bin>.1` and one page per visible subcommand
+//!   (`docs/man/vfio-sidecar-serve.1`, `docs/man/vmm-shim-demo.1`, ...);
+//! * `contrib/completions/bash/<bin>`, `contrib/completions/zsh/_<bin>`,
+//!   `contrib/completions/fish/<bin>.fish`.
+//!
+//! Regenerate after changing the command line:
+//!
+//! ```text
+//! cargo run -p vfio-sidecar-tests --bin gen-docs
+//! ```
+//!
+//! (writes into the workspace root; `-- --out DIR` writes elsewhere). A unit
+//! test of this binary regenerates into a temporary directory and compares
+//! byte for byte with the committed files, so they cannot drift.
+
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+
+/// The command to tell people to run.
+const REGEN: &str = "cargo run -p vfio-sidecar-tests --bin gen-docs";
+/// The binaries whose docs are generated, with their clap commands.
+fn binaries() -> Vec<(&'static str, clap::Command)> {
+    vec![
+        ("vfio-sidecar", vfio_sidecar::cli::Cli::command()),
+        ("vmm-shim", vmm_shim::cli::command()),
+    ]
+}
+
+/// Every generated file: (path relative to the output root, contents).
+fn generate() -> Result<Vec<(PathBuf, Vec<u8>)>, std::io::Error> {
+    let mut out = Vec::new();
+    for (bin, cmd) in binaries() {
+        generate_one(bin, cmd, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The files of one binary.
+fn generate_one(
+    bin: &'static str,
+    cmd: clap::Command,
+    out: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<(), std::io::Error> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    out.push((PathBuf::from(format!("docs/man/{bin}.1")), page));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // clap names are `&'static str` without its "string" feature; this
+        // one-shot generator leaks a few short strings.
+        let name: &'static str = Box::leak(format!("{bin}-{}", sub.get_name()).into_boxed_str());
+        let bin_name: &'static str =
+            Box::leak(format!("{bin} {}", sub.get_name()).into_boxed_str());
+        let sub = sub.clone().name(name).bin_name(bin_name);
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub)
+            .source(format!("{bin} {}", env!("CARGO_PKG_VERSION")))
+            .render(&mut page)?;
+        out.push((PathBuf::from(format!("docs/man/{name}.1")), page));
+    }
+    for (shell, path) in [
+        (Shell::Bash, format!("contrib/completions/bash/{bin}")),
+        (Shell::Zsh, format!("contrib/completions/zsh/_{bin}")),
+        (Shell::Fish, format!("contrib/completions/fish/{bin}.fish")),
+    ] {
+        let mut c = cmd.clone();
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut c, bin, &mut buf);
+        out.push((PathBuf::from(path), buf));
+    }
+    Ok(())
+}
+
+fn write_all(root: &Path) -> Result<Vec<PathBuf>, String> {
+    let files = generate().map_err(|e| format!("rendering: {e}"))?;
+    let mut written = Vec::new();
+    for (rel, data) in files {
+        let p = root.join(&rel);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+        written.push(rel);
+    }
+    Ok(written)
+}
+
+/// The workspace root (this crate lives in `tests/`).
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut root = workspace_root();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--out" => match args.next() {
+                Some(d) => root = PathBuf::from(d),
+                None => {
+                    eprintln!("--out needs a directory");
+                    std::process::exit(2);
+                }
+            },
+            "-h" | "--help" => {
+                println!("usage: {REGEN} [-- --out DIR]\nWrites docs/man/*.1 and contrib/completions/ under DIR (default: the workspace root).");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?} (try --help)");
+                std::process::exit(2);
+            }
+        }
+    }
+    match write_all(&root) {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", root.join(f).display());
+            }
+        }
+        Err(e) => {
+            eprintln!("gen-docs: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The committed man pages and completions equal what the current clap
+    /// definition generates (regenerated into a temporary directory).
+    #[test]
+    fn committed_docs_are_current() {
+        let tmp = std::env::temp_dir().join(format!("gen-docs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let files = write_all(&tmp).unwrap();
+        let root = workspace_root();
+        let mut stale = Vec::new();
+        for rel in &files {
+            let fresh = std::fs::read(tmp.join(rel)).unwrap();
+            match std::fs::read(root.join(rel)) {
+                Ok(old) if old == fresh => {}
+                Ok(_) => stale.push(format!("{} differs", rel.display())),
+                Err(_) => stale.push(format!("{} is missing", rel.display())),
+            }
+        }
+        // Pages of removed subcommands must go too.
+        if let Ok(dir) = std::fs::read_dir(root.join("docs/man")) {
+            for e in dir.flatten() {
+                let rel = PathBuf::from("docs/man").join(e.file_name());
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = binaries().iter().any(|(b, _)| name.starts_with(b));
+                if ours && name.ends_with(".1") && !files.contains(&rel) {
+                    stale.push(format!("{} is no longer generated", rel.display()));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(
+            stale.is_empty(),
+            "generated docs are out of date ({}): run `{REGEN}` to regenerate",
+            stale.join("; ")
+        );
+    }
+
+    #[test]
+    fn pages_cover_every_subcommand() {
+        let files = generate().unwrap();
+        let names: Vec<String> = files.iter().map(|(p, _)| p.display().to_string()).collect();
+        for want in [
+            "docs/man/vfio-sidecar.1",
+            "docs/man/vfio-sidecar-serve.1",
+            "docs/man/vfio-sidecar-dt.1",
+            "docs/man/vfio-sidecar-probe.1",
+            "contrib/completions/bash/vfio-sidecar",
+            "contrib/completions/zsh/_vfio-sidecar",
+            "contrib/completions/fish/vfio-sidecar.fish",
+            "docs/man/vmm-shim.1",
+            "docs/man/vmm-shim-demo.1",
+            "docs/man/vmm-shim-run.1",
+            "docs/man/vmm-shim-dtb.1",
+            "contrib/completions/bash/vmm-shim",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} not generated: {names:?}"
+            );
+        }
+        let probe = &files
+            .iter()
+            .find(|(p, _)| p.ends_with("vfio-sidecar-probe.1"))
+            .unwrap()
+            .1;
+        let text = String::from_utf8_lossy(probe);
+        assert!(text.contains("\\-\\-json"), "{text}");
+        let bash = &files
+            .iter()
+            .find(|(p, _)| p.ends_with("bash/vfio-sidecar"))
+            .unwrap()
+            .1;
+        assert!(String::from_utf8_lossy(bash).contains("probe"));
+    }
+}
