@@ -205,7 +205,7 @@ pub fn start_backend(
     Ok(p)
 }
 
-/// The backend mode: `vfio-sidecar`'s own main.
+/// The backend mode: `vfio-sidecar serve`, exactly as the `vfio-sidecar` binary runs it.
 pub fn backend_main(args: Vec<String>) -> i32 {
     use clap::Parser;
     use vfio_sidecar::cli::{init_logging, Cli, Command as C};
@@ -213,7 +213,7 @@ pub fn backend_main(args: Vec<String>) -> i32 {
     init_logging(cli.verbose);
     let r = match cli.command {
         C::Serve(a) => vfio_sidecar::server::run_serve(a).map_err(|e| e.to_string()),
-        C::Dt(a) => vfio_sidecar::cli::run_dt(&a).map_err(|e| e.to_string()),
+        _ => Err("the benchmark's backend mode runs `serve` only".to_string()),
     };
     match r {
         Ok(()) => 0,
