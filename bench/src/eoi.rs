@@ -411,8 +411,8 @@ pub fn print(rows: &[EoiRow]) {
          interrupts are handled. The PL330's only page holds INTCLR, so it is 0 % under \
          every policy: all 4 KiB trap. scratch: the same figure for model:scratch (clear \
          register on page 0, page 1 mappable). For contrast, QEMU's first-access heuristic \
-         (vfio_intx_mmap_enable) un-mmaps every BAR of the device on each INTx and \
-         re-enables mmap only 1.1 s after the last one, so there 0 % stays mapped for as \
-         long as interrupts keep coming."
+         (vfio-platform and vfio-pci INTx: vfio_mmap_set_enabled(false) on each interrupt, \
+         mmaps restored by a timer after mmap-timeout-ms = 1100) un-mmaps every region of \
+         the device, so there 0 % stays mapped for as long as interrupts keep coming."
     );
 }
