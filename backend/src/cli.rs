@@ -60,6 +60,58 @@ pub enum Command {
     /// Connect to any vfio-user server and describe its device, like lspci -vv
     /// (read-only unless --read is given).
     Probe(crate::probe::ProbeArgs),
+    /// List VFIO-bound devices and candidates matching a profile; say how to get
+    /// VFIO when the host has none (exit code 0 either way).
+    #[command(after_help = HOST_EXAMPLES)]
+    List(ListArgs),
+    /// Bind a device to the VFIO driver of its bus (driver_override, unbind,
+    /// drivers_probe); needs root unless --dry-run.
+    #[command(after_help = HOST_EXAMPLES)]
+    Bind(BindArgs),
+}
+
+const HOST_EXAMPLES: &str = "\
+Examples:
+  # What can be served here, and is VFIO usable at all?
+  vfio-sidecar list
+  vfio-sidecar list --json
+
+  # Show the sysfs writes that hand a device to vfio-amba, then do them (as root):
+  vfio-sidecar bind ff240000.dma-controller --dry-run
+  vfio-sidecar bind ff240000.dma-controller
+
+  # DEVICE may also be a sysfs path, with or without serve's vfio: prefix:
+  vfio-sidecar bind vfio:/sys/bus/pci/devices/0000:00:03.0";
+
+/// `list` options.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Machine-readable output: {"vfio": host status, "devices": [...]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Root of sysfs (a fake tree for tests).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
+    /// Root of /dev, where /dev/vfio is looked for (tests).
+    #[arg(long, value_name = "DIR", default_value = "/dev", hide = true)]
+    pub dev: PathBuf,
+    /// TOML file with extra device profiles (more candidates are recognised).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+}
+
+/// `bind` options.
+#[derive(Debug, Clone, Args)]
+pub struct BindArgs {
+    /// Device name (0000:00:03.0, ff240000.dma-controller) or sysfs path
+    /// (optionally vfio:-prefixed, as for serve --device).
+    pub device: String,
+    /// Print the writes as shell commands; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Root of sysfs (a fake tree for tests).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
 }
 
 /// A `--device` string.
@@ -118,10 +170,85 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
 }
 
+/// What `serve --seccomp` does on a syscall outside the allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SeccompMode {
+    /// Kill the process (SIGSYS) at the first forbidden syscall (default).
+    #[default]
+    Kill,
+    /// Print the forbidden syscall's number to stderr, then die by SIGSYS.
+    Trap,
+    /// Allow it; the kernel logs it to the audit log (finding missing syscalls).
+    Log,
+    /// No filter at all (debugging only).
+    Off,
+}
+
+impl SeccompMode {
+    /// The sandbox action, `None` for [`SeccompMode::Off`].
+    pub fn action(self) -> Option<crate::sandbox::SeccompAction> {
+        use crate::sandbox::SeccompAction;
+        match self {
+            SeccompMode::Kill => Some(SeccompAction::Kill),
+            SeccompMode::Trap => Some(SeccompAction::Trap),
+            SeccompMode::Log => Some(SeccompAction::Log),
+            SeccompMode::Off => None,
+        }
+    }
+}
+
+/// `--user USER[:GROUP]`: names or numeric ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGroup {
+    /// The user.
+    pub user: String,
+    /// The group (default: the user's primary group).
+    pub group: Option<String>,
+}
+
+impl std::str::FromStr for UserGroup {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (u, g) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
+        };
+        if u.is_empty() || g.is_some_and(str::is_empty) {
+            return Err(format!("bad --user {s:?}: expected USER or USER:GROUP"));
+        }
+        Ok(UserGroup {
+            user: u.to_string(),
+            group: g.map(str::to_string),
+        })
+    }
+}
+
+impl std::fmt::Display for UserGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.group {
+            Some(g) => write!(f, "{}:{g}", self.user),
+            None => f.write_str(&self.user),
+        }
+    }
+}
+
+/// Parses a socket mode: octal, with or without a leading `0`/`0o`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(t, 8) {
+        Ok(m) if m & !0o777 == 0 => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not a socket mode: give octal permission bits, e.g. 0600 or 0660"
+        )),
+    }
+}
+
 /// `serve` options.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Unix socket path to listen on (created; removed on exit).
+    /// Unix socket path to listen on (created with --socket-mode, removed on exit).
+    /// Under systemd socket activation (LISTEN_FDS/LISTEN_PID) the inherited
+    /// socket is used instead and left in place.
     #[arg(short, long)]
     pub socket: PathBuf,
     /// Device to serve: model:pl330[,opts], model:scratch or vfio:/sys/bus/.../DEVICE.
@@ -140,16 +267,47 @@ pub struct ServeArgs {
     /// PL330 model: do not check DMAGO's microcode address against the DMA table.
     #[arg(long)]
     pub no_dmago_gate: bool,
-    /// VFIO: never offer regions for mmap (every access traps).
+    /// Never offer regions for mmap (models and VFIO alike): every access traps
+    /// into the backend.
     #[arg(long)]
     pub no_mmap: bool,
+    /// VFIO devices: IOMMU interface. auto = iommufd (/dev/iommu + the device's
+    /// VFIO cdev) when the kernel has it, else the legacy type1v2 container.
+    #[arg(long, value_enum, default_value_t = crate::vfio::IommuBackend::Auto, value_name = "IOMMU")]
+    pub iommu: crate::vfio::IommuBackend,
     /// Maximum number of DMA mappings a client may create.
     #[arg(long, default_value_t = crate::dma::DEFAULT_DMA_LIMIT as u32)]
     pub max_dma_maps: u32,
+    /// Permission bits of the socket file we create (octal).
+    #[arg(long, value_parser = parse_mode, default_value = "0600", value_name = "MODE")]
+    pub socket_mode: u32,
+    /// Owner of the socket file we create (user name or uid), e.g. the VMM's user.
+    #[arg(long, value_name = "USER")]
+    pub socket_owner: Option<String>,
+    /// Group of the socket file we create (group name or gid).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Accept only peers with this uid (SO_PEERCRED; user name or uid; repeatable).
+    /// With --allow-uid/--allow-gid, a peer passes if its uid or primary gid is
+    /// listed; others are logged and disconnected at once.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<String>,
+    /// Accept only peers with this primary gid (group name or gid; repeatable).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    pub allow_gid: Vec<String>,
+    /// Switch to this user (and group; default its primary group) after opening
+    /// the device and the socket. Needs root.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<UserGroup>,
+    /// Seccomp allow-list of the serve loop: kill (default), trap (print the
+    /// syscall number, then die), log (allow, kernel audit log) or off.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Kill, value_name = "MODE")]
+    pub seccomp: SeccompMode,
 }
 
 impl ServeArgs {
-    /// Minimal arguments: socket and device, everything else default.
+    /// Minimal arguments: socket and device, everything else default (seccomp
+    /// kill, socket mode 0600, no peer policy, no user switch).
     pub fn new(socket: PathBuf, device: DeviceSpec) -> Self {
         ServeArgs {
             socket,
@@ -159,7 +317,15 @@ impl ServeArgs {
             eoi: None,
             no_dmago_gate: false,
             no_mmap: false,
+            iommu: crate::vfio::IommuBackend::Auto,
             max_dma_maps: crate::dma::DEFAULT_DMA_LIMIT as u32,
+            socket_mode: 0o600,
+            socket_owner: None,
+            socket_group: None,
+            allow_uid: Vec::new(),
+            allow_gid: Vec::new(),
+            user: None,
+            seccomp: SeccompMode::Kill,
         }
     }
 }
@@ -214,6 +380,9 @@ pub enum CliError {
     /// DT generation.
     #[error("device tree: {0}")]
     Dt(#[from] DtError),
+    /// Host discovery or binding (`list`, `bind`).
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
     /// Output.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -246,18 +415,9 @@ pub fn load_profiles(file: Option<&Path>) -> Result<ProfileSet, CliError> {
     Ok(set)
 }
 
-fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn parse_hex_u32(s: &str) -> Option<u32> {
-    u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
-}
-
 /// Picks the profile for a device: `--profile-name`, else the model's name, else
-/// by sysfs identity (DT compatible, PrimeCell ID, PCI ID).
+/// by sysfs identity (DT compatible, PrimeCell ID, PCI ID; see
+/// [`crate::host::match_profile`]).
 pub fn select_profile(
     set: &ProfileSet,
     spec: &DeviceSpec,
@@ -274,31 +434,9 @@ pub fn select_profile(
             .by_name(&m.name)
             .cloned()
             .ok_or_else(|| CliError::NoProfile(format!("model {}", m.name))),
-        DeviceSpec::Vfio(path) => {
-            if let Ok(raw) = std::fs::read(path.join("of_node/compatible")) {
-                let list: Vec<String> = raw
-                    .split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
-                if let Some(p) = set.by_compatible(&list) {
-                    return Ok(p.clone());
-                }
-            }
-            if let Some(id) = read_trim(&path.join("id")).and_then(|s| parse_hex_u32(&s)) {
-                if let Some(p) = set.by_primecell(id) {
-                    return Ok(p.clone());
-                }
-            }
-            let v = read_trim(&path.join("vendor")).and_then(|s| parse_hex_u32(&s));
-            let d = read_trim(&path.join("device")).and_then(|s| parse_hex_u32(&s));
-            if let (Some(v), Some(d)) = (v, d) {
-                if let Some(p) = set.by_pci(v as u16, d as u16) {
-                    return Ok(p.clone());
-                }
-            }
-            Err(CliError::NoProfile(path.display().to_string()))
-        }
+        DeviceSpec::Vfio(path) => crate::host::match_profile(set, path)
+            .cloned()
+            .ok_or_else(|| CliError::NoProfile(path.display().to_string())),
     }
 }
 
@@ -307,6 +445,7 @@ pub fn open_device(
     spec: &DeviceSpec,
     no_dmago_gate: bool,
     no_mmap: bool,
+    iommu: crate::vfio::IommuBackend,
 ) -> Result<Box<dyn Device>, CliError> {
     match spec {
         DeviceSpec::Model(m) if m.name == "edu" => model::edu::Edu::from_spec(m)
@@ -318,6 +457,7 @@ pub fn open_device(
         DeviceSpec::Vfio(path) => {
             let opts = crate::vfio::VfioOptions {
                 no_mmap,
+                iommu,
                 ..Default::default()
             };
             crate::vfio::open(path, &opts)
@@ -330,7 +470,7 @@ pub fn open_device(
 /// The `dt` subcommand.
 pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let dev = open_device(&args.device, false, true)?;
+    let dev = open_device(&args.device, false, true, crate::vfio::IommuBackend::Auto)?;
     let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let info = dev.info();
     let mut region_sizes = Vec::new();
@@ -368,6 +508,60 @@ pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
                 })
         }
     }
+}
+
+fn write_stdout(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|source| CliError::Write {
+            path: "stdout".into(),
+            source,
+        })
+}
+
+/// The `list` subcommand's output. With no VFIO on the host this is still a
+/// success: it says so and how to get it (and lists candidates, if any).
+pub fn list_output(args: &ListArgs) -> Result<String, CliError> {
+    use crate::host;
+    let set = load_profiles(args.profile.as_deref())?;
+    let status = host::vfio_host_status(&args.sysfs, &args.dev);
+    let devices = host::list_devices(&args.sysfs, &set)?;
+    if args.json {
+        let v = serde_json::json!({ "vfio": status, "devices": devices });
+        return Ok(serde_json::to_string_pretty(&v)
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}\n")));
+    }
+    let mut out = String::new();
+    if !status.available() {
+        out.push_str(
+            "VFIO is not available on this host: only model: devices can be served \
+             (e.g. vfio-sidecar serve -s /tmp/s.sock -d model:pl330).\n\n",
+        );
+    }
+    out.push_str(&host::format_status(&status, false));
+    out.push('\n');
+    out.push_str(&host::format_list(&devices, false));
+    Ok(out)
+}
+
+/// The `list` subcommand (prints [`list_output`]).
+pub fn run_list(args: &ListArgs) -> Result<(), CliError> {
+    write_stdout(&list_output(args)?)
+}
+
+/// The `bind` subcommand: [`crate::host::bind_plan`], then
+/// [`crate::host::apply`] (printing the plan only with `--dry-run`).
+pub fn run_bind(args: &BindArgs) -> Result<(), CliError> {
+    let plan = crate::host::bind_plan(&args.device, &args.sysfs)?;
+    let mut out = Vec::new();
+    let r = crate::host::apply(&plan, args.dry_run, &mut out);
+    write_stdout(&String::from_utf8_lossy(&out))?;
+    r.map_err(CliError::from)
 }
 
 #[cfg(test)]

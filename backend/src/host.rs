@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::profile::{Profile, ProfileSet};
+use crate::vfio::sysfs;
+
 /// Errors of host discovery and binding; each names the fix where there is one.
 #[derive(Debug, Error)]
 pub enum HostError {
@@ -174,33 +177,25 @@ impl fmt::Display for DeviceIdent {
     }
 }
 
-/// AMBA ids are matched on part number and designer (the low 20 bits), like the
-/// Linux `amba_id` tables (`mask = 0x000fffff`): revisions all match.
-const AMBA_ID_MASK: u32 = 0x000f_ffff;
-
-/// Built-in profiles by identity. Kept local for now; the integrator may unify it
-/// with `crate::profile`.
-pub fn known_profile(ident: &DeviceIdent) -> Option<&'static str> {
-    match ident {
-        DeviceIdent::Pci {
-            vendor: 0x1234,
-            device: 0x11e8,
-        } => Some("edu"),
-        DeviceIdent::Pci { .. } => None,
-        DeviceIdent::Amba { periphid } => match periphid & AMBA_ID_MASK {
-            0x0004_1330 => Some("pl330"),
-            0x0004_1804 => Some("sp804"),
-            0x0004_1031 => Some("pl031"),
-            0x0004_1061 => Some("pl061"),
-            _ => None,
-        },
-        DeviceIdent::Compatible(list) => list.iter().find_map(|c| match c.as_str() {
-            "arm,pl330" => Some("pl330"),
-            "arm,sp804" => Some("sp804"),
-            "arm,pl031" => Some("pl031"),
-            "arm,pl061" => Some("pl061"),
-            _ => None,
-        }),
+/// The profile for the device at `dev` (a sysfs device directory), in the order
+/// `serve` uses: DT `compatible`, then the AMBA PeriphID (`<dev>/id`, matched
+/// under each profile's mask), then the PCI vendor/device ids.
+pub fn match_profile<'a>(set: &'a ProfileSet, dev: &Path) -> Option<&'a Profile> {
+    if let Some(list) = of_compatible_list(dev) {
+        if let Some(p) = set.by_compatible(&list) {
+            return Some(p);
+        }
+    }
+    if let Some(id) = read_trim(&dev.join("id")).and_then(|s| parse_hex(&s)) {
+        if let Some(p) = set.by_primecell(id) {
+            return Some(p);
+        }
+    }
+    let vendor = read_trim(&dev.join("vendor")).and_then(|s| parse_hex(&s));
+    let device = read_trim(&dev.join("device")).and_then(|s| parse_hex(&s));
+    match (vendor, device) {
+        (Some(v), Some(d)) => set.by_pci(u16::try_from(v).ok()?, u16::try_from(d).ok()?),
+        _ => None,
     }
 }
 
@@ -229,8 +224,8 @@ pub struct HostDevice {
     /// Identity used for profile matching (`1234:11e8`, `periphid 00241330`,
     /// `arm,pl330,arm,primecell`).
     pub ident: Option<String>,
-    /// Matching built-in profile.
-    pub profile: Option<&'static str>,
+    /// Matching profile (built-in, or from a `--profile` file).
+    pub profile: Option<String>,
     /// For devices not yet bound to VFIO: shell commands that bind them.
     pub bind_commands: Vec<String>,
 }
@@ -261,21 +256,24 @@ fn link_name(path: &Path) -> Option<String> {
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
+/// Every DT `compatible` string of the device's node, most specific first.
+fn of_compatible_list(dev: &Path) -> Option<Vec<String>> {
+    let raw = fs::read(dev.join("of_node/compatible")).ok()?;
+    let list: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    (!list.is_empty()).then_some(list)
+}
+
 fn parse_hex(s: &str) -> Option<u32> {
     u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
 }
 
 /// Reads how a device identifies itself.
 fn read_ident(bus: Bus, dev: &Path) -> Option<DeviceIdent> {
-    let compatible = || {
-        let raw = fs::read(dev.join("of_node/compatible")).ok()?;
-        let list: Vec<String> = raw
-            .split(|&b| b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        (!list.is_empty()).then_some(DeviceIdent::Compatible(list))
-    };
+    let compatible = || of_compatible_list(dev).map(DeviceIdent::Compatible);
     match bus {
         Bus::Pci => {
             let vendor = parse_hex(&read_trim(&dev.join("vendor"))?)?;
@@ -293,40 +291,34 @@ fn read_ident(bus: Bus, dev: &Path) -> Option<DeviceIdent> {
     }
 }
 
-fn is_vfio_driver(d: &str) -> bool {
-    d.contains("vfio")
-}
-
 /// Drivers that may share an IOMMU group with a VFIO device (they do not use the
 /// kernel DMA API on it: `driver_managed_dma`).
 fn driver_ok_in_group(d: &str) -> bool {
-    is_vfio_driver(d) || d == "pci-stub" || d == "pcieport"
+    sysfs::is_vfio_driver(d) || d == "pci-stub" || d == "pcieport"
 }
 
-/// (viable, blockers) of IOMMU group `group`, ignoring device `except` (the one
-/// being looked at: it is, or is about to be, bound to VFIO).
-fn group_viability(sysfs: &Path, group: u32, except: &str) -> (bool, Vec<String>) {
-    let dir = sysfs
-        .join("kernel/iommu_groups")
-        .join(group.to_string())
-        .join("devices");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return (false, vec![format!("{} unreadable", dir.display())]);
-    };
-    let mut blockers: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name == except {
-                return None;
-            }
-            match link_name(&e.path().join("driver")) {
-                Some(d) if !driver_ok_in_group(&d) => Some(format!("{name} ({d})")),
-                _ => None,
-            }
+/// (viable, blockers) of the IOMMU group of `dev`, ignoring device `except` (the
+/// one being looked at: it is, or is about to be, bound to VFIO).
+fn group_viability(dev: &Path, except: &str) -> (bool, Vec<String>) {
+    let members = sysfs::group_members(dev);
+    if members.is_empty() {
+        // The group lists at least the device itself: its directory is unreadable.
+        return (
+            false,
+            vec![format!(
+                "{} unreadable",
+                dev.join("iommu_group/devices").display()
+            )],
+        );
+    }
+    let blockers: Vec<String> = members
+        .into_iter()
+        .filter(|(name, _)| name != except)
+        .filter_map(|(name, drv)| match drv {
+            Some(d) if !driver_ok_in_group(&d) => Some(format!("{name} ({d})")),
+            _ => None,
         })
         .collect();
-    blockers.sort();
     (blockers.is_empty(), blockers)
 }
 
@@ -359,25 +351,31 @@ fn driver_loaded(sysfs: &Path, bus: Bus) -> bool {
         .is_dir()
 }
 
-fn describe(sysfs: &Path, bus: Bus, name: &str, dev: &Path) -> HostDevice {
-    let driver = link_name(&dev.join("driver"));
-    let bound_to_vfio = driver.as_deref().is_some_and(is_vfio_driver);
-    let iommu_group = link_name(&dev.join("iommu_group")).and_then(|g| g.parse().ok());
+fn describe(
+    sysfs_root: &Path,
+    profiles: &ProfileSet,
+    bus: Bus,
+    name: &str,
+    dev: &Path,
+) -> HostDevice {
+    let driver = sysfs::driver(dev);
+    let bound_to_vfio = driver.as_deref().is_some_and(sysfs::is_vfio_driver);
+    let iommu_group = sysfs::iommu_group(dev);
     let (group_viable, group_blockers) = match iommu_group {
-        Some(g) => group_viability(sysfs, g, name),
+        Some(_) => group_viability(dev, name),
         None => (false, vec!["no IOMMU group".to_string()]),
     };
     let ident = read_ident(bus, dev);
-    let profile = ident.as_ref().and_then(known_profile);
+    let profile = match_profile(profiles, dev).map(|p| p.name.clone());
     let bind_commands = if bound_to_vfio {
         Vec::new()
     } else {
         let mut c = Vec::new();
-        if !driver_loaded(sysfs, bus) {
+        if !driver_loaded(sysfs_root, bus) {
             c.push(format!("modprobe {}", bus.module()));
         }
         c.extend(
-            plan_writes(sysfs, bus, name, driver.as_deref())
+            plan_writes(sysfs_root, bus, name, driver.as_deref())
                 .iter()
                 .map(|w| w.to_string()),
         );
@@ -399,9 +397,9 @@ fn describe(sysfs: &Path, bus: Bus, name: &str, dev: &Path) -> HostDevice {
 }
 
 /// Scans `<sysfs>/bus/{platform,amba,pci}/devices` and returns every device bound
-/// to a VFIO driver plus every device matching a built-in profile that is not
-/// (a candidate, with the commands to bind it). Sorted by bus, then name.
-pub fn list_devices(sysfs_root: &Path) -> Result<Vec<HostDevice>> {
+/// to a VFIO driver plus every device matching a profile of `profiles` that is
+/// not (a candidate, with the commands to bind it). Sorted by bus, then name.
+pub fn list_devices(sysfs_root: &Path, profiles: &ProfileSet) -> Result<Vec<HostDevice>> {
     if !sysfs_root.is_dir() {
         return Err(HostError::NoSysfs(sysfs_root.to_path_buf()));
     }
@@ -420,7 +418,7 @@ pub fn list_devices(sysfs_root: &Path) -> Result<Vec<HostDevice>> {
         names.sort();
         for name in names {
             let dev = dir.join(&name);
-            let d = describe(sysfs_root, bus, &name, &dev);
+            let d = describe(sysfs_root, profiles, bus, &name, &dev);
             if d.bound_to_vfio || d.profile.is_some() {
                 out.push(d);
             }
@@ -626,7 +624,7 @@ pub fn bind_plan(device: &str, sysfs_root: &Path) -> Result<BindPlan> {
         return Err(HostError::NoSysfs(sysfs_root.to_path_buf()));
     }
     let (bus, name, dev) = locate(device, sysfs_root)?;
-    let current = link_name(&dev.join("driver"));
+    let current = sysfs::driver(&dev);
     let target = bus.vfio_driver();
     let mut warnings = Vec::new();
     if current.as_deref() == Some(target) {
@@ -653,12 +651,12 @@ pub fn bind_plan(device: &str, sysfs_root: &Path) -> Result<BindPlan> {
             },
         });
     }
-    match link_name(&dev.join("iommu_group")).and_then(|g| g.parse::<u32>().ok()) {
+    match sysfs::iommu_group(&dev) {
         None => warnings.push(format!(
             "{name} has no IOMMU group: VFIO will refuse it unless the IOMMU is enabled"
         )),
         Some(g) => {
-            let (_, others) = group_viability(sysfs_root, g, &name);
+            let (_, others) = group_viability(&dev, &name);
             if !others.is_empty() {
                 warnings.push(format!(
                     "IOMMU group {g} also holds {}: bind them to a VFIO driver (or pci-stub) \
@@ -731,7 +729,7 @@ pub fn apply(plan: &BindPlan, dry_run: bool, out: &mut dyn Write) -> Result<()> 
         writeln!(out, "{w}").map_err(io_err)?;
         log::info!("sysfs: wrote {:?} to {}", w.value, w.path.display());
     }
-    let now = link_name(&plan.device_path.join("driver"));
+    let now = sysfs::driver(&plan.device_path);
     if now.as_deref() != Some(plan.target_driver) {
         return Err(HostError::NotBound {
             name: plan.name.clone(),
@@ -764,7 +762,7 @@ pub fn format_list(devices: &[HostDevice], json: bool) -> String {
                 d.name.clone(),
                 d.driver.clone().unwrap_or_else(|| "-".into()),
                 d.iommu_group.map_or_else(|| "-".into(), |g| g.to_string()),
-                d.profile.unwrap_or("-").to_string(),
+                d.profile.clone().unwrap_or_else(|| "-".into()),
                 d.ident.clone().unwrap_or_else(|| "-".into()),
                 d.status().to_string(),
             ]
@@ -798,7 +796,7 @@ pub fn format_list(devices: &[HostDevice], json: bool) -> String {
         s.push_str(&format!(
             "\nto bind {} ({}): vfio-sidecar bind {}\n  or by hand:\n",
             d.name,
-            d.profile.unwrap_or("no profile"),
+            d.profile.as_deref().unwrap_or("no profile"),
             d.name
         ));
         for c in &d.bind_commands {
@@ -1007,61 +1005,66 @@ mod tests {
     }
 
     #[test]
-    fn profiles() {
-        let pci = |vendor, device| DeviceIdent::Pci { vendor, device };
-        assert_eq!(known_profile(&pci(0x1234, 0x11e8)), Some("edu"));
-        assert_eq!(known_profile(&pci(0x1234, 0x11e9)), None);
-        // QEMU's PL330 reports revision 2; Linux matches revisions away.
+    fn profiles_come_from_the_profile_set() {
+        let f = Fake::new();
+        let set = ProfileSet::default();
+        let name = |files: &[(&str, &[u8])]| {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = format!("d{}", N.fetch_add(1, Ordering::Relaxed));
+            let dev = f.device("platform", &n, None, None, files);
+            match_profile(&set, &dev).map(|p| p.name.clone())
+        };
         assert_eq!(
-            known_profile(&DeviceIdent::Amba {
-                periphid: 0x0024_1330
-            }),
-            Some("pl330")
+            name(&[("vendor", b"0x1234\n"), ("device", b"0x11e8\n")]).as_deref(),
+            Some("edu")
         );
         assert_eq!(
-            known_profile(&DeviceIdent::Amba {
-                periphid: 0x0014_1804
-            }),
-            Some("sp804")
-        );
-        assert_eq!(
-            known_profile(&DeviceIdent::Amba {
-                periphid: 0x0014_1031
-            }),
-            Some("pl031")
-        );
-        assert_eq!(
-            known_profile(&DeviceIdent::Amba {
-                periphid: 0x0004_1061
-            }),
-            Some("pl061")
-        );
-        assert_eq!(
-            known_profile(&DeviceIdent::Amba {
-                periphid: 0x0004_1011
-            }),
+            name(&[("vendor", b"0x1234\n"), ("device", b"0x11e9\n")]),
             None
         );
-        let compat =
-            |l: &[&str]| DeviceIdent::Compatible(l.iter().map(|s| s.to_string()).collect());
-        assert_eq!(
-            known_profile(&compat(&["arm,pl330", "arm,primecell"])),
-            Some("pl330")
+        // QEMU's PL330 reports revision 2; profiles match revisions away.
+        for (id, want) in [
+            (&b"00241330\n"[..], Some("pl330")),
+            (b"00141804\n", Some("sp804")),
+            (b"00141031\n", Some("pl031")),
+            (b"00041061\n", Some("pl061")),
+            (b"00041011\n", None),
+        ] {
+            assert_eq!(name(&[("id", id)]).as_deref(), want, "{id:?}");
+        }
+        for (compat, want) in [
+            (&b"arm,pl330\0arm,primecell\0"[..], Some("pl330")),
+            (b"vendor,foo\0arm,sp804\0", Some("sp804")),
+            (b"arm,pl011\0arm,primecell\0", None),
+        ] {
+            assert_eq!(
+                name(&[("of_node/compatible", compat)]).as_deref(),
+                want,
+                "{compat:?}"
+            );
+        }
+        // A user profile file takes precedence and adds devices.
+        let mut user = ProfileSet::default();
+        user.add_toml(
+            "[[device]]\nname = \"my-uart\"\ncompatible = [\"arm,pl011\"]\n\
+             match = [{ compatible = \"arm,pl011\" }]\n",
+            "test.toml",
+        )
+        .unwrap();
+        let dev = f.device(
+            "platform",
+            "uart",
+            None,
+            None,
+            &[("of_node/compatible", b"arm,pl011\0arm,primecell\0")],
         );
-        assert_eq!(
-            known_profile(&compat(&["vendor,foo", "arm,sp804"])),
-            Some("sp804")
-        );
-        assert_eq!(
-            known_profile(&compat(&["arm,pl011", "arm,primecell"])),
-            None
-        );
+        assert_eq!(match_profile(&user, &dev).unwrap().name, "my-uart");
     }
 
     #[test]
     fn lists_bound_devices_and_candidates() {
         let (f, _) = host();
-        let list = list_devices(&f.root).unwrap();
+        let list = list_devices(&f.root, &ProfileSet::default()).unwrap();
         let names: Vec<&str> = list.iter().map(|d| d.name.as_str()).collect();
         // Sorted by bus (platform, amba, pci); unrelated devices are not listed.
         assert_eq!(
@@ -1081,7 +1084,7 @@ mod tests {
         assert_eq!(edu.iommu_group, Some(5));
         // The root port sharing the group is fine.
         assert!(edu.group_viable, "{:?}", edu.group_blockers);
-        assert_eq!(edu.profile, Some("edu"));
+        assert_eq!(edu.profile.as_deref(), Some("edu"));
         assert_eq!(edu.ident.as_deref(), Some("1234:11e8"));
         assert_eq!(edu.status(), "ready");
         assert!(edu.bind_commands.is_empty());
@@ -1098,7 +1101,7 @@ mod tests {
         assert_eq!(pl330.bus, Bus::Amba);
         assert_eq!(pl330.driver.as_deref(), Some("dma-pl330"));
         assert!(!pl330.bound_to_vfio);
-        assert_eq!(pl330.profile, Some("pl330"));
+        assert_eq!(pl330.profile.as_deref(), Some("pl330"));
         assert_eq!(pl330.ident.as_deref(), Some("periphid 00241330"));
         assert_eq!(pl330.iommu_group, Some(12));
         // Alone in its group: viable once it is bound.
@@ -1120,7 +1123,7 @@ mod tests {
         let gpio = &list[0];
         assert_eq!(gpio.bus, Bus::Platform);
         assert_eq!(gpio.driver.as_deref(), Some("vfio-platform"));
-        assert_eq!(gpio.profile, Some("pl061"));
+        assert_eq!(gpio.profile.as_deref(), Some("pl061"));
         assert_eq!(gpio.ident.as_deref(), Some("arm,pl061,arm,primecell"));
         assert_eq!(gpio.iommu_group, Some(3));
         assert_eq!(gpio.status(), "ready");
@@ -1310,7 +1313,7 @@ mod tests {
         let err = bind_plan("0000:00:04.1", r).unwrap_err();
         assert!(err.to_string().contains("modprobe vfio-pci"), "{err}");
         // Candidates then show the modprobe first.
-        let list = list_devices(r).unwrap();
+        let list = list_devices(r, &ProfileSet::default()).unwrap();
         let edu2 = list.iter().find(|d| d.name == "0000:00:05.0").unwrap();
         assert_eq!(edu2.bind_commands[0], "modprobe vfio-pci");
     }
@@ -1374,7 +1377,7 @@ mod tests {
         let text = format_status(&status, false);
         assert!(text.starts_with("VFIO available: no"), "{text}");
         // The candidate is still listed, without a group, with the modprobe first.
-        let list = list_devices(&f.root).unwrap();
+        let list = list_devices(&f.root, &ProfileSet::default()).unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].iommu_group, None);
         assert!(!list[0].group_viable);
@@ -1388,7 +1391,7 @@ mod tests {
         assert!(vfio_host_status(&f.root, &f.root.join("dev")).available());
 
         assert!(matches!(
-            list_devices(&f.root.join("missing")),
+            list_devices(&f.root.join("missing"), &ProfileSet::default()),
             Err(HostError::NoSysfs(_))
         ));
     }
@@ -1402,7 +1405,7 @@ mod tests {
             eprintln!("skipped: no /sys/bus here");
             return;
         }
-        let list = list_devices(sys).unwrap();
+        let list = list_devices(sys, &ProfileSet::default()).unwrap();
         assert!(list.iter().all(|d| d.bound_to_vfio || d.profile.is_some()));
         let _ = vfio_host_status(sys, Path::new("/dev"));
     }

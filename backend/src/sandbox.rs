@@ -49,7 +49,10 @@ pub enum SandboxError {
     #[error("socket mode {0:#o} is invalid (only permission bits 0o777 are allowed)")]
     InvalidMode(u32),
     /// Another server answers on the socket.
-    #[error("socket {} is in use by a running server", path.display())]
+    #[error(
+        "socket {} is in use by a running server; stop it or choose another --socket path",
+        path.display()
+    )]
     InUse {
         /// The path.
         path: PathBuf,

@@ -18,14 +18,18 @@
 //!   killed): every DMA mapping is dropped (device notified, munmap, fd closed),
 //!   every IRQ eventfd released (`SET_IRQS` trigger disable, unmask eventfd
 //!   removed), the device reset when it supports reset, counters logged, and the
-//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed.
+//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed
+//!   (unless inherited through socket activation).
+//! * **Sandbox** ([`run_serve`]): listener from [`crate::sandbox::open_listener`]
+//!   (socket activation preferred), `--user` privilege drop, the seccomp filter
+//!   (on by default, `--seccomp kill`) before the loop; every accepted peer is
+//!   checked with `SO_PEERCRED` (`--allow-uid`/`--allow-gid`) and a refused one is
+//!   closed unread. `--no-mmap` ([`Backend::set_no_mmap`]) offers no mmap area.
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use thiserror::Error;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
@@ -49,6 +53,9 @@ use crate::device::{
 use crate::dma::DmaTable;
 use crate::irq::{ClearMode, EoiEngine, EoiPolicy};
 use crate::profile::{Profile, Trigger};
+use crate::sandbox::{
+    self, GroupSpec, PeerPolicy, SandboxError, SeccompProfile, SocketOpts, UserSpec,
+};
 
 /// Page size for trapping.
 const PAGE: u64 = 4096;
@@ -98,6 +105,8 @@ pub struct Backend {
     max_dma_maps: u32,
     /// Set after writes/resets: the device may have work left (`run_pending`).
     work_pending: bool,
+    /// `--no-mmap`: offer no sparse-mmap area for any region (every access traps).
+    no_mmap: bool,
 }
 
 impl std::fmt::Debug for Backend {
@@ -141,7 +150,14 @@ impl Backend {
             extension: false,
             max_dma_maps,
             work_pending: false,
+            no_mmap: false,
         })
+    }
+
+    /// `--no-mmap`: never offer a region for mmap (models and VFIO alike), so
+    /// every region access traps into the backend.
+    pub fn set_no_mmap(&mut self, no_mmap: bool) {
+        self.no_mmap = no_mmap;
     }
 
     /// The device.
@@ -514,7 +530,7 @@ impl Handler for Backend {
         let mut offset = 0;
         let mut sparse = None;
         let mut fd = None;
-        if let Some(m) = &r.mmap {
+        if let Some(m) = r.mmap.as_ref().filter(|_| !self.no_mmap) {
             if r.flags & region_flags::MMAP != 0 {
                 let areas = subtract_trapped(&m.areas, &self.trapped_ranges(index));
                 if !areas.is_empty() {
@@ -723,20 +739,9 @@ pub enum ServeError {
     /// Profile inconsistency.
     #[error(transparent)]
     Profile(#[from] crate::profile::ProfileError),
-    /// Another server listens on the path.
-    #[error("socket {0} is in use by a running server; stop it or choose another --socket path")]
-    SocketInUse(PathBuf),
-    /// The path exists and is not a socket.
-    #[error("{0} exists and is not a socket; remove it or choose another --socket path")]
-    NotASocket(PathBuf),
-    /// bind/listen failed.
-    #[error("cannot listen on {path}: {source}")]
-    Bind {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
+    /// Socket, socket activation, peer policy, privilege drop or seccomp setup.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     /// epoll/signalfd setup or wait failed.
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
@@ -751,36 +756,6 @@ const TOKEN_CLIENT: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
 const TOKEN_REJECT: u64 = 4;
 const TOKEN_DEVICE: u64 = 1 << 63;
-
-/// Prepares the socket path: refuses a live server's socket, removes a stale one.
-fn prepare_socket(path: &Path) -> Result<(), ServeError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(ServeError::Bind {
-                path: path.into(),
-                source: e,
-            })
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(ServeError::NotASocket(path.into()));
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(ServeError::SocketInUse(path.into())),
-        Err(_) => {
-            log::warn!(
-                "removing stale socket {} (nothing listens on it)",
-                path.display()
-            );
-            std::fs::remove_file(path).map_err(|e| ServeError::Bind {
-                path: path.into(),
-                source: e,
-            })
-        }
-    }
-}
 
 /// SIGTERM/SIGINT as a signalfd (signals blocked in this thread).
 struct SignalFd {
@@ -837,10 +812,19 @@ impl Drop for SignalFd {
     }
 }
 
+/// Removes the socket file we created when `serve` returns (not an inherited one).
 struct SocketGuard(PathBuf);
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        match std::fs::remove_file(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => log::warn!(
+                "cannot remove socket {}: {e} (after --user the service user needs write \
+                 access to its directory; the next start removes it as stale)",
+                self.0.display()
+            ),
+        }
     }
 }
 
@@ -868,7 +852,7 @@ fn watch(epoll: &Epoll, backend: &Backend, dev_fds: &mut Vec<RawFd>) {
 /// Opens the device per `args` and builds the [`Backend`].
 pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
     let set = load_profiles(args.profile.as_deref())?;
-    let dev = open_device(&args.device, args.no_dmago_gate, args.no_mmap)?;
+    let dev = open_device(&args.device, args.no_dmago_gate, args.no_mmap, args.iommu)?;
     let is_model = matches!(args.device, DeviceSpec::Model(_));
     let profile = match select_profile(&set, &args.device, args.profile_name.as_deref()) {
         Ok(p) => p,
@@ -881,18 +865,90 @@ pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
         }
         Err(e) => return Err(e.into()),
     };
-    Backend::new(dev, profile, args.eoi, is_model, args.max_dma_maps)
+    let mut b = Backend::new(dev, profile, args.eoi, is_model, args.max_dma_maps)?;
+    b.set_no_mmap(args.no_mmap);
+    Ok(b)
+}
+
+/// The socket options of `args` (owner/group resolved to ids).
+pub fn socket_opts(args: &ServeArgs) -> Result<SocketOpts, ServeError> {
+    let owner = match &args.socket_owner {
+        Some(u) => Some(sandbox::resolve_user(&UserSpec::from(u.as_str()))?.0),
+        None => None,
+    };
+    let group = match &args.socket_group {
+        Some(g) => Some(sandbox::resolve_group(&GroupSpec::from(g.as_str()))?),
+        None => None,
+    };
+    Ok(SocketOpts {
+        mode: args.socket_mode,
+        owner,
+        group,
+    })
+}
+
+/// The SO_PEERCRED policy of `args` (names resolved to ids).
+pub fn peer_policy(args: &ServeArgs) -> Result<PeerPolicy, ServeError> {
+    let mut p = PeerPolicy::default();
+    for u in &args.allow_uid {
+        p.allow_uids
+            .push(sandbox::resolve_user(&UserSpec::from(u.as_str()))?.0);
+    }
+    for g in &args.allow_gid {
+        p.allow_gids
+            .push(sandbox::resolve_group(&GroupSpec::from(g.as_str()))?);
+    }
+    Ok(p)
+}
+
+/// Env var of the debug-build test hook: with `1`, the loop makes a forbidden
+/// syscall (`socket(2)`) when it accepts a connection, after the filter is on.
+#[cfg(debug_assertions)]
+pub const TEST_FORBIDDEN_SYSCALL_ENV: &str = "VFIO_SIDECAR_TEST_FORBIDDEN_SYSCALL";
+
+#[cfg(debug_assertions)]
+fn test_forbidden_syscall() {
+    log::warn!("test hook {TEST_FORBIDDEN_SYSCALL_ENV}: calling socket(2) under the filter");
+    // SAFETY: plain syscall with constant arguments; the fd, if any, is closed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        log::warn!("test hook: socket(2) returned {fd} (no seccomp kill)");
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
 }
 
 /// Runs the server until SIGTERM/SIGINT (see the module docs).
+///
+/// Setup order (each step narrows what the next may do; see `crate::sandbox`):
+/// open the device ([`build_backend`]); resolve `--socket-owner/-group`,
+/// `--allow-uid/-gid`; get the listener ([`sandbox::open_listener`]: the
+/// socket-activated one if systemd passed `LISTEN_FDS`, else a new socket with
+/// `--socket-mode`); signalfd and epoll; `--user` ([`sandbox::drop_privileges`]);
+/// the seccomp filter ([`sandbox::apply_seccomp`], unless `--seccomp off`); then
+/// "listening on ..." is logged and the loop runs. After the filter the loop opens
+/// no file and no socket; it logs to stderr only. Every accepted connection is
+/// checked against the peer policy ([`sandbox::check_peer`]): a refused peer is
+/// logged and closed before a single byte is read from it.
 pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut backend = build_backend(&args)?;
-    prepare_socket(&args.socket)?;
-    let listener = UnixListener::bind(&args.socket).map_err(|e| ServeError::Bind {
-        path: args.socket.clone(),
-        source: e,
-    })?;
-    let _guard = SocketGuard(args.socket.clone());
+    let opts = socket_opts(&args)?;
+    let policy = peer_policy(&args)?;
+    #[cfg(debug_assertions)]
+    let forbidden_hook =
+        std::env::var_os(TEST_FORBIDDEN_SYSCALL_ENV).is_some_and(|v| v.as_encoded_bytes() == b"1");
+    let listen = sandbox::open_listener(&args.socket, &opts)?;
+    if listen.activated && opts != SocketOpts::default() {
+        log::warn!(
+            "--socket-mode/--socket-owner/--socket-group ignored: the socket is \
+             socket-activated (set SocketMode=/SocketUser=/SocketGroup= in the socket unit)"
+        );
+    }
+    let _guard = listen
+        .remove_on_exit()
+        .then(|| SocketGuard(listen.path.clone()));
+    let listener = listen.listener;
     listener
         .set_nonblocking(true)
         .map_err(ServeError::EventLoop)?;
@@ -912,6 +968,18 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         TOKEN_SIGNAL,
     )
     .map_err(ServeError::EventLoop)?;
+    if let Some(ug) = &args.user {
+        let group = ug.group.as_deref().map(GroupSpec::from);
+        let c = sandbox::drop_privileges(&UserSpec::from(ug.user.as_str()), group.as_ref())?;
+        log::info!("running as uid {} gid {} ({ug})", c.uid, c.gid);
+    }
+    match args.seccomp.action() {
+        Some(action) => sandbox::apply_seccomp(&SeccompProfile {
+            action,
+            ..SeccompProfile::default()
+        })?,
+        None => log::warn!("--seccomp off: no syscall filter (debugging only)"),
+    }
     let policies: BTreeSet<String> = backend
         .eoi()
         .rules()
@@ -919,15 +987,21 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         .map(|r| r.policy.to_string())
         .collect();
     log::info!(
-        "listening on {} (device {}, profile {}, EOI {})",
-        args.socket.display(),
+        "listening on {}{} (device {}, profile {}, EOI {}{})",
+        listen.path.display(),
+        if listen.activated {
+            " (socket-activated)"
+        } else {
+            ""
+        },
         args.device,
         backend.profile.name,
         if policies.is_empty() {
             "none".to_string()
         } else {
             policies.into_iter().collect::<Vec<_>>().join("/")
-        }
+        },
+        if args.no_mmap { ", no mmap" } else { "" }
     );
     let limits = Limits {
         max_dma_maps: args.max_dma_maps,
@@ -964,6 +1038,18 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                 TOKEN_LISTEN => loop {
                     match listener.accept() {
                         Ok((stream, _)) => {
+                            #[cfg(debug_assertions)]
+                            if forbidden_hook {
+                                test_forbidden_syscall();
+                            }
+                            let cred = match sandbox::check_peer(&stream, &policy) {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    // Closed unread: the peer sees EOF (or ECONNRESET).
+                                    log::warn!("connection refused: {e}");
+                                    continue;
+                                }
+                            };
                             let mut conn = match ServerConnection::new(stream, limits) {
                                 Ok(c) => c,
                                 Err(e) => {
@@ -975,7 +1061,12 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                             // signals, device fds or pending device work.
                             conn.set_batch_limit(MESSAGES_PER_WAKEUP);
                             if client.is_none() {
-                                log::info!("client connected");
+                                log::info!(
+                                    "client connected (pid {} uid {} gid {})",
+                                    cred.pid,
+                                    cred.uid,
+                                    cred.gid
+                                );
                                 if let Err(e) = ctl(
                                     &epoll,
                                     ControlOperation::Add,

@@ -10,7 +10,9 @@
 # Exit status: SCRIPT's, taken from the serial marker "REAL-VFIO-RESULT rc=N"; 125 if the guest
 # never printed it (QEMU crashed, guest panic, TIMEOUT). Setup errors exit 1 with a message.
 # Env: TIMEOUT [180] seconds for QEMU; LOG [] copy the serial log there; VERBOSE [0] 1 = verbose
-#      kernel boot; QEMU [qemu-system-x86_64]; SKIP_SETUP [0] 1 = trust REAL_VFIO_KERNEL/INITRD.
+#      kernel boot; QEMU [qemu-system-x86_64]; SKIP_SETUP [0] 1 = trust REAL_VFIO_KERNEL/INITRD;
+#      REAL_VFIO_IOMMU [] auto|container|iommufd, passed to the guest's environment (the
+#      client's direct phase opens the device with that VfioOptions::iommu).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 files=()
@@ -53,6 +55,8 @@ cat "$REAL_VFIO_INITRD" "$work/extra.cpio" > "$work/initrd.cpio"
 
 append="console=ttyS0 panic=-1 intel_iommu=on mitigations=off cryptomgr.notests tsc=reliable no_timer_check nokaslr"
 [ "${VERBOSE:-0}" = 1 ] || append="$append quiet loglevel=3"
+# The kernel hands unknown key=value words to /init as environment: the client reads it.
+[ -n "${REAL_VFIO_IOMMU:-}" ] && append="$append REAL_VFIO_IOMMU=$REAL_VFIO_IOMMU"
 # panic=-1 + -no-reboot: a guest panic ends QEMU at once instead of hanging until TIMEOUT.
 timeout --foreground -k 5 "${TIMEOUT:-180}" "${QEMU:-qemu-system-x86_64}" \
     -accel tcg -M q35 -cpu qemu64 -m 512 -smp 1 \

@@ -92,6 +92,9 @@ if [ ! -f "$dir/.complete" ]; then
         order+=("$name")
     }
     for m in vfio vfio_iommu_type1 vfio-pci; do add_mod "$m"; done
+    # iommufd (/dev/iommu) when the kernel has it as a module (CONFIG_IOMMUFD=m): the
+    # backend's IommuBackend::Auto then takes it. No Debian kernel up to 7.2 sets it.
+    if grep -q '^CONFIG_IOMMUFD=m' "$cfg"; then add_mod iommufd; fi
     printf '%s\n' "${order[@]}" > "$root/lib/modules/load-order"
     echo "real-vfio setup: modules ${order[*]}" >&2
     rm -rf "$dir/x" "$dir/deb"              # keep only vmlinuz + initrd (~17 MB)

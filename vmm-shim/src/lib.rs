@@ -3,6 +3,7 @@
 //! vfio-user device: DMA memory table, trapped and shared MMIO, irqfd/resamplefd.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod cli;
 pub mod demo;
 pub mod dtb;
 pub mod guest;

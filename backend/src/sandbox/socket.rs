@@ -191,7 +191,7 @@ pub fn create_listener(path: &Path, opts: &SocketOpts) -> Result<UnixListener> {
         return Err(e);
     }
     log::debug!(
-        "listening on {} (mode {:o}, owner {:?}, group {:?})",
+        "socket {} created (mode {:o}, owner {:?}, group {:?})",
         path.display(),
         opts.mode,
         opts.owner,
@@ -596,7 +596,11 @@ mod tests {
         assert!(matches!(err, SandboxError::InUse { .. }), "{err}");
         assert_eq!(
             err.to_string(),
-            format!("socket {} is in use by a running server", path.display())
+            format!(
+                "socket {} is in use by a running server; stop it or choose another \
+                 --socket path",
+                path.display()
+            )
         );
 
         // The first server dies without removing its socket: stale, recreated.

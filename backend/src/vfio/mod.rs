@@ -5,7 +5,10 @@
 //! every failure comes with a fix (wrong driver and the `driver_override` lines to
 //! rebind it, no IOMMU group, no permission on `/dev/vfio/N`, a group that is not
 //! viable and which devices make it so), then opens the type1v2 container, the
-//! group and the device.
+//! group and the device — or, with iommufd ([`IommuBackend`], `VfioOptions::iommu`;
+//! `Auto` takes it when `/dev/iommu` and the device's vfio cdev exist), `/dev/iommu`
+//! and the device cdev (see `iommufd`). Regions, IRQs and reset are the same device
+//! ioctls either way; only DMA mapping differs.
 //!
 //! What comes from where:
 //! * `vfio-ioctls` ([`vfio_ioctls::VfioContainer`]): opening `/dev/vfio/vfio`, the
@@ -27,6 +30,8 @@
 //!   READ and/or WRITE only. Upstream VFIO has no exec flag (bit 2 is
 //!   `VFIO_DMA_MAP_FLAG_VADDR` and is never sent): **exec is implied by any
 //!   mapping, no-exec is not enforceable**; an exec-only mapping is mapped READ.
+//!   Through iommufd the same holds: `IOMMU_IOAS_MAP` with `FIXED_IOVA` and
+//!   `READABLE`/`WRITEABLE` (iommufd has no exec flag either), `IOMMU_IOAS_UNMAP`.
 //! * **Interrupts**: trigger eventfds from the client go straight to
 //!   `VFIO_DEVICE_SET_IRQS`, so interrupts never pass through the backend. Unmask
 //!   eventfds (`ACTION_UNMASK | DATA_EVENTFD`) go to the kernel too, which then
@@ -34,7 +39,9 @@
 //!   `ACTION_UNMASK | DATA_NONE` for any index (not only INTx).
 //! * **Counters**: the backend never sees an interrupt, so `host_interrupts` is read
 //!   from `/proc/interrupts` (the vfio handler's line, see `procirq`), relative to
-//!   when the trigger was set. Interrupts are not otherwise observable, so
+//!   when the trigger was set. The file is opened once by [`open`] and re-read with
+//!   `pread` at offset 0 ([`read_whole_at`]): the serve loop's seccomp filter
+//!   forbids opening files. Interrupts are not otherwise observable, so
 //!   `device_events` equals `host_interrupts`. `unmasks` counts the unmasks the
 //!   backend performs (`unmask_irq` and `SET_IRQS(UNMASK)` with NONE/BOOL data, not
 //!   the kernel's virqfd unmasks). `refires` (PCI INTx only): after an unmask the
@@ -52,9 +59,12 @@
 //!   disconnect; [`VfioDevice::unmap_all`] is a backstop). `open` resets the
 //!   device when it can (`VfioOptions::reset_on_open`).
 
+pub mod iommufd;
 pub mod procirq;
 pub mod sys;
 pub mod sysfs;
+
+pub use iommufd::IommuBackend;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -109,6 +119,8 @@ pub struct VfioOptions {
     pub no_mmap: bool,
     /// Where to read host-interrupt counts from.
     pub proc_interrupts: PathBuf,
+    /// Which IOMMU interface to open the device through (default `Auto`).
+    pub iommu: IommuBackend,
 }
 
 impl Default for VfioOptions {
@@ -118,6 +130,7 @@ impl Default for VfioOptions {
             reset_on_open: true,
             no_mmap: false,
             proc_interrupts: PathBuf::from("/proc/interrupts"),
+            iommu: IommuBackend::Auto,
         }
     }
 }
@@ -179,6 +192,9 @@ pub enum VfioError {
         /// All members with their drivers.
         members: Vec<(String, Option<String>)>,
     },
+    /// The iommufd path was asked for but cannot be used.
+    #[error(transparent)]
+    Iommufd(#[from] iommufd::IommufdError),
     /// Opening the container failed.
     #[error("VFIO container (/dev/vfio/vfio): {0}")]
     Container(#[source] vfio_ioctls::VfioError),
@@ -221,15 +237,12 @@ struct Region {
     name: String,
 }
 
-/// An open VFIO device (container + group + device fd).
+/// An open VFIO device (device fd + container and group, or + iommufd).
 #[derive(Debug)]
 pub struct VfioDevice {
-    // Field order is drop order: device fd, then group (which detaches it from the
-    // container), then the container.
+    // Field order is drop order: the device fd, then the IOMMU side.
     device: File,
-    /// Held open for the device's lifetime (closing it detaches the container).
-    _group: File,
-    container: ContainerHandle,
+    iommu: Iommu,
     sysfs: PathBuf,
     name: String,
     bus: Bus,
@@ -241,6 +254,9 @@ pub struct VfioDevice {
     vectors: HashMap<(u32, u32), VectorState>,
     /// IOVA → size of what this device mapped into the IOMMU.
     mappings: BTreeMap<u64, u64>,
+    /// `/proc/interrupts` opened once at open time and re-read with `pread` at
+    /// offset 0: the serve loop's seccomp filter forbids opening files.
+    proc_interrupts: Option<File>,
 }
 
 /// `vfio_ioctls::VfioContainer` does not implement `Debug`.
@@ -248,6 +264,67 @@ struct ContainerHandle(vfio_ioctls::VfioContainer);
 impl std::fmt::Debug for ContainerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "VfioContainer(fd {})", self.0.as_raw_fd())
+    }
+}
+
+/// The IOMMU side of an open device.
+#[derive(Debug)]
+enum Iommu {
+    /// Legacy: field order is drop order: the group (closing it detaches the
+    /// container), then the container.
+    Container {
+        _group: File,
+        container: ContainerHandle,
+    },
+    /// `/dev/iommu` with the IOAS the device is attached to.
+    Iommufd(iommufd::Iommufd),
+}
+
+impl Iommu {
+    fn backend(&self) -> IommuBackend {
+        match self {
+            Iommu::Container { .. } => IommuBackend::Container,
+            Iommu::Iommufd(_) => IommuBackend::Iommufd,
+        }
+    }
+
+    /// Maps with type1 `flags` (`sys::dma_map_flags`).
+    ///
+    /// # Safety
+    /// As `sys::map_dma`.
+    unsafe fn map(&self, iova: u64, size: u64, vaddr: u64, flags: u32) -> std::io::Result<()> {
+        match self {
+            // SAFETY: forwarded contract.
+            Iommu::Container { container, .. } => unsafe {
+                sys::map_dma(&container.0, iova, size, vaddr, flags)
+            },
+            // SAFETY: forwarded contract.
+            Iommu::Iommufd(fd) => unsafe {
+                fd.map(iova, size, vaddr, iommufd::ioas_map_flags(flags))
+            },
+        }
+    }
+
+    fn unmap(&self, iova: u64, size: u64) -> Result<(), String> {
+        match self {
+            Iommu::Container { container, .. } => {
+                let len = usize::try_from(size).map_err(|_| format!("size {size:#x}"))?;
+                container
+                    .0
+                    .vfio_dma_unmap(iova, len)
+                    .map_err(|e| format!("VFIO_IOMMU_UNMAP_DMA iova {iova:#x}+{size:#x}: {e}"))
+            }
+            Iommu::Iommufd(fd) => fd
+                .unmap(iova, size)
+                .map_err(|e| format!("IOMMU_IOAS_UNMAP iova {iova:#x}+{size:#x}: {e}")),
+        }
+    }
+
+    fn describe(&self, group: u32) -> String {
+        match self {
+            Iommu::Container { .. } => format!("container + group {group}, type1v2"),
+            Iommu::Iommufd(fd) => format!("iommufd IOAS {}, devid {}", fd.ioas(), fd.devid()),
+        }
     }
 }
 
@@ -297,6 +374,26 @@ fn inspect(sysfs_path: &Path) -> Result<(PathBuf, String, Bus, u32), VfioError> 
 /// Opens the VFIO device at `sysfs_path` (see the module documentation).
 pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioError> {
     let (dev, name, bus, group_id) = inspect(sysfs_path)?;
+    let (device, iommu) = match iommufd::choose(opts.iommu, &dev, Path::new("/dev"))? {
+        iommufd::Choice::Container => open_container(&dev, &name, group_id)?,
+        iommufd::Choice::Iommufd { cdev, iommu } => {
+            match iommufd::open_device(&cdev, &iommu, &dev, group_id) {
+                Ok((device, fd)) => (device, Iommu::Iommufd(fd)),
+                // Auto: a node set up for the legacy path only (chown of /dev/vfio/<group>
+                // for an unprivileged backend) still works.
+                Err(e @ VfioError::Permission { .. }) if opts.iommu == IommuBackend::Auto => {
+                    log::warn!("vfio: {e}; falling back to the legacy container (--iommu container silences this)");
+                    open_container(&dev, &name, group_id)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    finish_open(dev, name, bus, group_id, device, iommu, opts)
+}
+
+/// The legacy path: group (viable?), type1v2 container, device fd.
+fn open_container(dev: &Path, name: &str, group_id: u32) -> Result<(File, Iommu), VfioError> {
     let group_path = PathBuf::from(format!("/dev/vfio/{group_id}"));
     if !Path::new("/dev/vfio/vfio").exists() {
         return Err(VfioError::NoVfio("/dev/vfio/vfio".into()));
@@ -306,7 +403,7 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
     if status & VFIO_GROUP_FLAGS_VIABLE == 0 {
         return Err(VfioError::GroupNotViable {
             group: group_id,
-            members: sysfs::group_members(&dev),
+            members: sysfs::group_members(dev),
         });
     }
     let container = vfio_ioctls::VfioContainer::new(None).map_err(|e| match e {
@@ -324,7 +421,24 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
         .map_err(ioctl_err("VFIO_GROUP_SET_CONTAINER"))?;
     sys::set_iommu_type1v2(&container).map_err(ioctl_err("VFIO_SET_IOMMU(TYPE1v2)"))?;
     let device =
-        sys::group_get_device(&group, &name).map_err(ioctl_err("VFIO_GROUP_GET_DEVICE_FD"))?;
+        sys::group_get_device(&group, name).map_err(ioctl_err("VFIO_GROUP_GET_DEVICE_FD"))?;
+    let iommu = Iommu::Container {
+        _group: group,
+        container: ContainerHandle(container),
+    };
+    Ok((device, iommu))
+}
+
+/// Device info, regions and IRQs of a freshly opened device fd (either path).
+fn finish_open(
+    dev: PathBuf,
+    name: String,
+    bus: Bus,
+    group_id: u32,
+    device: File,
+    iommu: Iommu,
+    opts: &VfioOptions,
+) -> Result<VfioDevice, VfioError> {
     let (flags, num_regions, num_irqs) =
         sys::device_info(&device).map_err(ioctl_err("VFIO_DEVICE_GET_INFO"))?;
     let kind = flags & (device_flags::PCI | device_flags::PLATFORM | device_flags::AMBA);
@@ -372,8 +486,7 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
     }
     let mut d = VfioDevice {
         device,
-        _group: group,
-        container: ContainerHandle(container),
+        iommu,
         sysfs: dev,
         name,
         bus,
@@ -388,6 +501,16 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
         bus_master_set: false,
         vectors: HashMap::new(),
         mappings: BTreeMap::new(),
+        proc_interrupts: match File::open(&opts.proc_interrupts) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::warn!(
+                    "vfio: cannot open {}: {e}; host-interrupt counts unavailable",
+                    opts.proc_interrupts.display()
+                );
+                None
+            }
+        },
     };
     if opts.reset_on_open && flags & device_flags::RESET != 0 {
         sys::device_reset(&d.device).map_err(ioctl_err("VFIO_DEVICE_RESET"))?;
@@ -397,11 +520,38 @@ pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioErr
             .map_err(|e| ioctl_err("enable bus master")(std::io::Error::other(e.to_string())))?;
     }
     log::info!(
-        "vfio: opened {} ({:?}, group {group_id}): flags {flags:#x}, {num_regions} regions, {num_irqs} irqs",
+        "vfio: opened {} ({:?}, {}): flags {flags:#x}, {num_regions} regions, {num_irqs} irqs",
         d.name,
-        d.bus
+        d.bus,
+        d.iommu.describe(group_id)
     );
     Ok(d)
+}
+
+/// Upper bound on what [`read_whole_at`] reads (`/proc/interrupts` of a large
+/// machine is a few hundred KiB).
+const PROC_READ_LIMIT: usize = 16 << 20;
+
+/// Reads a whole file from offset 0 with `pread` (no open, no seek: usable under
+/// the serve loop's seccomp filter; procfs seq files restart at offset 0).
+pub fn read_whole_at(f: &File) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match f.read_at(&mut chunk, buf.len() as u64) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        if buf.len() > PROC_READ_LIMIT {
+            return Err(std::io::Error::other("file too large"));
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Name of region `i` (see the module documentation).
@@ -466,6 +616,12 @@ impl VfioDevice {
     /// Is the PCI bus-master bit set by us (false for non-PCI devices)?
     pub fn bus_master_enabled(&self) -> bool {
         self.bus_master_set
+    }
+
+    /// The IOMMU interface the device was opened through (`Container` or
+    /// `Iommufd`, never `Auto`).
+    pub fn iommu_backend(&self) -> IommuBackend {
+        self.iommu.backend()
     }
 
     /// Currently mapped IOVA ranges (iova, size).
@@ -534,7 +690,7 @@ impl VfioDevice {
     }
 
     fn proc_count(&self, index: u32, vector: u32) -> Option<u64> {
-        let text = std::fs::read_to_string(&self.opts.proc_interrupts).ok()?;
+        let text = read_whole_at(self.proc_interrupts.as_ref()?).ok()?;
         let lines = procirq::parse(&text);
         if self.is_pci() {
             procirq::count_for(
@@ -560,13 +716,9 @@ impl VfioDevice {
     }
 
     fn unmap(&mut self, iova: u64, size: u64) -> Result<(), DeviceError> {
-        let len = usize::try_from(size)
-            .map_err(|_| DeviceError::Invalid(format!("unmap size {size:#x}")))?;
-        self.container.0.vfio_dma_unmap(iova, len).map_err(|e| {
-            DeviceError::Io(std::io::Error::other(format!(
-                "VFIO_IOMMU_UNMAP_DMA iova {iova:#x}+{size:#x}: {e}"
-            )))
-        })?;
+        self.iommu
+            .unmap(iova, size)
+            .map_err(|e| DeviceError::Io(std::io::Error::other(e)))?;
         self.mappings.remove(&iova);
         Ok(())
     }
@@ -716,20 +868,20 @@ impl Device for VfioDevice {
         // until it calls `dma_unmap` for this region (the `Device::dma_map` contract), and
         // only ever accesses it with volatile/raw operations.
         unsafe {
-            sys::map_dma(
-                &self.container.0,
-                region.iova,
-                region.size,
-                region.host_addr,
-                flags,
-            )
+            self.iommu
+                .map(region.iova, region.size, region.host_addr, flags)
         }
         .map_err(|e| {
             DeviceError::Io(std::io::Error::new(
                 e.kind(),
                 format!(
-                    "VFIO_IOMMU_MAP_DMA iova {:#x}+{:#x}: {e}",
-                    region.iova, region.size
+                    "{} iova {:#x}+{:#x}: {e}",
+                    match self.iommu.backend() {
+                        IommuBackend::Iommufd => "IOMMU_IOAS_MAP",
+                        _ => "VFIO_IOMMU_MAP_DMA",
+                    },
+                    region.iova,
+                    region.size
                 ),
             ))
         })?;
@@ -884,6 +1036,34 @@ impl Device for VfioDevice {
 mod tests {
     use super::sysfs::tests::{fake_pci, TempDir};
     use super::*;
+
+    #[test]
+    fn proc_interrupts_reread_without_reopening() {
+        // A file that changes between reads: the same fd sees the new contents.
+        let t = TempDir::new("pread");
+        let p = t.0.join("interrupts");
+        let big: String = (0..5000)
+            .map(|i| format!("{i:>4}: {i} x y vfio-intx(d)\n"))
+            .collect();
+        std::fs::write(&p, "CPU0\n 24: 1 x y vfio-intx(d)\n").unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(
+            read_whole_at(&f).unwrap(),
+            "CPU0\n 24: 1 x y vfio-intx(d)\n"
+        );
+        std::fs::write(&p, &big).unwrap();
+        assert_eq!(read_whole_at(&f).unwrap(), big);
+        // procfs seq files restart at offset 0 too.
+        if let Ok(f) = File::open("/proc/interrupts") {
+            let a = read_whole_at(&f).unwrap();
+            let b = read_whole_at(&f).unwrap();
+            assert!(
+                a.starts_with(' ') || a.starts_with("CPU") || a.is_empty(),
+                "{a}"
+            );
+            assert_eq!(a.lines().next(), b.lines().next());
+        }
+    }
 
     #[test]
     fn inspect_accepts_a_vfio_bound_device() {

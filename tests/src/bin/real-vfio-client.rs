@@ -15,6 +15,11 @@
 //! IRQ_STATS, MSI, and an abrupt disconnect after which a new client finds no
 //! leftover mapping or interrupt trigger.
 //!
+//! `REAL_VFIO_IOMMU=auto|container|iommufd` (default `auto`) selects
+//! `VfioOptions::iommu` for the direct phase; it checks which backend `open` chose
+//! (`auto`: iommufd exactly when `/dev/iommu` and the device's vfio cdev exist) and,
+//! on a kernel without `/dev/iommu`, that asking for iommufd fails with the clear error.
+//!
 //! Every wait has a timeout (3 s for an expected event); "nothing arrives" checks
 //! wait 200-300 ms.
 
@@ -26,7 +31,7 @@ use vfio_sidecar::device::{
     device_flags, irq_flags, Device, DmaProt, IrqAction, IrqData, MappedRegion, NoDmaMemory,
     SetIrqs,
 };
-use vfio_sidecar::vfio::{self, VfioOptions};
+use vfio_sidecar::vfio::{self, IommuBackend, VfioOptions};
 
 const EDU_ID: u32 = 0x0100_00ed;
 const IOVA: u64 = 0x10_0000;
@@ -151,18 +156,77 @@ fn set_irqs(d: &mut dyn Device, index: u32, action: IrqAction, data: IrqData, co
     }
 }
 
+/// `VfioOptions` with the IOMMU backend from `REAL_VFIO_IOMMU` (default auto).
+fn opts_from_env() -> Result<VfioOptions, String> {
+    let iommu = match std::env::var("REAL_VFIO_IOMMU") {
+        Ok(v) if !v.is_empty() => v.parse::<IommuBackend>()?,
+        _ => IommuBackend::Auto,
+    };
+    Ok(VfioOptions {
+        iommu,
+        ..VfioOptions::default()
+    })
+}
+
 fn direct(path: &Path) -> u32 {
     let mut c = Checks {
         failed: 0,
         passed: 0,
     };
-    let mut dev = match vfio::open(path, &VfioOptions::default()) {
-        Ok(d) => d,
+    let opts = match opts_from_env() {
+        Ok(o) => o,
         Err(e) => {
-            println!("FAIL vfio::open({}): {e}", path.display());
+            println!("FAIL REAL_VFIO_IOMMU: {e}");
             return 1;
         }
     };
+    let have_iommufd = Path::new("/dev/iommu").exists();
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let cdev = vfio::iommufd::vfio_cdev(&real);
+    println!(
+        "  IOMMU: asked for {}; /dev/iommu {}; vfio cdev {}",
+        opts.iommu,
+        if have_iommufd { "present" } else { "absent" },
+        cdev.as_deref().unwrap_or("none")
+    );
+    if !have_iommufd {
+        // A kernel without iommufd: asking for it fails before touching the device.
+        let e = vfio::open(
+            path,
+            &VfioOptions {
+                iommu: IommuBackend::Iommufd,
+                ..VfioOptions::default()
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+        println!("  --iommu iommufd here: {e:?}");
+        c.check(
+            e.as_ref().is_err_and(|m| {
+                m.contains("/dev/iommu does not exist")
+                    && m.contains("CONFIG_IOMMUFD")
+                    && m.contains("use --iommu container")
+            }),
+            "iommufd asked for without /dev/iommu: clear error",
+        );
+    }
+    let mut dev = match vfio::open(path, &opts) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("FAIL vfio::open({}): {e}", path.display());
+            return c.failed + 1;
+        }
+    };
+    let want = match opts.iommu {
+        IommuBackend::Auto if have_iommufd && cdev.is_some() => IommuBackend::Iommufd,
+        IommuBackend::Auto => IommuBackend::Container,
+        b => b,
+    };
+    println!("  IOMMU backend in use: {}", dev.iommu_backend());
+    c.check(
+        dev.iommu_backend() == want,
+        &format!("IOMMU backend is {want}"),
+    );
     let d: &mut dyn Device = &mut dev;
 
     // ---- info
@@ -446,7 +510,7 @@ fn direct(path: &Path) -> u32 {
     drop(dev);
 
     // reopen: a clean device with no leftover mappings
-    match vfio::open(path, &VfioOptions::default()) {
+    match vfio::open(path, &opts) {
         Ok(mut d2) => {
             c.check(d2.mappings().is_empty(), "reopen: no mappings");
             c.check(rd32(&mut d2, 0) == EDU_ID, "reopen: edu ID");

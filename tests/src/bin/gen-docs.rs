@@ -1,16 +1,15 @@
-//! Generates the man pages and shell completions of `vfio-sidecar` from its
-//! clap definition ([`vfio_sidecar::cli::Cli`]):
+//! Generates the man pages and shell completions of every binary from its clap
+//! definition ([`vfio_sidecar::cli::Cli`], [`vmm_shim::cli::command`]):
 //!
-//! * `docs/man/vfio-sidecar.1` and one page per subcommand
-//!   (`docs/man/vfio-sidecar-serve.1`, ...);
-//! * `contrib/completions/bash/vfio-sidecar`,
-//!   `contrib/completions/zsh/_vfio-sidecar`,
-//!   `contrib/completions/fish/vfio-sidecar.fish`.
+//! * `docs/man/<bin>.1` and one page per visible subcommand
+//!   (`docs/man/vfio-sidecar-serve.1`, `docs/man/vmm-shim-demo.1`, ...);
+//! * `contrib/completions/bash/<bin>`, `contrib/completions/zsh/_<bin>`,
+//!   `contrib/completions/fish/<bin>.fish`.
 //!
 //! Regenerate after changing the command line:
 //!
 //! ```text
-//! cargo run -p vfio-sidecar --bin vfio-sidecar-gen-docs
+//! cargo run -p vfio-sidecar-tests --bin gen-docs
 //! ```
 //!
 //! (writes into the workspace root; `-- --out DIR` writes elsewhere). A unit
@@ -21,43 +20,59 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use vfio_sidecar::cli::Cli;
 
 /// The command to tell people to run.
-const REGEN: &str = "cargo run -p vfio-sidecar --bin vfio-sidecar-gen-docs";
-const BIN: &str = "vfio-sidecar";
+const REGEN: &str = "cargo run -p vfio-sidecar-tests --bin gen-docs";
+/// The binaries whose docs are generated, with their clap commands.
+fn binaries() -> Vec<(&'static str, clap::Command)> {
+    vec![
+        ("vfio-sidecar", vfio_sidecar::cli::Cli::command()),
+        ("vmm-shim", vmm_shim::cli::command()),
+    ]
+}
 
 /// Every generated file: (path relative to the output root, contents).
 fn generate() -> Result<Vec<(PathBuf, Vec<u8>)>, std::io::Error> {
     let mut out = Vec::new();
-    let cmd = Cli::command();
+    for (bin, cmd) in binaries() {
+        generate_one(bin, cmd, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The files of one binary.
+fn generate_one(
+    bin: &'static str,
+    cmd: clap::Command,
+    out: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<(), std::io::Error> {
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
-    out.push((PathBuf::from(format!("docs/man/{BIN}.1")), page));
+    out.push((PathBuf::from(format!("docs/man/{bin}.1")), page));
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         // clap names are `&'static str` without its "string" feature; this
         // one-shot generator leaks a few short strings.
-        let name: &'static str = Box::leak(format!("{BIN}-{}", sub.get_name()).into_boxed_str());
+        let name: &'static str = Box::leak(format!("{bin}-{}", sub.get_name()).into_boxed_str());
         let bin_name: &'static str =
-            Box::leak(format!("{BIN} {}", sub.get_name()).into_boxed_str());
+            Box::leak(format!("{bin} {}", sub.get_name()).into_boxed_str());
         let sub = sub.clone().name(name).bin_name(bin_name);
         let mut page = Vec::new();
         clap_mangen::Man::new(sub)
-            .source(format!("{BIN} {}", env!("CARGO_PKG_VERSION")))
+            .source(format!("{bin} {}", env!("CARGO_PKG_VERSION")))
             .render(&mut page)?;
         out.push((PathBuf::from(format!("docs/man/{name}.1")), page));
     }
     for (shell, path) in [
-        (Shell::Bash, format!("contrib/completions/bash/{BIN}")),
-        (Shell::Zsh, format!("contrib/completions/zsh/_{BIN}")),
-        (Shell::Fish, format!("contrib/completions/fish/{BIN}.fish")),
+        (Shell::Bash, format!("contrib/completions/bash/{bin}")),
+        (Shell::Zsh, format!("contrib/completions/zsh/_{bin}")),
+        (Shell::Fish, format!("contrib/completions/fish/{bin}.fish")),
     ] {
-        let mut c = Cli::command();
+        let mut c = cmd.clone();
         let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut c, BIN, &mut buf);
+        clap_complete::generate(shell, &mut c, bin, &mut buf);
         out.push((PathBuf::from(path), buf));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn write_all(root: &Path) -> Result<Vec<PathBuf>, String> {
@@ -74,7 +89,7 @@ fn write_all(root: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(written)
 }
 
-/// The workspace root (this crate lives in `backend/`).
+/// The workspace root (this crate lives in `tests/`).
 fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
@@ -109,7 +124,7 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("vfio-sidecar-gen-docs: {e}");
+            eprintln!("gen-docs: {e}");
             std::process::exit(1);
         }
     }
@@ -124,8 +139,7 @@ mod tests {
     /// definition generates (regenerated into a temporary directory).
     #[test]
     fn committed_docs_are_current() {
-        let tmp =
-            std::env::temp_dir().join(format!("vfio-sidecar-gen-docs-{}", std::process::id()));
+        let tmp = std::env::temp_dir().join(format!("gen-docs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let files = write_all(&tmp).unwrap();
         let root = workspace_root();
@@ -143,7 +157,8 @@ mod tests {
             for e in dir.flatten() {
                 let rel = PathBuf::from("docs/man").join(e.file_name());
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(BIN) && name.ends_with(".1") && !files.contains(&rel) {
+                let ours = binaries().iter().any(|(b, _)| name.starts_with(b));
+                if ours && name.ends_with(".1") && !files.contains(&rel) {
                     stale.push(format!("{} is no longer generated", rel.display()));
                 }
             }
@@ -168,6 +183,11 @@ mod tests {
             "contrib/completions/bash/vfio-sidecar",
             "contrib/completions/zsh/_vfio-sidecar",
             "contrib/completions/fish/vfio-sidecar.fish",
+            "docs/man/vmm-shim.1",
+            "docs/man/vmm-shim-demo.1",
+            "docs/man/vmm-shim-run.1",
+            "docs/man/vmm-shim-dtb.1",
+            "contrib/completions/bash/vmm-shim",
         ] {
             assert!(
                 names.iter().any(|n| n == want),

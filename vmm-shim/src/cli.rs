@@ -1,0 +1,163 @@
+//! The `vmm-shim` command line (clap), in the library so that the man pages and
+//! shell completions can be generated from it (`cargo run -p vfio-sidecar-tests
+//! --bin gen-docs`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
+
+use crate::runner::{EoiPolicy, RunOptions};
+
+/// Examples shown after `--help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  # Everything in one go: start the backend on the built-in PL330 model on a
+  # private socket, run the guest against it, print the summary, clean up:
+  vmm-shim demo
+  vmm-shim demo --eoi resample --transfers 12 --max-size 65536
+  vmm-shim demo --compare        # all three EOI policies side by side
+
+  # Against a backend you started yourself (its --eoi must match):
+  vfio-sidecar serve --socket /tmp/pl330.sock --device model:pl330 --eoi resample &
+  vmm-shim run --socket /tmp/pl330.sock --eoi resample
+
+  # Map all guest RAM executable for the device (the deliberate fault then runs
+  # like a normal transfer), machine-readable output:
+  vmm-shim run --socket /tmp/pl330.sock --exec-all --json
+
+  # Write an ARM guest device tree holding the node the backend describes:
+  vmm-shim dtb --socket /tmp/pl330.sock -o guest.dtb
+
+What a run does: guest RAM is one memfd, DMA-mapped to the backend at IOVA =
+guest-physical (microcode range READ|WRITE|EXEC, the rest READ|WRITE); device
+region 0 sits at guest-physical 0xfe000000 and every access to it traps and is
+forwarded as REGION_READ/REGION_WRITE; the device's IRQ 0 is a KVM irqfd on PIC
+line 5 (plus a resamplefd with --eoi resample). The guest driver (x86, 32-bit,
+assembled from vmm-shim/guest/pl330_guest.S at build time) probes the PL330,
+writes microcode, starts it with DMAGO through the debug registers, sleeps
+until the interrupt, handles it in Linux's order, and checks the copy.
+The exit status is non-zero if any transfer failed. See docs/shim.md.";
+
+/// A minimal KVM VMM that runs a bare-metal PL330 driver against a vfio-sidecar backend.
+#[derive(Debug, Parser)]
+#[command(name = "vmm-shim", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the guest driver against a backend socket.
+    Run(RunArgs),
+    /// Start a private backend (built-in PL330 model), run the guest, clean up.
+    Demo(DemoArgs),
+    /// Write a guest device tree (ARM) with the backend's device node.
+    Dtb(DtbArgs),
+    /// (internal) serve a device like `vfio-sidecar serve`; used by `demo`.
+    #[command(hide = true)]
+    Backend(vfio_sidecar::cli::ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// Transfers to run (plus one deliberate fault).
+    #[arg(short = 'n', long, default_value_t = 8)]
+    pub transfers: usize,
+    /// Largest transfer in bytes.
+    #[arg(long, default_value_t = 16384)]
+    pub max_size: u32,
+    /// EOI policy; must match the backend's --eoi (decides whether a resamplefd is wired).
+    #[arg(long, value_enum, default_value_t = EoiPolicy::ClearRegister)]
+    pub eoi: EoiPolicy,
+    /// DMA-map all guest RAM executable (comparison: the fault transfer then completes).
+    #[arg(long)]
+    pub exec_all: bool,
+    /// Seed for transfer shapes and data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl GuestArgs {
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            transfers: self.transfers,
+            max_size: self.max_size,
+            eoi: self.eoi,
+            exec_all: self.exec_all,
+            seed: self.seed,
+            timeout: Duration::from_secs(self.timeout.max(1)),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The backend's vfio-user socket.
+    #[arg(short, long)]
+    pub socket: PathBuf,
+    #[command(flatten)]
+    pub guest: GuestArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    /// Backend binary (default: `vfio-sidecar` next to this executable, else
+    /// this executable's built-in copy of the backend).
+    #[arg(long)]
+    pub backend: Option<PathBuf>,
+    /// Device string for the backend.
+    #[arg(long, default_value = "model:pl330")]
+    pub device: String,
+    /// Let the backend start microcode from any address (no DMAGO check): the
+    /// deliberate fault then shows as a channel fault (FSRC/FTR, instruction
+    /// fetch) instead of a manager fault (FSRD/FTRD) at DMAGO.
+    #[arg(long)]
+    pub no_dmago_gate: bool,
+    /// Run once per EOI policy (each with a fresh backend) and print a
+    /// comparison table after the summaries (--eoi is ignored).
+    #[arg(long)]
+    pub compare: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DtbArgs {
+    /// The backend's vfio-user socket.
+    #[arg(short, long)]
+    pub socket: PathBuf,
+    /// Output file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Guest-physical base for the device when the tree is built from the
+    /// description (the backend sent no DTB and suggests no base).
+    #[arg(long, value_parser = parse_u64, default_value = "0xc000000")]
+    pub base: u64,
+    /// First GIC SPI number for the device's interrupts (same case).
+    #[arg(long, default_value_t = 32)]
+    pub irq_base: u32,
+}
+
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
+}
+
+/// The clap command of `vmm-shim` (for generated docs).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
