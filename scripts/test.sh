@@ -6,7 +6,9 @@
 #    QEMU + busybox + cpio for the real-VFIO harness (tests/real-vfio, which fetches its own kernel);
 # 2. checks formatting and clippy;
 # 3. runs the whole test suite (unit, property, cross-process, KVM end-to-end, real VFIO in a nested guest);
-# 4. runs the fuzz targets' committed corpora and the benchmarks' quick mode, so neither can rot.
+# 4. runs every cargo-fuzz target for a short bounded time (FUZZ_SECONDS, default 20); the
+#    committed corpora are also replayed by `cargo test`, and the benchmarks' quick mode runs as
+#    a test (bench/tests/quick.rs), so neither can rot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +36,5 @@ echo "== cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace
+echo "== fuzz targets, ${FUZZ_SECONDS:-20} s each (scripts/fuzz-ci.sh)"
+scripts/fuzz-ci.sh "${FUZZ_SECONDS:-20}"
