@@ -697,6 +697,9 @@ impl Handler for Backend {
 /// Answers a second client's VERSION with EBUSY.
 struct BusyHandler;
 
+/// How long a refused second client may take to accept its EBUSY reply.
+const REJECT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Handler for BusyHandler {
     fn version(&mut self, _client: &Capabilities) -> Result<Capabilities, Errno> {
         Err(Errno::EBUSY)
@@ -1088,6 +1091,10 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                                         EpollEvent::default(),
                                     );
                                 }
+                                // A refused peer gets one read and a short write
+                                // timeout: it cannot hold the loop by not reading.
+                                conn.set_write_timeout(REJECT_WRITE_TIMEOUT);
+                                conn.set_batch_limit(1);
                                 if ctl(
                                     &epoll,
                                     ControlOperation::Add,
@@ -1137,9 +1144,11 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                     watch(&epoll, &backend, &mut dev_fds);
                 }
                 TOKEN_REJECT => {
+                    // One message (its VERSION, answered EBUSY), then it goes.
                     let done = match rejecting.as_mut() {
                         Some(c) => {
-                            !matches!(c.handle_readable(&mut BusyHandler), Ok(ConnStatus::Open))
+                            let _ = c.handle_readable(&mut BusyHandler);
+                            true
                         }
                         None => false,
                     };

@@ -112,6 +112,53 @@ fn second_client_gets_ebusy() {
 }
 
 #[test]
+fn refused_client_gets_one_reply_then_is_closed() {
+    use std::io::{Read, Write};
+    let srv = Sidecar::start("model:scratch", &[]);
+    let mut first = srv.connect(true);
+    // A second peer sends two DEVICE_GET_INFO requests (no VERSION). It is
+    // refused: one error reply to its first message, then the backend closes it,
+    // so a peer that never reads can hold the loop for one short write at most.
+    let mut rogue = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+    let mut msg = Vec::new();
+    for id in 1u16..=2 {
+        msg.extend_from_slice(&id.to_le_bytes());
+        msg.extend_from_slice(&4u16.to_le_bytes()); // DEVICE_GET_INFO
+        msg.extend_from_slice(&32u32.to_le_bytes()); // size incl. header
+        msg.extend_from_slice(&0u32.to_le_bytes()); // flags: command
+        msg.extend_from_slice(&0u32.to_le_bytes()); // errno
+        msg.extend_from_slice(&16u32.to_le_bytes()); // argsz
+        msg.extend_from_slice(&[0u8; 12]);
+    }
+    rogue.write_all(&msg).unwrap();
+    rogue
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Closing with our second message unread makes the kernel report
+    // ECONNRESET once (AF_UNIX); the reply queued before it is still there.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match rogue.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
+            Err(e) => panic!("reading the refused socket: {e}"),
+        }
+    }
+    assert_eq!(
+        got.len(),
+        16,
+        "exactly one error reply (header only), then EOF: {got:?}"
+    );
+    let flags = u32::from_le_bytes(got[8..12].try_into().unwrap());
+    assert_ne!(flags & (1 << 5), 0, "the reply carries the error flag");
+    srv.wait_log("second client refused");
+    // The first client is served all along.
+    first.device_info().unwrap();
+}
+
+#[test]
 fn sigterm_removes_socket_and_exits_zero() {
     let mut srv = Sidecar::start("model:pl330", &[]);
     let _c = srv.connect(false);
