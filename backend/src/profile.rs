@@ -141,6 +141,10 @@ pub enum BitMapping {
     },
 }
 
+/// Largest clear-register offset a profile may name (the end of its page
+/// must fit in a u64; no region is that large anyway).
+pub const CLEAR_OFFSET_MAX: u64 = (1 << 48) - 8;
+
 fn default_width() -> u32 {
     4
 }
@@ -317,6 +321,14 @@ impl Profile {
             if c.offset % u64::from(c.width) != 0 {
                 return Err(bad(format!(
                     "clear register offset {:#x} not aligned to its width",
+                    c.offset
+                )));
+            }
+            // The register's page is trapped: its end, rounded up to a page,
+            // must be representable.
+            if c.offset > CLEAR_OFFSET_MAX {
+                return Err(bad(format!(
+                    "clear register offset {:#x} beyond {CLEAR_OFFSET_MAX:#x}",
                     c.offset
                 )));
             }
@@ -613,6 +625,29 @@ irqs = [{ name = "ev0", trigger = "edge-rising" }, { name = "ev1", clear = { reg
             )
             .unwrap_err();
         assert!(matches!(e, ProfileError::Invalid { .. }), "{e}");
+    }
+
+    #[test]
+    fn clear_register_near_u64_max_is_refused() {
+        // TOML integers are i64, so a file cannot reach the u64 wrap; the bound
+        // keeps the trapped-page arithmetic (offset + width, rounded up to a
+        // page) far from it for profiles built in code as well.
+        let mut set = ProfileSet::default();
+        let e = set
+            .add_toml(
+                "[[device]]\nname = \"x\"\nclear = { region = 0, offset = 0x7ffffffffffffff8, width = 8, mode = \"w1c\" }\n",
+                "far.toml",
+            )
+            .unwrap_err();
+        assert!(matches!(e, ProfileError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("beyond"), "{e}");
+        set.add_toml(
+            &format!(
+                "[[device]]\nname = \"y\"\nclear = {{ region = 0, offset = {CLEAR_OFFSET_MAX:#x}, width = 8, mode = \"w1c\" }}\n"
+            ),
+            "edge.toml",
+        )
+        .unwrap();
     }
 
     #[test]
