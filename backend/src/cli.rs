@@ -251,7 +251,7 @@ pub struct ServeArgs {
     /// socket is used instead and left in place.
     #[arg(short, long)]
     pub socket: PathBuf,
-    /// Device to serve: model:pl330[,opts], model:scratch or vfio:/sys/bus/.../DEVICE.
+    /// Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE.
     #[arg(short, long)]
     pub device: DeviceSpec,
     /// TOML file with extra device profiles (override built-in ones by name).
