@@ -1183,6 +1183,74 @@ mod tests {
         assert!(fd.is_some());
     }
 
+    #[test]
+    fn request_validation() {
+        let mut b = scratch_backend(None, None);
+        let mut buf = [0u8; 4];
+        assert_eq!(b.region_read(0, 0x2000, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, 0x1ffe, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, 0, &mut []), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(1, 0, &mut buf), Err(Errno::EINVAL));
+        assert_eq!(b.region_read(0, u64::MAX - 1, &mut buf), Err(Errno::EINVAL));
+        b.region_read(0, 0, &mut buf).unwrap();
+        assert_eq!(u32::from_le_bytes(buf), crate::model::scratch::SCRATCH_ID);
+        // SET_IRQS beyond the vector count, or on an unknown index.
+        let req = WireSetIrqs::new(0, msg::IrqAction::Mask, IrqDataType::None, 0, 2, Vec::new());
+        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
+        let req = WireSetIrqs::new(3, msg::IrqAction::Mask, IrqDataType::None, 0, 1, Vec::new());
+        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
+        // Trigger disable (count 0, DATA_NONE) is valid.
+        let req = WireSetIrqs::new(
+            0,
+            msg::IrqAction::Trigger,
+            IrqDataType::None,
+            0,
+            0,
+            Vec::new(),
+        );
+        b.set_irqs(&req, Vec::new()).unwrap();
+        // DMA_MAP without fd, unmap of nothing.
+        let m = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x1000, 0x1000);
+        assert_eq!(b.dma_map(&m, None), Err(Errno::EINVAL));
+        assert_eq!(
+            b.dma_unmap(&DmaUnmap::new(0, 0x1000, 0x1000)),
+            Err(Errno::EINVAL)
+        );
+        // Stats need a valid range.
+        assert!(b.irq_stats(0, 0, 1).is_ok());
+        assert_eq!(b.irq_stats(0, 1, 1), Err(Errno::EINVAL));
+        let d = b.description();
+        assert_eq!(d.kind, DeviceKind::Platform);
+        assert_eq!(d.irqs[0].eoi.policy, ext::EoiPolicy::ClearRegister);
+    }
+
+    #[test]
+    fn trapped_pages_are_cut_out() {
+        let areas = [SparseArea {
+            offset: 0,
+            size: 0x4000,
+        }];
+        let out = subtract_trapped(&areas, &[(0x1000, 0x2000)]);
+        assert_eq!(
+            out,
+            vec![
+                SparseArea {
+                    offset: 0,
+                    size: 0x1000
+                },
+                SparseArea {
+                    offset: 0x2000,
+                    size: 0x2000
+                }
+            ]
+        );
+        assert!(subtract_trapped(&areas, &[(0, 0x4000)]).is_empty());
+        assert_eq!(
+            subtract_trapped(&areas, &[(0x8000, 0x9000)]),
+            areas.to_vec()
+        );
+    }
+
     use crate::device::{DeviceInfo, IrqInfo, MappedRegion, RegionInfo};
 
     /// Is `[addr, addr + size)` inside one mapping of this process?
@@ -1283,73 +1351,5 @@ mod tests {
         b.client_gone();
         assert_eq!(b.dma_len(), 0);
         assert_eq!(*seen.lock().unwrap(), vec![true; 4]);
-    }
-
-    #[test]
-    fn request_validation() {
-        let mut b = scratch_backend(None, None);
-        let mut buf = [0u8; 4];
-        assert_eq!(b.region_read(0, 0x2000, &mut buf), Err(Errno::EINVAL));
-        assert_eq!(b.region_read(0, 0x1ffe, &mut buf), Err(Errno::EINVAL));
-        assert_eq!(b.region_read(0, 0, &mut []), Err(Errno::EINVAL));
-        assert_eq!(b.region_read(1, 0, &mut buf), Err(Errno::EINVAL));
-        assert_eq!(b.region_read(0, u64::MAX - 1, &mut buf), Err(Errno::EINVAL));
-        b.region_read(0, 0, &mut buf).unwrap();
-        assert_eq!(u32::from_le_bytes(buf), crate::model::scratch::SCRATCH_ID);
-        // SET_IRQS beyond the vector count, or on an unknown index.
-        let req = WireSetIrqs::new(0, msg::IrqAction::Mask, IrqDataType::None, 0, 2, Vec::new());
-        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
-        let req = WireSetIrqs::new(3, msg::IrqAction::Mask, IrqDataType::None, 0, 1, Vec::new());
-        assert_eq!(b.set_irqs(&req, Vec::new()), Err(Errno::EINVAL));
-        // Trigger disable (count 0, DATA_NONE) is valid.
-        let req = WireSetIrqs::new(
-            0,
-            msg::IrqAction::Trigger,
-            IrqDataType::None,
-            0,
-            0,
-            Vec::new(),
-        );
-        b.set_irqs(&req, Vec::new()).unwrap();
-        // DMA_MAP without fd, unmap of nothing.
-        let m = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x1000, 0x1000);
-        assert_eq!(b.dma_map(&m, None), Err(Errno::EINVAL));
-        assert_eq!(
-            b.dma_unmap(&DmaUnmap::new(0, 0x1000, 0x1000)),
-            Err(Errno::EINVAL)
-        );
-        // Stats need a valid range.
-        assert!(b.irq_stats(0, 0, 1).is_ok());
-        assert_eq!(b.irq_stats(0, 1, 1), Err(Errno::EINVAL));
-        let d = b.description();
-        assert_eq!(d.kind, DeviceKind::Platform);
-        assert_eq!(d.irqs[0].eoi.policy, ext::EoiPolicy::ClearRegister);
-    }
-
-    #[test]
-    fn trapped_pages_are_cut_out() {
-        let areas = [SparseArea {
-            offset: 0,
-            size: 0x4000,
-        }];
-        let out = subtract_trapped(&areas, &[(0x1000, 0x2000)]);
-        assert_eq!(
-            out,
-            vec![
-                SparseArea {
-                    offset: 0,
-                    size: 0x1000
-                },
-                SparseArea {
-                    offset: 0x2000,
-                    size: 0x2000
-                }
-            ]
-        );
-        assert!(subtract_trapped(&areas, &[(0, 0x4000)]).is_empty());
-        assert_eq!(
-            subtract_trapped(&areas, &[(0x8000, 0x9000)]),
-            areas.to_vec()
-        );
     }
 }
