@@ -794,7 +794,7 @@ impl SignalFd {
 
 impl Drop for SignalFd {
     fn drop(&mut self) {
-        // SAFETY: restores the thread's previous signal mask saved in `new`.
+        // SAFETY: restores the thread's previous signal mask, saved in `old` by `SignalFd::new`.
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
         }
