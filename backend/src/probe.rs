@@ -563,6 +563,9 @@ fn parse_pci_header(cfg: &[u8]) -> Option<PciHeader> {
     })
 }
 
+/// Largest IRQ count [`description_dts`] builds a node for (GIC SPIs: 988).
+pub const MAX_DESC_IRQS: u32 = 1024;
+
 /// Builds the DTS text of a described platform/AMBA device.
 pub fn description_dts(desc: &DeviceDescription, region_sizes: &[u64]) -> Option<String> {
     if desc.kind == DeviceKind::Pci || desc.compatible.is_empty() {
@@ -586,7 +589,21 @@ pub fn description_dts(desc: &DeviceDescription, region_sizes: &[u64]) -> Option
             frequency: u32::try_from(c.frequency_hz).unwrap_or(u32::MAX),
         })
         .collect();
-    let num_irqs = desc.irqs.iter().map(|i| i.index + 1).max().unwrap_or(0);
+    // The description comes from the server: an IRQ index is a count of
+    // entries to build, so it is bounded (a GIC has at most 988 SPIs).
+    let num_irqs = desc
+        .irqs
+        .iter()
+        .map(|i| i.index.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    if num_irqs > MAX_DESC_IRQS {
+        log::warn!(
+            "device description names IRQ index {}: too large for a DT node",
+            num_irqs - 1
+        );
+        return None;
+    }
     profile.irqs = (0..num_irqs)
         .map(|i| {
             let d = desc.irqs.iter().find(|d| d.index == i);
@@ -1306,6 +1323,33 @@ mod tests {
             ..d
         };
         assert!(description_dts(&anon, &[0x1000]).is_none());
+    }
+
+    #[test]
+    fn dts_from_a_hostile_description_does_not_panic() {
+        use vfio_sidecar_protocol::ext::{EoiDesc, IrqDesc};
+        let d = DeviceDescription {
+            kind: DeviceKind::Amba,
+            compatible: vec!["x,y".into()],
+            clocks: vec![],
+            regions: vec![],
+            irqs: vec![IrqDesc {
+                index: u32::MAX,
+                name: "far".into(),
+                trigger: IrqTrigger::LevelHigh,
+                eoi: EoiDesc {
+                    policy: EoiPolicy::None,
+                    clear: None,
+                },
+            }],
+            dt_node_name: None,
+        };
+        // index + 1 overflowed, then 2^32 IRQ entries were to be built.
+        assert!(description_dts(&d, &[0x1000]).is_none());
+        // A region size near u64::MAX: its page-rounded size wrapped.
+        let d = DeviceDescription { irqs: vec![], ..d };
+        assert!(description_dts(&d, &[u64::MAX]).is_none());
+        assert!(description_dts(&d, &[0x1000]).is_some());
     }
 
     #[test]
