@@ -120,14 +120,6 @@ pub struct ReadSpec {
     pub size: u64,
 }
 
-fn parse_num(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
-}
-
 impl std::str::FromStr for ReadSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -137,7 +129,7 @@ impl std::str::FromStr for ReadSpec {
                 "bad --read {s:?}: expected REGION:OFFSET:SIZE, e.g. config:0:64 or 0:0x10:4"
             ));
         };
-        let size = parse_num(size)?;
+        let size = crate::cli::parse_u64(size)?;
         if size == 0 || size > MAX_READ {
             return Err(format!("--read size {size} must be 1..={MAX_READ}"));
         }
@@ -148,7 +140,7 @@ impl std::str::FromStr for ReadSpec {
         };
         Ok(ReadSpec {
             region,
-            offset: parse_num(offset)?,
+            offset: crate::cli::parse_u64(offset)?,
             size,
         })
     }
