@@ -563,13 +563,6 @@ pub fn description_dts(desc: &DeviceDescription, region_sizes: &[u64]) -> Option
     if desc.kind == DeviceKind::Pci || desc.compatible.is_empty() {
         return None;
     }
-    let trig = |t: IrqTrigger| match t {
-        IrqTrigger::LevelHigh => Trigger::LevelHigh,
-        IrqTrigger::LevelLow => Trigger::LevelLow,
-        IrqTrigger::EdgeRising => Trigger::EdgeRising,
-        IrqTrigger::EdgeFalling => Trigger::EdgeFalling,
-        IrqTrigger::EdgeBoth => Trigger::EdgeBoth,
-    };
     let mut profile = Profile::generic();
     profile.name = desc.dt_node_name.clone().unwrap_or_else(|| "device".into());
     profile.compatible = desc.compatible.clone();
@@ -601,7 +594,7 @@ pub fn description_dts(desc: &DeviceDescription, region_sizes: &[u64]) -> Option
             let d = desc.irqs.iter().find(|d| d.index == i);
             IrqProfile {
                 name: d.map(|d| d.name.clone()),
-                trigger: d.map(|d| trig(d.trigger)).unwrap_or_default(),
+                trigger: d.map(|d| Trigger::from(d.trigger)).unwrap_or_default(),
                 clear: None,
             }
         })

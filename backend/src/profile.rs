@@ -125,6 +125,32 @@ impl Trigger {
     }
 }
 
+impl From<Trigger> for vfio_sidecar_protocol::ext::IrqTrigger {
+    fn from(t: Trigger) -> Self {
+        use vfio_sidecar_protocol::ext::IrqTrigger as W;
+        match t {
+            Trigger::LevelHigh => W::LevelHigh,
+            Trigger::LevelLow => W::LevelLow,
+            Trigger::EdgeRising => W::EdgeRising,
+            Trigger::EdgeFalling => W::EdgeFalling,
+            Trigger::EdgeBoth => W::EdgeBoth,
+        }
+    }
+}
+
+impl From<vfio_sidecar_protocol::ext::IrqTrigger> for Trigger {
+    fn from(t: vfio_sidecar_protocol::ext::IrqTrigger) -> Self {
+        use vfio_sidecar_protocol::ext::IrqTrigger as W;
+        match t {
+            W::LevelHigh => Trigger::LevelHigh,
+            W::LevelLow => Trigger::LevelLow,
+            W::EdgeRising => Trigger::EdgeRising,
+            W::EdgeFalling => Trigger::EdgeFalling,
+            W::EdgeBoth => Trigger::EdgeBoth,
+        }
+    }
+}
+
 /// Which bits of a clear register belong to an IRQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -648,6 +674,26 @@ irqs = [{ name = "ev0", trigger = "edge-rising" }, { name = "ev1", clear = { reg
             "edge.toml",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn trigger_converts_to_the_wire_and_back() {
+        use vfio_sidecar_protocol::ext::IrqTrigger;
+        for t in [
+            Trigger::LevelHigh,
+            Trigger::LevelLow,
+            Trigger::EdgeRising,
+            Trigger::EdgeFalling,
+            Trigger::EdgeBoth,
+        ] {
+            let w = IrqTrigger::from(t);
+            // Same kebab-case spelling on both sides.
+            assert_eq!(
+                serde_json::to_string(&w).unwrap(),
+                serde_json::to_string(&t).unwrap()
+            );
+            assert_eq!(Trigger::from(w), t);
+        }
     }
 
     #[test]

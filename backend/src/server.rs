@@ -35,8 +35,7 @@ use thiserror::Error;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
 use vfio_sidecar_protocol::error::Errno;
 use vfio_sidecar_protocol::ext::{
-    self, ClockDesc, DeviceDescription, DeviceKind, EoiDesc, IrqDesc, IrqStats, IrqTrigger,
-    RegionDesc,
+    self, ClockDesc, DeviceDescription, DeviceKind, EoiDesc, IrqDesc, IrqStats, RegionDesc,
 };
 use vfio_sidecar_protocol::message::{
     self as msg, DeviceInfo as WireDeviceInfo, DmaMap, DmaUnmap, IrqDataType,
@@ -52,7 +51,7 @@ use crate::device::{
 };
 use crate::dma::DmaTable;
 use crate::irq::{ClearMode, EoiEngine, EoiPolicy};
-use crate::profile::{Profile, Trigger};
+use crate::profile::Profile;
 use crate::sandbox::{
     self, GroupSpec, PeerPolicy, SandboxError, SeccompProfile, SocketOpts, UserSpec,
 };
@@ -385,13 +384,7 @@ impl Backend {
                 IrqDesc {
                     index: i,
                     name: p.name.unwrap_or_else(|| format!("irq{i}")),
-                    trigger: match p.trigger {
-                        Trigger::LevelHigh => IrqTrigger::LevelHigh,
-                        Trigger::LevelLow => IrqTrigger::LevelLow,
-                        Trigger::EdgeRising => IrqTrigger::EdgeRising,
-                        Trigger::EdgeFalling => IrqTrigger::EdgeFalling,
-                        Trigger::EdgeBoth => IrqTrigger::EdgeBoth,
-                    },
+                    trigger: p.trigger.into(),
                     eoi,
                 }
             })
