@@ -40,7 +40,7 @@ pub struct Limits {
     pub max_msg_fds: u32,
     /// Largest `count` of a data transfer accepted (default 1 MiB).
     pub max_data_xfer_size: u32,
-    /// Most DMA mappings valid at once (default 65536).
+    /// Most DMA mappings valid at once (default 65535: QEMU's vfio-user client refuses more).
     pub max_dma_maps: u32,
 }
 
@@ -49,7 +49,7 @@ impl Default for Limits {
         Limits {
             max_msg_fds: 16,
             max_data_xfer_size: DEFAULT_MAX_DATA_XFER_SIZE,
-            max_dma_maps: 65536,
+            max_dma_maps: 65535,
         }
     }
 }
