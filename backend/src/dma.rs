@@ -542,6 +542,21 @@ impl DmaTable {
             .collect()
     }
 
+    /// Removes the entry at exactly `iova`/`size` from the table WITHOUT
+    /// unmapping its host memory, which stays mapped (and its fd open) for the
+    /// life of the process: for a mapping the device or IOMMU failed to drop,
+    /// where freeing the pages could let the device write into reused memory.
+    /// Returns the number of bytes kept mapped.
+    pub fn quarantine(&mut self, iova: u64, size: u64) -> Option<u64> {
+        match self.entries.get(&iova) {
+            Some(e) if e.size == size => {}
+            _ => return None,
+        }
+        let e = self.entries.remove(&iova)?;
+        std::mem::forget(e);
+        Some(size)
+    }
+
     /// Removes every entry (unmap-all, disconnect).
     pub fn clear(&mut self) -> Vec<MappedRegion> {
         let all = self.regions();

@@ -47,7 +47,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::cli::{load_profiles, open_device, select_profile, CliError, DeviceSpec, ServeArgs};
 use crate::device::{
     device_flags, irq_flags, region_flags, Device, DeviceError, DmaProt, IrqAction, IrqData,
-    SetIrqs, SparseArea,
+    MappedRegion, SetIrqs, SparseArea,
 };
 use crate::dma::DmaTable;
 use crate::irq::{ClearMode, EoiEngine, EoiPolicy};
@@ -255,10 +255,22 @@ impl Backend {
     fn unmap_all_dma(&mut self) {
         for r in self.dma.regions() {
             if let Err(e) = self.dev.dma_unmap(&r) {
-                log::warn!("device DMA unmap of {:#x}+{:#x}: {e}", r.iova, r.size);
+                self.quarantine(&r, &e);
             }
         }
         self.dma.clear();
+    }
+
+    /// The device (IOMMU) failed to drop a mapping: it may still reach those
+    /// pages, so they are never unmapped or reused in this process.
+    fn quarantine(&mut self, r: &MappedRegion, e: &DeviceError) {
+        log::error!(
+            "device DMA unmap of {:#x}+{:#x} failed ({e}): keeping its memory mapped for \
+             the life of the backend so the device cannot reach freed pages",
+            r.iova,
+            r.size
+        );
+        self.dma.quarantine(r.iova, r.size);
     }
 
     /// Cleanup after the client went away: DMA mappings, IRQ eventfds, reset.
@@ -504,7 +516,9 @@ impl Handler for Backend {
             return Err(Errno::EINVAL);
         };
         if let Err(e) = self.dev.dma_unmap(&r) {
-            log::warn!("device DMA unmap {:#x}: {e}", r.iova);
+            // The IOMMU may still map it: never free it, and tell the client.
+            self.quarantine(&r, &e);
+            return Err(errno_of(&e));
         }
         self.dma
             .unmap(req.address, req.size)
@@ -1324,7 +1338,7 @@ mod tests {
         );
     }
 
-    use crate::device::{DeviceInfo, IrqInfo, MappedRegion, RegionInfo};
+    use crate::device::{DeviceInfo, IrqInfo, RegionInfo};
 
     /// Is `[addr, addr + size)` inside one mapping of this process?
     fn is_mapped(addr: u64, size: u64) -> bool {
@@ -1347,6 +1361,8 @@ mod tests {
     struct UnmapProbe {
         inner: Box<dyn Device>,
         seen: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+        /// Make every `dma_unmap` fail, as a refused IOMMU unmap would.
+        fail_unmap: bool,
     }
 
     impl Device for UnmapProbe {
@@ -1379,6 +1395,11 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(is_mapped(r.host_addr, r.size));
+            if self.fail_unmap {
+                return Err(DeviceError::Io(std::io::Error::from_raw_os_error(
+                    libc::EIO,
+                )));
+            }
             self.inner.dma_unmap(r)
         }
         fn set_irqs(&mut self, req: SetIrqs) -> Result<(), DeviceError> {
@@ -1404,6 +1425,7 @@ mod tests {
         let dev = UnmapProbe {
             inner: Box::new(inner),
             seen: seen.clone(),
+            fail_unmap: false,
         };
         let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
         let rw = msg::DMA_MAP_FLAG_READ | msg::DMA_MAP_FLAG_WRITE;
@@ -1424,5 +1446,38 @@ mod tests {
         b.client_gone();
         assert_eq!(b.dma_len(), 0);
         assert_eq!(*seen.lock().unwrap(), vec![true; 4]);
+    }
+
+    #[test]
+    fn mapping_the_device_failed_to_drop_is_never_freed() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let set = crate::profile::ProfileSet::default();
+        let profile = set.by_name("scratch").unwrap().clone();
+        let inner = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
+        let dev = UnmapProbe {
+            inner: Box::new(inner),
+            seen: seen.clone(),
+            fail_unmap: true,
+        };
+        let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        let rw = msg::DMA_MAP_FLAG_READ | msg::DMA_MAP_FLAG_WRITE;
+        let map = |b: &mut Backend, iova: u64| -> u64 {
+            let fd = crate::dma::memfd("quarantine", 0x2000).unwrap();
+            b.dma_map(&DmaMap::new(rw, 0, iova, 0x2000), Some(fd))
+                .unwrap();
+            b.dma.get_exact(iova, 0x2000).unwrap().host_addr
+        };
+        // A single unmap the device refuses: the client hears the errno, the
+        // entry leaves the table, the host pages stay mapped.
+        let h1 = map(&mut b, 0x10000);
+        let e = b.dma_unmap(&DmaUnmap::new(0, 0x10000, 0x2000)).unwrap_err();
+        assert_eq!(e, Errno(libc::EIO));
+        assert_eq!(b.dma_len(), 0);
+        assert!(is_mapped(h1, 0x2000), "quarantined pages were unmapped");
+        // The same on disconnect.
+        let h2 = map(&mut b, 0x20000);
+        b.client_gone();
+        assert_eq!(b.dma_len(), 0);
+        assert!(is_mapped(h2, 0x2000), "quarantined pages were unmapped");
     }
 }
