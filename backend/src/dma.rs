@@ -352,6 +352,18 @@ impl Default for DmaTable {
     }
 }
 
+/// The kernel subsystem of a character device (`/sys/dev/char/M:m/subsystem`
+/// points at e.g. `.../class/dax` or `.../class/mem`), if sysfs tells.
+fn char_dev_subsystem(rdev: libc::dev_t) -> Option<String> {
+    let link = std::fs::read_link(format!(
+        "/sys/dev/char/{}:{}/subsystem",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ))
+    .ok()?;
+    link.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
 fn is_aligned(v: u64) -> bool {
     v % DMA_PAGE_SIZE == 0
 }
@@ -463,6 +475,19 @@ impl DmaTable {
             return Err(DmaError::NotMappable(format!(
                 "file type {fmt:#o} cannot back guest memory"
             )));
+        }
+        // A character device may be device MMIO (a VFIO cdev or device fd of
+        // another backend, /dev/mem, UIO): only device-DAX memory is RAM.
+        if fmt == libc::S_IFCHR {
+            let subsystem = char_dev_subsystem(st.st_rdev);
+            if subsystem.as_deref() != Some("dax") {
+                return Err(DmaError::NotMappable(format!(
+                    "character device {}:{} ({}) is not RAM: only device-DAX may back guest memory",
+                    libc::major(st.st_rdev),
+                    libc::minor(st.st_rdev),
+                    subsystem.as_deref().unwrap_or("unknown subsystem")
+                )));
+            }
         }
         let mut mprot = 0;
         if prot.read || prot.exec {
@@ -701,6 +726,24 @@ mod tests {
 
     fn mfd(size: u64) -> OwnedFd {
         memfd("dma-test", size).unwrap()
+    }
+
+    #[test]
+    fn character_devices_other_than_dax_are_refused() {
+        // /dev/zero mmaps fine, but a character device may be device MMIO
+        // (another backend's VFIO cdev, /dev/mem): only device-DAX is RAM.
+        let zero = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        let mut t = DmaTable::default();
+        let e = t.map(0x10000, 0x1000, zero.into(), 0, RW).unwrap_err();
+        assert!(
+            matches!(&e, DmaError::NotMappable(m) if m.contains("only device-DAX")),
+            "{e}"
+        );
+        assert!(t.is_empty());
     }
 
     #[test]
