@@ -107,6 +107,11 @@ pub struct Backend {
     work_pending: bool,
     /// `--no-mmap`: offer no sparse-mmap area for any region (every access traps).
     no_mmap: bool,
+    /// Size of every region, read once at construction (a device's regions do
+    /// not change for its life), so a trapped access is bounds-checked without
+    /// building the region description. `None`: `region_info` failed then; such
+    /// an access asks the device again (and gets its error).
+    region_sizes: Vec<Option<u64>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -131,8 +136,11 @@ impl Backend {
         let info = dev.info();
         let eoi = profile.eoi_engine(info.num_irqs, policy)?;
         let mut dma = DmaTable::new(max_dma_maps as usize);
+        let mut region_sizes = Vec::new();
         for i in 0..info.num_regions {
-            if let Ok(r) = dev.region_info(i) {
+            let r = dev.region_info(i);
+            region_sizes.push(r.as_ref().ok().map(|r| r.size));
+            if let Ok(r) = r {
                 if let Some(m) = &r.mmap {
                     if let Err(e) = dma.forbid_file(&m.fd) {
                         log::warn!("cannot stat region {i} fd: {e}");
@@ -151,6 +159,7 @@ impl Backend {
             max_dma_maps,
             work_pending: false,
             no_mmap: false,
+            region_sizes,
         })
     }
 
@@ -187,13 +196,13 @@ impl Backend {
         if len == 0 {
             return Err(Errno::EINVAL);
         }
-        let info = self.dev.region_info(region).map_err(|e| errno_of(&e))?;
+        let size = match self.region_sizes.get(region as usize).copied().flatten() {
+            Some(size) => size,
+            None => self.dev.region_info(region).map_err(|e| errno_of(&e))?.size,
+        };
         let end = offset.checked_add(len as u64).ok_or(Errno::EINVAL)?;
-        if end > info.size {
-            log::debug!(
-                "region {region} access [{offset:#x}, +{len}) beyond size {:#x}",
-                info.size
-            );
+        if end > size {
+            log::debug!("region {region} access [{offset:#x}, +{len}) beyond size {size:#x}");
             return Err(Errno::EINVAL);
         }
         Ok(())
