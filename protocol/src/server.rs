@@ -25,7 +25,7 @@ use crate::error::{DecodeError, Errno, ServerError, TransportError};
 use crate::ext::{DeviceDescription, IrqStats};
 use crate::header::{command as cmd, Header, MsgType};
 use crate::message::*;
-use crate::transport::{send_message, FrameError, Incoming, Message, MessageReader};
+use crate::transport::{send_message, Filled, FrameError, Incoming, Message, MessageReader};
 
 /// State of a connection after [`ServerConnection::handle_readable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,12 +260,32 @@ impl ServerConnection {
         self.dma_maps
     }
 
-    /// Reads everything available, handles every complete message and writes
+    /// Receives what is available, handles every complete message and writes
     /// the replies. Partial messages are kept for the next call. `Err` or
     /// `Ok(Closed)`: drop the connection.
+    ///
+    /// The socket is not drained to `EAGAIN`: after a receive that returned
+    /// less than the space offered and no fds (the socket was empty when it
+    /// returned), the buffered messages are handled and the call returns; bytes
+    /// that arrive later make a level-triggered poll report the socket again.
+    /// Complete messages already buffered are always handled before returning.
     pub fn handle_readable(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
+        let mut may_receive = true;
         loop {
-            let inc = match self.reader.read_message(self.sock.as_fd()) {
+            let next = match self.reader.take() {
+                Ok(Some(i)) => Ok(Some(i)),
+                Ok(None) if !may_receive => return Ok(ConnStatus::Open),
+                Ok(None) => match self.reader.fill(self.sock.as_fd(), false) {
+                    Ok(Filled::Empty) => return Ok(ConnStatus::Open),
+                    Ok(Filled::Data { maybe_more }) => {
+                        may_receive = maybe_more;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let inc = match next {
                 Ok(None) => return Ok(ConnStatus::Open),
                 Ok(Some(i)) => i,
                 Err(TransportError::Disconnected) => return Ok(ConnStatus::Closed),
