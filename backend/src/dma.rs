@@ -32,9 +32,15 @@
 //! copied with vm-memory's volatile slices: no Rust reference to guest memory is
 //! ever created, since the client can change it at any time.
 //!
-//! Known limit: a client that shrinks a mapped memfd after `DMA_MAP` makes later
-//! device accesses fault with SIGBUS in this process (as with vhost-user); sealed
-//! memfds (`F_SEAL_SHRINK`) avoid it.
+//! Shrinking files: a client can shrink a mapped file after `DMA_MAP`; a plain
+//! load or store to a page beyond the new end raises SIGBUS and would kill this
+//! process (as with vhost-user). So only mappings of memfds sealed with
+//! `F_SEAL_SHRINK` (QEMU's `memory-backend-memfd` seals by default) are copied
+//! with plain volatile copies; every other mapping is accessed with
+//! `process_vm_readv`/`process_vm_writev` on this process, where the kernel turns
+//! the bus error into `EFAULT`, which becomes a [`DmaFault`] (the device sees a
+//! bus error, as hardware would). A seccomp policy must allow those two
+//! syscalls (on the own pid).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -219,6 +225,59 @@ impl HostMap {
     ) -> Result<vm_memory::VolatileSlice<'_, ()>, vm_memory::volatile_memory::Error> {
         self.region.get_slice(off, n)
     }
+
+    /// Copies `dst.len()` bytes at `off` out of the mapping through the kernel
+    /// (`process_vm_readv` on ourselves): a page the file no longer backs gives
+    /// an error instead of SIGBUS.
+    fn read_checked(&self, off: usize, dst: &mut [u8]) -> bool {
+        if off.checked_add(dst.len()).is_none_or(|e| e > self.len) {
+            return false;
+        }
+        let local = libc::iovec {
+            iov_base: dst.as_mut_ptr().cast(),
+            iov_len: dst.len(),
+        };
+        let remote = libc::iovec {
+            // Inside the mapping: checked above.
+            iov_base: self.addr.cast::<u8>().wrapping_add(off).cast(),
+            iov_len: dst.len(),
+        };
+        // SAFETY: `local` is our writable buffer; `remote` is read by the kernel
+        // with fault handling (never dereferenced in user mode here).
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        n >= 0 && n as usize == dst.len()
+    }
+
+    /// Copies `src` into the mapping at `off` through the kernel
+    /// (`process_vm_writev` on ourselves); see [`HostMap::read_checked`].
+    fn write_checked(&self, off: usize, src: &[u8]) -> bool {
+        if off.checked_add(src.len()).is_none_or(|e| e > self.len) {
+            return false;
+        }
+        let local = libc::iovec {
+            iov_base: src.as_ptr() as *mut libc::c_void,
+            iov_len: src.len(),
+        };
+        let remote = libc::iovec {
+            // Inside the mapping: checked above.
+            iov_base: self.addr.cast::<u8>().wrapping_add(off).cast(),
+            iov_len: src.len(),
+        };
+        // SAFETY: `local` is only read; the kernel writes `remote` (our shared
+        // mapping, mapped writable for write-permitted entries) with fault
+        // handling.
+        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        n >= 0 && n as usize == src.len()
+    }
+}
+
+/// True if `fd` is sealed against shrinking (`F_SEAL_SHRINK`): a mapping of
+/// it can never lose its backing pages.
+fn sealed_against_shrink(fd: &impl AsRawFd) -> bool {
+    // SAFETY: F_GET_SEALS on a borrowed fd; no memory is passed. Files that do
+    // not support seals return EINVAL.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }
 
 impl Drop for HostMap {
@@ -233,6 +292,8 @@ struct DmaEntry {
     size: u64,
     prot: DmaProt,
     map: HostMap,
+    /// The file cannot shrink: plain volatile copies are safe.
+    sealed: bool,
 }
 
 impl std::fmt::Debug for DmaEntry {
@@ -411,6 +472,10 @@ impl DmaTable {
             mprot |= libc::PROT_WRITE;
         }
         let map = HostMap::new(&fd, offset, len, mprot)?;
+        let sealed = fmt == libc::S_IFREG && sealed_against_shrink(&fd);
+        if !sealed {
+            log::debug!("DMA map {iova:#x}: file not sealed against shrinking, checked copies");
+        }
         // The mapping keeps the file alive; the fd itself is closed here.
         drop(fd);
         let region = MappedRegion {
@@ -419,7 +484,15 @@ impl DmaTable {
             host_addr: map.as_ptr() as u64,
             prot,
         };
-        self.entries.insert(iova, DmaEntry { size, prot, map });
+        self.entries.insert(
+            iova,
+            DmaEntry {
+                size,
+                prot,
+                map,
+                sealed,
+            },
+        );
         Ok(region)
     }
 
@@ -570,9 +643,14 @@ impl DmaMemory for DmaTable {
             access
         };
         self.for_each_piece(iova, len, access, |e, off, done, n| {
-            let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
             let dst = buf.get_mut(done..done + n).ok_or(fault)?;
-            slice.copy_to(dst);
+            if e.sealed {
+                let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
+                slice.copy_to(dst);
+            } else if !e.map.read_checked(off, dst) {
+                log::debug!("DMA read at {iova:#x}: backing file shrunk");
+                return Err(fault);
+            }
             Ok(())
         })
     }
@@ -585,9 +663,14 @@ impl DmaMemory for DmaTable {
             len,
         };
         self.for_each_piece(iova, len, DmaAccess::Write, |e, off, done, n| {
-            let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
             let src = data.get(done..done + n).ok_or(fault)?;
-            slice.copy_from(src);
+            if e.sealed {
+                let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
+                slice.copy_from(src);
+            } else if !e.map.write_checked(off, src) {
+                log::debug!("DMA write at {iova:#x}: backing file shrunk");
+                return Err(fault);
+            }
             Ok(())
         })
     }
@@ -624,6 +707,61 @@ mod tests {
 
     fn mfd(size: u64) -> OwnedFd {
         memfd("dma-test", size).unwrap()
+    }
+
+    #[test]
+    fn shrunk_unsealed_memfd_faults_instead_of_sigbus() {
+        let fd = mfd(0x4000);
+        let file = File::from(fd.try_clone().unwrap());
+        file.write_all_at(b"early", 0x10).unwrap();
+        let mut t = DmaTable::default();
+        t.map(0x10000, 0x4000, fd, 0, RW).unwrap();
+        // The client shrinks the file under the mapping.
+        file.set_len(0x1000).unwrap();
+        let mut buf = [0u8; 8];
+        // Still backed: works.
+        t.dma_read(0x10010, &mut buf[..5], DmaAccess::Read).unwrap();
+        assert_eq!(&buf[..5], b"early");
+        t.dma_write(0x10020, b"ok").unwrap();
+        // Beyond the new end: a DMA fault, not SIGBUS (which kills the test).
+        assert!(t.dma_read(0x12000, &mut buf, DmaAccess::Read).is_err());
+        assert!(t.dma_read(0x10ffc, &mut buf, DmaAccess::Fetch).is_err());
+        assert!(t.dma_write(0x13000, b"boom").is_err());
+        // Growing it back makes the pages usable again.
+        file.set_len(0x4000).unwrap();
+        t.dma_write(0x13000, b"back").unwrap();
+        t.dma_read(0x13000, &mut buf[..4], DmaAccess::Read).unwrap();
+        assert_eq!(&buf[..4], b"back");
+    }
+
+    #[test]
+    fn sealed_memfd_uses_plain_copies() {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a static NUL-terminated name; new fd.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"sealed".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        assert!(raw >= 0);
+        // SAFETY: fresh fd, owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        File::from(fd.try_clone().unwrap()).set_len(0x2000).unwrap();
+        // SAFETY: F_ADD_SEALS on our memfd; no memory passed.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(rc, 0);
+        let mut t = DmaTable::default();
+        t.map(0x10000, 0x2000, fd, 0, RW).unwrap();
+        assert!(t.entries.get(&0x10000).unwrap().sealed);
+        t.dma_write(0x10000, b"x").unwrap();
+        let mut b = [0u8; 1];
+        t.dma_read(0x10000, &mut b, DmaAccess::Read).unwrap();
+        assert_eq!(&b, b"x");
+        // An unsealed memfd takes the checked path.
+        let mut t2 = DmaTable::default();
+        t2.map(0x10000, 0x2000, mfd(0x2000), 0, RW).unwrap();
+        assert!(!t2.entries.get(&0x10000).unwrap().sealed);
     }
 
     #[test]

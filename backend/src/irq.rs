@@ -57,9 +57,42 @@ pub fn check_eventfd(fd: &impl AsRawFd) -> Result<(), DeviceError> {
     }
 }
 
+/// Signals an eventfd. The fd is non-blocking (see [`set_nonblocking`]): a
+/// counter at its maximum gives `EAGAIN`, which is not an error — the reader
+/// already sees a pending event, as with the kernel's saturating
+/// `eventfd_signal`.
 fn signal(f: &File) -> std::io::Result<()> {
     let mut f = f;
-    f.write_all(&1u64.to_ne_bytes())
+    match f.write(&1u64.to_ne_bytes()) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            log::debug!("IRQ eventfd counter saturated; event already pending");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Puts a client's eventfd in non-blocking mode. The client may hand over a
+/// blocking eventfd with its counter at the maximum (a write would sleep) or
+/// drain it between our poll and our read; either would freeze the whole
+/// event loop. The flag lives on the open file description, which the client
+/// shares: its own reads and writes of this eventfd become non-blocking too
+/// (VMMs create their eventfds non-blocking anyway).
+pub fn set_nonblocking(fd: &impl AsRawFd) -> Result<(), DeviceError> {
+    // SAFETY: F_GETFL/F_SETFL on an fd we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(DeviceError::Io(std::io::Error::last_os_error()));
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(DeviceError::Io(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -274,6 +307,7 @@ impl EmulatedIrqs {
             None => Ok(None),
             Some(fd) => {
                 check_eventfd(&fd)?;
+                set_nonblocking(&fd)?;
                 Ok(Some(File::from(fd)))
             }
         }
@@ -542,6 +576,39 @@ mod tests {
             data: IrqData::Eventfd(vec![Some(fd)]),
         })
         .unwrap();
+    }
+
+    #[test]
+    fn blocking_full_eventfd_never_blocks_the_server() {
+        use std::io::Write;
+        // SAFETY: eventfd(2) returns a new fd we own (blocking on purpose).
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fresh fd, owned here.
+        let trig = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut w = File::from(trig.try_clone().unwrap());
+        w.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
+        // SAFETY: a second blocking eventfd, as the unmask fd.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fresh fd, owned here.
+        let unmask = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut irqs = EmulatedIrqs::new(1, true);
+        set_trigger(&mut irqs, 0, trig);
+        irqs.set_irqs(SetIrqs {
+            index: 0,
+            start: 0,
+            count: 1,
+            action: IrqAction::Unmask,
+            data: IrqData::Eventfd(vec![Some(unmask)]),
+        })
+        .unwrap();
+        // Would block forever on a blocking write of 1 to a counter at max-1.
+        irqs.update(&[true]);
+        assert_eq!(irqs.counters(0).unwrap().host_interrupts, 1);
+        // Unmask fd "readable" but empty (the client drained it first): the
+        // read must not block either.
+        assert!(irqs.on_poll_fd(UNMASK_TOKEN_BASE).unwrap());
     }
 
     #[test]

@@ -290,6 +290,18 @@ impl Backend {
                 }) {
                     log::debug!("release IRQ {index} unmask eventfd: {e}");
                 }
+                // A level vector the dead client never EOI'd stays automasked;
+                // the next client must start with every vector unmasked (as
+                // Linux VFIO does on open), or it never sees that interrupt.
+                if let Err(e) = self.dev.set_irqs(SetIrqs {
+                    index,
+                    start: 0,
+                    count: ii.count,
+                    action: IrqAction::Unmask,
+                    data: IrqData::None,
+                }) {
+                    log::debug!("unmask IRQ {index} after disconnect: {e}");
+                }
             }
         }
         if info.flags & device_flags::RESET != 0 {
@@ -744,6 +756,10 @@ pub enum ServeError {
     EventLoop(std::io::Error),
 }
 
+/// Messages handled per epoll wake-up of a connection (the rest waits for
+/// the next `epoll_wait`, level-triggered, after the other events).
+const MESSAGES_PER_WAKEUP: usize = 64;
+
 const TOKEN_LISTEN: u64 = 1;
 const TOKEN_CLIENT: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
@@ -1004,19 +1020,43 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut rejecting: Option<ServerConnection> = None;
     let mut dev_fds: Vec<RawFd> = Vec::new();
     let mut events = vec![EpollEvent::default(); 16];
+    let buffered =
+        |c: &Option<ServerConnection>| c.as_ref().is_some_and(|c| c.has_buffered_message());
     loop {
-        let timeout = if backend.work_pending { 0 } else { -1 };
+        // A connection that stopped at its batch limit may hold complete
+        // messages in its receive buffer: those do not make its socket
+        // readable, so do not sleep and handle them as if it were.
+        let timeout = if backend.work_pending || buffered(&client) || buffered(&rejecting) {
+            0
+        } else {
+            -1
+        };
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(ServeError::EventLoop(e)),
         };
-        if n == 0 {
+        let mut extra = [0u64; 2];
+        let mut nextra = 0;
+        for (token, conn) in [(TOKEN_CLIENT, &client), (TOKEN_REJECT, &rejecting)] {
+            if buffered(conn) && !events.iter().take(n).any(|e| e.data() == token) {
+                if let Some(slot) = extra.get_mut(nextra) {
+                    *slot = token;
+                    nextra += 1;
+                }
+            }
+        }
+        if n == 0 && nextra == 0 {
             backend.run_pending();
             continue;
         }
-        for ev in events.iter().take(n) {
-            match ev.data() {
+        let tokens = events
+            .iter()
+            .take(n)
+            .map(|e| e.data())
+            .chain(extra.into_iter().take(nextra));
+        for token in tokens {
+            match token {
                 TOKEN_SIGNAL => {
                     let signo = sig.read().unwrap_or(0);
                     log::info!("signal {signo}: shutting down");
@@ -1043,13 +1083,16 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                                     continue;
                                 }
                             };
-                            let conn = match ServerConnection::new(stream, limits) {
+                            let mut conn = match ServerConnection::new(stream, limits) {
                                 Ok(c) => c,
                                 Err(e) => {
                                     log::warn!("new connection: {e}");
                                     continue;
                                 }
                             };
+                            // A client keeping its socket full must not starve
+                            // signals, device fds or pending device work.
+                            conn.set_batch_limit(MESSAGES_PER_WAKEUP);
                             if client.is_none() {
                                 log::info!(
                                     "client connected (pid {} uid {} gid {})",
@@ -1185,6 +1228,58 @@ mod tests {
         let mut b = scratch_backend(Some(toml), Some(EoiPolicy::Resample));
         let (_, fd) = b.region_info(0).unwrap();
         assert!(fd.is_some());
+    }
+
+    #[test]
+    fn vector_left_masked_by_a_dead_client_is_unmasked_for_the_next() {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let set = crate::profile::ProfileSet::default();
+        let profile = set.by_name("pl330").unwrap().clone();
+        let dev = crate::model::create(&"pl330".parse().unwrap(), false).unwrap();
+        let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        let eventfd = || {
+            // SAFETY: eventfd(2) returns a new fd, owned here.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            assert!(fd >= 0);
+            // SAFETY: fresh fd.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let reader = std::fs::File::from(fd.try_clone().unwrap());
+            (fd, reader)
+        };
+        let count = |mut f: &std::fs::File| {
+            let mut v = [0u8; 8];
+            match f.read(&mut v) {
+                Ok(8) => u64::from_ne_bytes(v),
+                _ => 0,
+            }
+        };
+        let (d0, d1) = crate::model::pl330::asm::dbginst(
+            crate::model::pl330::insn::Insn::Sev { event: 0 },
+            None,
+        );
+        let raise = |b: &mut Backend| {
+            b.region_write(0, 0x20, &1u32.to_le_bytes()).unwrap();
+            b.region_write(0, 0xd08, &d0.to_le_bytes()).unwrap();
+            b.region_write(0, 0xd0c, &d1.to_le_bytes()).unwrap();
+            b.region_write(0, 0xd04, &0u32.to_le_bytes()).unwrap();
+        };
+        for client in 0..2 {
+            let (t, r) = eventfd();
+            let req = WireSetIrqs::new(
+                0,
+                msg::IrqAction::Trigger,
+                IrqDataType::Eventfd,
+                0,
+                1,
+                Vec::new(),
+            );
+            b.set_irqs(&req, vec![t]).unwrap();
+            raise(&mut b);
+            assert_eq!(count(&r), 1, "client {client}: interrupt");
+            // The client dies without writing INTCLR: the vector is automasked.
+            b.client_gone();
+        }
     }
 
     #[test]

@@ -187,6 +187,7 @@ pub struct ServerConnection {
     dma_maps: u32,
     write_timeout: Duration,
     scratch: Vec<u8>,
+    batch: usize,
 }
 
 impl AsRawFd for ServerConnection {
@@ -237,7 +238,25 @@ impl ServerConnection {
             dma_maps: 0,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             scratch: Vec::new(),
+            batch: usize::MAX,
         })
+    }
+
+    /// Handles at most `n` (≥ 1) messages per [`Self::handle_readable`] call
+    /// (default: unlimited). The rest stays in the socket or in the
+    /// connection's receive buffer: a client that keeps its socket full cannot
+    /// starve signals, device fds or other connections. With a limit, an event
+    /// loop must call `handle_readable` again (without waiting for the socket)
+    /// while [`Self::has_buffered_message`] is true: messages already received
+    /// into user space do not make the socket readable.
+    pub fn set_batch_limit(&mut self, n: usize) {
+        self.batch = n.max(1);
+    }
+
+    /// True when a complete message (or a frame to reject) is already
+    /// buffered: `handle_readable` would handle it without receiving.
+    pub fn has_buffered_message(&self) -> bool {
+        self.reader.has_frame()
     }
 
     /// Sets how long a reply write may wait for the client (default 5 s).
@@ -260,7 +279,8 @@ impl ServerConnection {
         self.dma_maps
     }
 
-    /// Receives what is available, handles every complete message and writes
+    /// Receives what is available, handles every complete message (or up to
+    /// the batch limit, see [`Self::set_batch_limit`]) and writes
     /// the replies. Partial messages are kept for the next call. `Err` or
     /// `Ok(Closed)`: drop the connection.
     ///
@@ -271,7 +291,11 @@ impl ServerConnection {
     /// Complete messages already buffered are always handled before returning.
     pub fn handle_readable(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
         let mut may_receive = true;
+        let mut handled = 0usize;
         loop {
+            if handled >= self.batch {
+                return Ok(ConnStatus::Open);
+            }
             let next = match self.reader.take() {
                 Ok(Some(i)) => Ok(Some(i)),
                 Ok(None) if !may_receive => return Ok(ConnStatus::Open),
@@ -285,6 +309,7 @@ impl ServerConnection {
                 },
                 Err(e) => Err(e),
             };
+            handled += 1;
             let inc = match next {
                 Ok(None) => return Ok(ConnStatus::Open),
                 Ok(Some(i)) => i,
@@ -648,5 +673,97 @@ impl ServerConnection {
         h.negotiated(&n);
         self.negotiated = Some(n);
         Outcome::Reply(Reply::with(reply.encode()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::wait_fd;
+    use std::io::{Read, Write};
+
+    /// Answers DEVICE_GET_INFO; everything else is unsupported.
+    struct Info;
+
+    impl Handler for Info {
+        fn dma_map(&mut self, _r: &DmaMap, _f: Option<OwnedFd>) -> Result<(), Errno> {
+            Err(Errno::ENOTSUP)
+        }
+        fn dma_unmap(&mut self, _r: &DmaUnmap) -> Result<(), Errno> {
+            Err(Errno::ENOTSUP)
+        }
+        fn device_info(&mut self) -> Result<DeviceInfo, Errno> {
+            Ok(DeviceInfo {
+                argsz: 16,
+                flags: 0,
+                num_regions: 0,
+                num_irqs: 0,
+            })
+        }
+        fn region_info(&mut self, _i: u32) -> Result<(RegionInfo, Option<RawFd>), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn irq_info(&mut self, _i: u32) -> Result<IrqInfo, Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn set_irqs(&mut self, _r: &SetIrqs, _f: Vec<OwnedFd>) -> Result<(), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn region_read(&mut self, _r: u32, _o: u64, _b: &mut [u8]) -> Result<(), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn region_write(&mut self, _r: u32, _o: u64, _d: &[u8]) -> Result<(), Errno> {
+            Err(Errno::EINVAL)
+        }
+        fn reset(&mut self) -> Result<(), Errno> {
+            Ok(())
+        }
+    }
+
+    fn replies_available(c: &UnixStream) -> usize {
+        let mut buf = [0u8; 4096];
+        let mut c = c;
+        let mut n = 0;
+        while let Ok(k) = c.read(&mut buf) {
+            n += k;
+        }
+        n / HEADER_SIZE_FOR_TEST
+    }
+
+    /// Error replies are header-only (16 bytes).
+    const HEADER_SIZE_FOR_TEST: usize = 16;
+
+    #[test]
+    fn batch_limit_bounds_messages_per_call() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut conn = ServerConnection::new(a, Limits::default()).unwrap();
+        conn.set_batch_limit(2);
+        // Five commands before VERSION: each gets a 16-byte EINVAL reply.
+        let mut bytes = Vec::new();
+        for id in 0..5u16 {
+            bytes.extend_from_slice(&Header::command(id, cmd::DEVICE_GET_INFO, 0).encode());
+        }
+        (&b).write_all(&bytes).unwrap();
+        let mut h = Info;
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 2, "first call: two messages");
+        // One receive took all five: the rest is buffered, not in the socket,
+        // and the connection says so (an event loop must not wait for POLLIN).
+        assert!(conn.has_buffered_message());
+        assert!(!wait_fd(conn.as_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap());
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 2);
+        assert!(conn.has_buffered_message());
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 1, "the rest");
+        assert!(!conn.has_buffered_message());
+        // Unlimited (default): everything in one call.
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut conn = ServerConnection::new(a, Limits::default()).unwrap();
+        (&b).write_all(&bytes).unwrap();
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 5);
     }
 }

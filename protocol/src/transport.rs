@@ -182,6 +182,30 @@ impl MessageReader {
         matches!(self.phase, Phase::Buffered) && self.start == self.end
     }
 
+    /// True when [`MessageReader::take`] has something to return without
+    /// receiving (a complete message or a frame to reject; at worst it moves
+    /// on to skipping an oversized message and returns nothing).
+    pub fn has_frame(&self) -> bool {
+        match self.phase {
+            Phase::Buffered => {
+                let avail = self.end - self.start;
+                let size = self
+                    .buf
+                    .get(self.start..self.start + HEADER_SIZE)
+                    .and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok())
+                    .map(|b| Header::decode(b).size as usize);
+                match size {
+                    Some(size) if avail >= HEADER_SIZE => {
+                        size < HEADER_SIZE || size > self.max_msg_size || avail >= size
+                    }
+                    _ => false,
+                }
+            }
+            Phase::Payload => self.got >= self.payload.len(),
+            Phase::Skip => self.pos >= self.msg_end,
+        }
+    }
+
     /// Gives a payload buffer back so its capacity is reused (no allocation per
     /// message in steady state).
     pub fn recycle(&mut self, mut buf: Vec<u8>) {

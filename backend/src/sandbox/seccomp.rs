@@ -4,7 +4,9 @@
 //! the listener, privilege drop) happens before [`apply_seccomp`]. Afterwards the
 //! process only: accepts on its listener, exchanges messages and fds on Unix
 //! sockets (`recvmsg` with `MSG_CMSG_CLOEXEC`, `sendmsg` with `SCM_RIGHTS`), mmaps
-//! received memfds and device regions, writes eventfds, issues VFIO ioctls and
+//! received memfds and device regions (copying from/to its own mappings of
+//! unsealed files with `process_vm_readv`/`process_vm_writev` on its own pid),
+//! writes eventfds, issues VFIO ioctls and
 //! region `pread`/`pwrite`, waits in epoll, reads a signalfd, logs to stderr,
 //! removes its socket file and exits. No `open`, `socket`, `connect`, `execve`,
 //! `fork`, `ptrace`, `PROT_EXEC` mappings, or ioctls other than VFIO/iommufd and a
@@ -148,6 +150,9 @@ const COMMON: &[(&str, i64)] = &[
     ("rt_sigaction", libc::SYS_rt_sigaction),
     ("sigaltstack", libc::SYS_sigaltstack),
     ("tgkill", libc::SYS_tgkill),
+    // DMA copies of unsealed mappings (conditioned: own pid).
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
     ("restart_syscall", libc::SYS_restart_syscall),
     // `irq::check_eventfd` identifies eventfds by their /proc/self/fd link.
     ("readlinkat", libc::SYS_readlinkat),
@@ -211,6 +216,15 @@ pub fn syscall_conditions() -> &'static [(&'static str, &'static str)] {
         (
             "tgkill",
             "tgid = the backend's own pid (abort, Trap-mode re-raise)",
+        ),
+        (
+            "process_vm_readv",
+            "pid = the backend's own pid (DMA copies of mappings of files not sealed \
+             against shrinking: EFAULT instead of SIGBUS)",
+        ),
+        (
+            "process_vm_writev",
+            "pid = the backend's own pid (as process_vm_readv)",
         ),
         ("clone", "(allow_threads) flags contain CLONE_THREAD"),
         (
@@ -286,6 +300,12 @@ pub fn seccomp_filters(profile: &SeccompProfile) -> Result<Vec<BpfProgram>> {
         libc::SYS_tgkill,
         vec![rule(vec![cond(0, ArgLen::Dword, Op::Eq, pid)?])?],
     );
+    // DMA copies to/from mappings of files not sealed against shrinking go
+    // through the kernel (a shrunk file gives EFAULT instead of SIGBUS, see
+    // crate::dma), only on our own memory.
+    for nr in [libc::SYS_process_vm_readv, libc::SYS_process_vm_writev] {
+        rules.insert(nr, vec![rule(vec![cond(0, ArgLen::Dword, Op::Eq, pid)?])?]);
+    }
 
     if profile.allow_threads {
         for &(_, nr) in THREADS {

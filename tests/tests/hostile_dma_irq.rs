@@ -1,0 +1,676 @@
+//! Hostile peer, DMA_MAP/DMA_UNMAP and SET_IRQS: overlapping, unaligned,
+//! zero-sized, wrapping and oversized maps, fds that cannot back memory,
+//! exact-match unmap, the map limit; SET_IRQS with bad index/start/count and
+//! every invalid action × data combination. After the bad requests the
+//! backend's mappings (/proc/PID/maps), fds (/proc/PID/fd) and device
+//! behaviour (a DMA copy through the PL330 model, an interrupt on the
+//! originally assigned eventfd) are checked.
+#![allow(clippy::unwrap_used)]
+
+mod hostile_util;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use hostile_util::*;
+use vfio_sidecar::model::pl330::asm::{dbginst, Asm};
+use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
+use vfio_sidecar_protocol::header::command as cmd;
+use vfio_sidecar_tests::{drain, eventfd, fd_count, maps_matching, GuestMem, Sidecar};
+
+const EINVAL: i32 = libc::EINVAL;
+const R: u32 = 1;
+const W: u32 = 2;
+const X: u32 = 1 << 16;
+
+const INTEN: u64 = 0x20;
+const INTCLR: u64 = 0x2c;
+const FSRD: u64 = 0x30;
+const FSRC: u64 = 0x34;
+const DBGCMD: u64 = 0xd04;
+const DBGINST0: u64 = 0xd08;
+const DBGINST1: u64 = 0xd0c;
+
+const IOVA: u64 = 0x4000_0000;
+const MEM: u64 = 0x10000;
+
+const DATA_NONE: u32 = 1;
+const DATA_BOOL: u32 = 2;
+const DATA_EVENTFD: u32 = 4;
+const ACT_MASK: u32 = 8;
+const ACT_UNMASK: u32 = 16;
+const ACT_TRIGGER: u32 = 32;
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wr(r: &mut Raw, off: u64, v: u32) {
+    r.expect(
+        "reg write",
+        cmd::REGION_WRITE,
+        &region(off, 0, 4, &v.to_le_bytes()),
+        &[],
+        0,
+    );
+}
+
+fn rd(r: &mut Raw, off: u64) -> u32 {
+    let rep = r.expect(
+        "reg read",
+        cmd::REGION_READ,
+        &region(off, 0, 4, &[]),
+        &[],
+        0,
+    );
+    u32::from_le_bytes(rep.payload[16..20].try_into().unwrap())
+}
+
+fn go(r: &mut Raw, addr: u32) {
+    let (d0, d1) = dbginst(
+        Insn::Go {
+            chan: 0,
+            ns: false,
+            addr,
+        },
+        None,
+    );
+    wr(r, DBGINST0, d0);
+    wr(r, DBGINST1, d1);
+    wr(r, DBGCMD, 0);
+}
+
+/// Copies 256 bytes inside `mem` (mapped at IOVA) with a PL330 program run
+/// from the mapping; asserts the copy happened and nothing faulted.
+fn dma_copy_works(r: &mut Raw, mem: &GuestMem, seed: u8) {
+    let src = IOVA as u32 + 0x1000;
+    let dst = IOVA as u32 + 0x2000;
+    let mut a = Asm::new();
+    a.mov(MovReg::Sar, src).mov(MovReg::Dar, dst).mov(
+        MovReg::Ccr,
+        // 8-byte beats, 16-beat bursts, both addresses incrementing.
+        1 | (3 << 1) | (15 << 4) | (1 << 14) | (3 << 15) | (15 << 18),
+    );
+    // 2 × 128 bytes.
+    a.ld(Cond::Always)
+        .st(Cond::Always)
+        .ld(Cond::Always)
+        .st(Cond::Always)
+        .end();
+    mem.write(0, a.bytes());
+    let pattern: Vec<u8> = (0..256u32)
+        .map(|i| (i as u8).wrapping_mul(3) ^ seed)
+        .collect();
+    mem.write(0x1000, &pattern);
+    mem.write(0x2000, &[0u8; 256]);
+    go(r, IOVA as u32);
+    assert_eq!(rd(r, FSRD), 0, "manager fault");
+    assert_eq!(rd(r, FSRC), 0, "channel fault");
+    assert_eq!(mem.read(0x2000, 256), pattern, "DMA copy");
+}
+
+#[test]
+fn dma_map_malformations_leave_the_table_unchanged() {
+    let srv = Sidecar::start("model:pl330", &[]);
+    let pid = srv.pid();
+    let mut r = Raw::negotiated(&srv.socket, true);
+    let good = GuestMem::new("dmagood", MEM);
+    r.expect(
+        "valid map",
+        cmd::DMA_MAP,
+        &dma_map(R | W | X, 0, IOVA, MEM),
+        &[good.fd().as_raw_fd()],
+        0,
+    );
+    dma_copy_works(&mut r, &good, 1);
+    let base_fds = fd_count(pid);
+    assert_eq!(maps_matching(pid, "memfd:dmagood"), 1);
+
+    let evil = GuestMem::new("dmaevil", 2 * MEM);
+    let efd = evil.fd().as_raw_fd();
+    let (sock_a, _sock_b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (pipe_r, _pipe_w) = pipe();
+    let (evfd, _evr) = eventfd();
+    let null = devnull();
+    let top = !0xfffu64;
+    let cases: Vec<(&str, Vec<u8>, Vec<RawFd>, i32)> = vec![
+        (
+            "exact overlap",
+            dma_map(R | W, 0, IOVA, MEM),
+            vec![efd],
+            libc::EEXIST,
+        ),
+        (
+            "overlap start",
+            dma_map(R, 0, IOVA - 0x1000, 0x2000),
+            vec![efd],
+            libc::EEXIST,
+        ),
+        (
+            "overlap end",
+            dma_map(R, 0, IOVA + MEM - 0x1000, 0x2000),
+            vec![efd],
+            libc::EEXIST,
+        ),
+        (
+            "inside",
+            dma_map(R, 0, IOVA + 0x1000, 0x1000),
+            vec![efd],
+            libc::EEXIST,
+        ),
+        (
+            "covering",
+            dma_map(R, 0, IOVA - 0x1000, MEM + 0x2000),
+            vec![efd],
+            libc::EEXIST,
+        ),
+        (
+            "unaligned iova",
+            dma_map(R, 0, 0x5000_0001, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "unaligned size",
+            dma_map(R, 0, 0x5000_0000, 0x1001),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "unaligned offset",
+            dma_map(R, 0x10, 0x5000_0000, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "zero size",
+            dma_map(R, 0, 0x5000_0000, 0),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "iova + size = 2^64",
+            dma_map(R, 0, top, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "iova + size wraps",
+            dma_map(R, 0, top, 0x2000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "size 2^64 - 4K",
+            dma_map(R, 0, 0x1000, top),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "offset + size wraps",
+            dma_map(R, top, 0x5000_0000, 0x2000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "offset beyond the file",
+            dma_map(R, 2 * MEM, 0x5000_0000, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "size beyond the file",
+            dma_map(R, 0, 0x5000_0000, 2 * MEM + 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "no permission",
+            dma_map(0, 0, 0x5000_0000, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "VADDR flag (bit 2)",
+            dma_map(R | 4, 0, 0x5000_0000, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "unknown flag bit 31",
+            dma_map(R | (1 << 31), 0, 0x5000_0000, 0x1000),
+            vec![efd],
+            EINVAL,
+        ),
+        (
+            "no fd (DMA_READ/WRITE mode)",
+            dma_map(R, 0, 0x5000_0000, 0x1000),
+            vec![],
+            EINVAL,
+        ),
+        (
+            "two fds",
+            dma_map(R, 0, 0x5000_0000, 0x1000),
+            vec![efd, efd],
+            EINVAL,
+        ),
+        (
+            "socket fd",
+            dma_map(R, 0, 0x5000_0000, 0x1000),
+            vec![sock_a.as_raw_fd()],
+            EINVAL,
+        ),
+        (
+            "pipe fd",
+            dma_map(R, 0, 0x5000_0000, 0x1000),
+            vec![pipe_r.as_raw_fd()],
+            EINVAL,
+        ),
+        (
+            "eventfd",
+            dma_map(R, 0, 0x5000_0000, 0x1000),
+            vec![evfd.as_raw_fd()],
+            EINVAL,
+        ),
+        (
+            "/dev/null",
+            dma_map(R, 0, 0x5000_0000, 0x1000),
+            vec![null.as_raw_fd()],
+            EINVAL,
+        ),
+    ];
+    for (what, p, fds, errno) in &cases {
+        r.expect(what, cmd::DMA_MAP, p, fds, *errno);
+        r.still_works();
+    }
+    // argsz below the structure.
+    let mut p = dma_map(R, 0, 0x5000_0000, 0x1000);
+    p[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    r.expect("argsz 16", cmd::DMA_MAP, &p, &[efd], EINVAL);
+
+    // Unmap: only an exact match (or ALL) is valid.
+    let ucases: Vec<(&str, Vec<u8>)> = vec![
+        ("nothing there", dma_unmap(0, 0x5000_0000, 0x1000)),
+        ("sub-range", dma_unmap(0, IOVA, 0x1000)),
+        ("larger range", dma_unmap(0, IOVA, MEM * 2)),
+        ("zero size", dma_unmap(0, IOVA, 0)),
+        ("wraps", dma_unmap(0, top, 0x2000)),
+        ("unknown flag", dma_unmap(1, IOVA, MEM)),
+        ("ALL with a range", dma_unmap(2, IOVA, MEM)),
+    ];
+    for (what, p) in &ucases {
+        r.expect(what, cmd::DMA_UNMAP, p, &[], EINVAL);
+    }
+
+    // Nothing of the evil memfd is mapped, every passed fd was closed, and
+    // the good mapping still works.
+    assert_eq!(maps_matching(pid, "memfd:dmaevil"), 0);
+    assert_eq!(maps_matching(pid, "memfd:dmagood"), 1);
+    wait_until("fds back to baseline", || fd_count(pid) == base_fds);
+    dma_copy_works(&mut r, &good, 2);
+
+    // A map that exactly abuts the good one is fine, and so is its unmap.
+    r.expect(
+        "adjacent map",
+        cmd::DMA_MAP,
+        &dma_map(R, 0, IOVA + MEM, 0x1000),
+        &[efd],
+        0,
+    );
+    assert_eq!(maps_matching(pid, "memfd:dmaevil"), 1);
+    r.expect(
+        "exact unmap",
+        cmd::DMA_UNMAP,
+        &dma_unmap(0, IOVA + MEM, 0x1000),
+        &[],
+        0,
+    );
+    assert_eq!(maps_matching(pid, "memfd:dmaevil"), 0);
+    drop(r);
+    srv.wait_log("client disconnected");
+    wait_until("maps released", || maps_matching(pid, "memfd:dmagood") == 0);
+}
+
+#[test]
+fn exec_flag_needs_the_extension() {
+    let srv = Sidecar::start("model:pl330", &[]);
+    let mut r = Raw::negotiated(&srv.socket, false);
+    let mem = GuestMem::new("plainx", MEM);
+    r.expect(
+        "EXEC without extension",
+        cmd::DMA_MAP,
+        &dma_map(R | X, 0, IOVA, MEM),
+        &[mem.fd().as_raw_fd()],
+        EINVAL,
+    );
+    assert_eq!(maps_matching(srv.pid(), "memfd:plainx"), 0);
+    // Plain READ mapping: executable (upstream semantics), the copy works.
+    r.expect(
+        "plain RW map",
+        cmd::DMA_MAP,
+        &dma_map(R | W, 0, IOVA, MEM),
+        &[mem.fd().as_raw_fd()],
+        0,
+    );
+    dma_copy_works(&mut r, &mem, 3);
+}
+
+#[test]
+fn dma_map_limit_gives_enospc() {
+    let srv = Sidecar::start("model:pl330", &["--max-dma-maps", "4"]);
+    let mut r = Raw::negotiated(&srv.socket, true);
+    let mem = GuestMem::new("limit", 0x8000);
+    let fd = mem.fd().as_raw_fd();
+    for i in 0..4u64 {
+        r.expect(
+            "map",
+            cmd::DMA_MAP,
+            &dma_map(R, 0, 0x1000_0000 + i * 0x10000, 0x1000),
+            &[fd],
+            0,
+        );
+    }
+    r.expect(
+        "5th map",
+        cmd::DMA_MAP,
+        &dma_map(R, 0, 0x2000_0000, 0x1000),
+        &[fd],
+        libc::ENOSPC,
+    );
+    assert_eq!(maps_matching(srv.pid(), "memfd:limit"), 4);
+    r.expect(
+        "unmap",
+        cmd::DMA_UNMAP,
+        &dma_unmap(0, 0x1000_0000, 0x1000),
+        &[],
+        0,
+    );
+    r.expect(
+        "map again",
+        cmd::DMA_MAP,
+        &dma_map(R, 0, 0x2000_0000, 0x1000),
+        &[fd],
+        0,
+    );
+    // A failed unmap does not free a slot.
+    r.expect(
+        "bad unmap",
+        cmd::DMA_UNMAP,
+        &dma_unmap(0, 0x3000_0000, 0x1000),
+        &[],
+        EINVAL,
+    );
+    r.expect(
+        "still full",
+        cmd::DMA_MAP,
+        &dma_map(R, 0, 0x3000_0000, 0x1000),
+        &[fd],
+        libc::ENOSPC,
+    );
+    r.expect("unmap all", cmd::DMA_UNMAP, &dma_unmap(2, 0, 0), &[], 0);
+    assert_eq!(maps_matching(srv.pid(), "memfd:limit"), 0);
+    for i in 0..4u64 {
+        r.expect(
+            "map after all",
+            cmd::DMA_MAP,
+            &dma_map(R, 0, i * 0x10000, 0x1000),
+            &[fd],
+            0,
+        );
+    }
+}
+
+/// Is this SET_IRQS shape valid for a PL330 IRQ index (count 1, maskable)?
+/// Linux VFIO rules: exactly one action and one data type; `start + count`
+/// within the vector count; count 0 only for DATA_NONE|TRIGGER (disable);
+/// BOOL carries `count` bytes, no fds; NONE carries nothing; EVENTFD carries
+/// `count` fds (or none, to de-assign), and MASK with EVENTFD is refused.
+fn valid_shape(action: u32, data: u32, start: u32, count: u32, bytes: usize, nfds: usize) -> bool {
+    if count == 0 {
+        return action == ACT_TRIGGER && data == DATA_NONE && start == 0 && bytes == 0 && nfds == 0;
+    }
+    if start.checked_add(count).is_none_or(|e| e > 1) {
+        return false;
+    }
+    match data {
+        DATA_NONE => bytes == 0 && nfds == 0,
+        DATA_BOOL => bytes == count as usize && nfds == 0,
+        _ => action != ACT_MASK && bytes == 0 && (nfds == 0 || nfds == count as usize),
+    }
+}
+
+#[test]
+fn set_irqs_every_invalid_combination_is_einval_and_the_eventfd_stays() {
+    let srv = Sidecar::start("model:pl330", &[]);
+    let pid = srv.pid();
+    let mut r = Raw::negotiated(&srv.socket, true);
+    let mem = GuestMem::new("irqmem", MEM);
+    r.expect(
+        "map",
+        cmd::DMA_MAP,
+        &dma_map(R | W | X, 0, IOVA, MEM),
+        &[mem.fd().as_raw_fd()],
+        0,
+    );
+    let (trig, trig_reader) = eventfd();
+    r.expect(
+        "trigger eventfd",
+        cmd::DEVICE_SET_IRQS,
+        &set_irqs(DATA_EVENTFD | ACT_TRIGGER, 0, 0, 1, &[]),
+        &[trig.as_raw_fd()],
+        0,
+    );
+    let base_fds = fd_count(pid);
+
+    // Fds to attach: eventfds (valid kind) and things that are not eventfds.
+    let evs: Vec<(OwnedFd, File)> = (0..3).map(|_| eventfd()).collect();
+    let ev: Vec<RawFd> = evs.iter().map(|(f, _)| f.as_raw_fd()).collect();
+    let actions = [ACT_MASK, ACT_UNMASK, ACT_TRIGGER];
+    let datas = [DATA_NONE, DATA_BOOL, DATA_EVENTFD];
+    let shapes: [(u32, u32, usize, usize); 10] = [
+        (0, 0, 0, 0),
+        (0, 0, 0, 1),
+        (0, 1, 0, 2),
+        (0, 1, 2, 0),
+        (0, 1, 1, 1),
+        (0, 2, 2, 0),
+        (0, 2, 0, 2),
+        (1, 1, 1, 0),
+        (1, 1, 0, 1),
+        (u32::MAX, 1, 0, 0),
+    ];
+    let mut tried = 0;
+    for action in actions {
+        for data in datas {
+            for &(start, count, bytes, nfds) in &shapes {
+                if valid_shape(action, data, start, count, bytes, nfds) {
+                    continue;
+                }
+                let what = format!(
+                    "action {action:#x} data {data:#x} start {start} count {count} bytes {bytes} fds {nfds}"
+                );
+                r.expect(
+                    &what,
+                    cmd::DEVICE_SET_IRQS,
+                    &set_irqs(data | action, 0, start, count, &vec![1u8; bytes]),
+                    &ev[..nfds],
+                    EINVAL,
+                );
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried > 60, "only {tried} invalid combinations");
+    // Flag combinations that are not one action + one data type.
+    for flags in [
+        0,
+        DATA_EVENTFD,
+        ACT_TRIGGER,
+        DATA_NONE | DATA_BOOL | ACT_TRIGGER,
+        DATA_NONE | ACT_MASK | ACT_UNMASK,
+        DATA_NONE | ACT_TRIGGER | (1 << 6),
+        DATA_NONE | ACT_TRIGGER | (1 << 31),
+    ] {
+        r.expect(
+            &format!("flags {flags:#x}"),
+            cmd::DEVICE_SET_IRQS,
+            &set_irqs(flags, 0, 0, 1, &[]),
+            &[],
+            EINVAL,
+        );
+    }
+    // Bad IRQ indices (the PL330 has 8).
+    for index in [8u32, 9, u32::MAX] {
+        r.expect(
+            &format!("index {index}"),
+            cmd::DEVICE_SET_IRQS,
+            &set_irqs(DATA_EVENTFD | ACT_TRIGGER, index, 0, 1, &[]),
+            &ev[..1],
+            EINVAL,
+        );
+    }
+    // Fds that are not eventfds.
+    let (pr, _pw) = pipe();
+    let (sa, _sb) = std::os::unix::net::UnixStream::pair().unwrap();
+    let null = devnull();
+    for (what, fd) in [
+        ("pipe", pr.as_raw_fd()),
+        ("socket", sa.as_raw_fd()),
+        ("memfd", mem.fd().as_raw_fd()),
+        ("/dev/null", null.as_raw_fd()),
+    ] {
+        for action in [ACT_TRIGGER, ACT_UNMASK] {
+            r.expect(
+                &format!("{what} as eventfd, action {action:#x}"),
+                cmd::DEVICE_SET_IRQS,
+                &set_irqs(DATA_EVENTFD | action, 0, 0, 1, &[]),
+                &[fd],
+                EINVAL,
+            );
+        }
+    }
+    // argsz smaller than the payload.
+    let mut p = set_irqs(DATA_BOOL | ACT_TRIGGER, 0, 0, 1, &[1]);
+    p[0..4].copy_from_slice(&8u32.to_ne_bytes());
+    r.expect("argsz 8", cmd::DEVICE_SET_IRQS, &p, &[], EINVAL);
+    r.still_works();
+
+    // Every rejected fd was closed; the original trigger eventfd still gets
+    // exactly one interrupt for one DMASEV, and the clear register EOIs it.
+    wait_until("fds back to baseline", || fd_count(pid) == base_fds);
+    for e in &evs {
+        assert_eq!(drain(&e.1), 0, "a rejected eventfd was signalled");
+    }
+    let mut a = Asm::new();
+    a.sev(0).end();
+    mem.write(0, a.bytes());
+    wr(&mut r, INTEN, 1);
+    go(&mut r, IOVA as u32);
+    assert_eq!(drain(&trig_reader), 1, "interrupt on the original eventfd");
+    wr(&mut r, INTCLR, 1);
+    mem.write(0, a.bytes());
+    go(&mut r, IOVA as u32);
+    assert_eq!(drain(&trig_reader), 1, "second interrupt after EOI");
+    drop(trig);
+}
+
+#[test]
+fn region_info_and_irq_info_bad_indices() {
+    let srv = Sidecar::start("model:pl330", &[]);
+    let mut r = Raw::negotiated(&srv.socket, true);
+    for index in [1u32, 2, u32::MAX] {
+        let mut p = vec![0u8; 32];
+        p[0..4].copy_from_slice(&32u32.to_ne_bytes());
+        p[8..12].copy_from_slice(&index.to_ne_bytes());
+        r.expect("region index", cmd::DEVICE_GET_REGION_INFO, &p, &[], EINVAL);
+    }
+    // argsz below the fixed structure.
+    let mut p = vec![0u8; 32];
+    p[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    r.expect(
+        "region argsz 16",
+        cmd::DEVICE_GET_REGION_INFO,
+        &p,
+        &[],
+        EINVAL,
+    );
+    for index in [8u32, u32::MAX] {
+        let mut p = vec![0u8; 16];
+        p[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        p[8..12].copy_from_slice(&index.to_ne_bytes());
+        r.expect("irq index", cmd::DEVICE_GET_IRQ_INFO, &p, &[], EINVAL);
+    }
+    // IRQ_STATS beyond the vectors, and start + count overflowing.
+    for (index, start, count) in [(8u32, 0u32, 1u32), (0, 1, 1), (0, 0, 2), (0, u32::MAX, 2)] {
+        let mut p = Vec::new();
+        p.extend_from_slice(&(16 + 32 * count.min(4)).to_ne_bytes());
+        p.extend_from_slice(&index.to_ne_bytes());
+        p.extend_from_slice(&start.to_ne_bytes());
+        p.extend_from_slice(&count.to_ne_bytes());
+        r.expect(
+            &format!("irq stats {index}/{start}/{count}"),
+            cmd::SIDECAR_GET_IRQ_STATS,
+            &p,
+            &[],
+            EINVAL,
+        );
+    }
+    r.still_works();
+}
+
+/// A *blocking* eventfd (no EFD_NONBLOCK) whose counter is one below the
+/// maximum: a blocking write of 1 by the server would sleep until someone
+/// reads it, freezing the whole backend. The server must never block on a
+/// client's eventfd. Likewise for an unmask (resample) eventfd that the
+/// client drains itself between the server's poll and read.
+#[test]
+fn blocking_eventfd_at_the_limit_does_not_freeze_the_backend() {
+    use std::io::Write;
+    let srv = Sidecar::start("model:pl330", &[]);
+    let mut r = Raw::negotiated(&srv.socket, true);
+    // SAFETY: eventfd(2) returns a new fd; owned below.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: fresh fd, owned here.
+    let ev = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mut evf = File::from(ev.try_clone().unwrap());
+    evf.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
+    r.expect(
+        "trigger = full blocking eventfd",
+        cmd::DEVICE_SET_IRQS,
+        &set_irqs(DATA_EVENTFD | ACT_TRIGGER, 0, 0, 1, &[]),
+        &[ev.as_raw_fd()],
+        0,
+    );
+    // Raise IRQ 0: DMASEV 0 through the debug interface.
+    wr(&mut r, INTEN, 1);
+    let (d0, d1) = dbginst(Insn::Sev { event: 0 }, None);
+    wr(&mut r, DBGINST0, d0);
+    wr(&mut r, DBGINST1, d1);
+    // The reply to the DBGCMD write (and to the next request) must come.
+    r.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let id = r.send(
+        cmd::REGION_WRITE,
+        &region(DBGCMD, 0, 4, &0u32.to_le_bytes()),
+        &[],
+    );
+    let rep = r
+        .try_reply()
+        .expect("backend froze writing a full blocking eventfd");
+    assert_eq!((rep.hdr.msg_id, rep.errno()), (id, 0));
+    r.still_works();
+    // The interrupt was counted as delivered (the eventfd was full: the
+    // signal is lost, as with a saturated counter) and the backend goes on.
+    let mut p = Vec::new();
+    for x in [48u32, 0, 0, 1] {
+        p.extend_from_slice(&x.to_ne_bytes());
+    }
+    r.expect("irq stats", cmd::SIDECAR_GET_IRQ_STATS, &p, &[], 0);
+}

@@ -1,0 +1,359 @@
+//! Raw vfio-user peer for the hostile-input tests: a blocking `UnixStream` to
+//! a running `vfio-sidecar`, arbitrary bytes and fds via `sendmsg`, replies
+//! read frame by frame with a timeout (a missing reply is an error, not a hang).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use vfio_sidecar_protocol::client::{proposal, ClientOptions};
+use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
+use vfio_sidecar_protocol::message::Version;
+
+/// A reply as received.
+#[derive(Debug)]
+pub struct Reply {
+    /// Header.
+    pub hdr: Header,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Fds received with it (owned, closed on drop).
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    /// The errno of an error reply, 0 for success.
+    pub fn errno(&self) -> i32 {
+        if self.hdr.is_error() {
+            self.hdr.error as i32
+        } else {
+            0
+        }
+    }
+}
+
+/// A raw connection.
+#[derive(Debug)]
+pub struct Raw {
+    /// The socket.
+    pub sock: UnixStream,
+    next_id: u16,
+}
+
+/// Sends `bytes` in one sendmsg with `fds` attached (blocking).
+pub fn sendmsg(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8).max(1)];
+    // SAFETY: an all-zero msghdr is valid; fields are set below.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    if !fds.is_empty() {
+        mh.msg_control = cbuf.as_mut_ptr().cast();
+        mh.msg_controllen = space as _;
+        // SAFETY: the control buffer holds one cmsg with `fds`.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&mh);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
+        }
+    }
+    // SAFETY: mh points to live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// recvmsg into `buf` (blocking with the socket's read timeout); fds owned.
+fn recvmsg(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 64];
+    // SAFETY: an all-zero msghdr is valid; fields are set below.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    mh.msg_iov = &mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cbuf.as_mut_ptr().cast();
+    mh.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    // SAFETY: mh points to live buffers for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut mh, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    if mh.msg_controllen > 0 {
+        // SAFETY: walking the control messages the kernel wrote into cbuf.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&mh);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c);
+                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..len / 4 {
+                        let fd = std::ptr::read_unaligned(data.add(i * 4).cast::<i32>());
+                        fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&mh, c);
+            }
+        }
+    }
+    Ok((n as usize, fds))
+}
+
+impl Raw {
+    /// Connects (no VERSION yet).
+    pub fn connect(path: &Path) -> Raw {
+        let sock = UnixStream::connect(path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Raw { sock, next_id: 1 }
+    }
+
+    /// Connects and negotiates (optionally proposing the extension).
+    pub fn negotiated(path: &Path, extension: bool) -> Raw {
+        let mut r = Raw::connect(path);
+        let rep = r.version(extension);
+        assert_eq!(rep.errno(), 0, "VERSION failed");
+        r
+    }
+
+    /// Sends a VERSION with the default proposal.
+    pub fn version(&mut self, extension: bool) -> Reply {
+        let opts = ClientOptions {
+            propose_extension: extension,
+            ..ClientOptions::default()
+        };
+        let v = Version {
+            major: 0,
+            minor: 1,
+            caps: proposal(&opts),
+        }
+        .encode();
+        self.call(cmd::VERSION, &v, &[])
+    }
+
+    /// Sends raw bytes (with fds on the first byte).
+    pub fn send_raw(&mut self, bytes: &[u8], fds: &[RawFd]) {
+        let mut off = sendmsg(&self.sock, bytes, fds).unwrap();
+        while off < bytes.len() {
+            off += sendmsg(&self.sock, &bytes[off..], &[]).unwrap();
+        }
+    }
+
+    /// A message with header fields as given; returns its id.
+    pub fn send_hdr(
+        &mut self,
+        command: u16,
+        flg: u32,
+        size: u32,
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let hdr = Header {
+            msg_id: id,
+            command,
+            size,
+            flags: flg,
+            error: 0,
+        };
+        let mut m = hdr.encode().to_vec();
+        m.extend_from_slice(payload);
+        self.send_raw(&m, fds);
+        id
+    }
+
+    /// A well-framed command; returns its id.
+    pub fn send(&mut self, command: u16, payload: &[u8], fds: &[RawFd]) -> u16 {
+        let size = (HEADER_SIZE + payload.len()) as u32;
+        self.send_hdr(command, flags::TYPE_COMMAND, size, payload, fds)
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> std::io::Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            let (n, f) = recvmsg(&self.sock, &mut buf[got..])?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            fds.extend(f);
+            got += n;
+        }
+        Ok(())
+    }
+
+    /// Next reply (panics on timeout or EOF).
+    pub fn reply(&mut self) -> Reply {
+        self.try_reply().expect("reply")
+    }
+
+    /// Next reply, or the I/O error (EOF, timeout).
+    pub fn try_reply(&mut self) -> std::io::Result<Reply> {
+        let mut h = [0u8; HEADER_SIZE];
+        let mut fds = Vec::new();
+        self.read_exact(&mut h, &mut fds)?;
+        let hdr = Header::decode(&h);
+        assert!(hdr.size as usize >= HEADER_SIZE, "bad reply size {hdr:?}");
+        assert!(hdr.is_reply(), "not a reply: {hdr:?}");
+        let mut payload = vec![0u8; hdr.size as usize - HEADER_SIZE];
+        self.read_exact(&mut payload, &mut fds)?;
+        Ok(Reply { hdr, payload, fds })
+    }
+
+    /// Sends a command and returns its reply (checking id and command match).
+    pub fn call(&mut self, command: u16, payload: &[u8], fds: &[RawFd]) -> Reply {
+        let id = self.send(command, payload, fds);
+        let r = self.reply();
+        assert_eq!(r.hdr.msg_id, id, "reply to the wrong message: {r:?}");
+        assert_eq!(r.hdr.command, command, "reply for the wrong command: {r:?}");
+        r
+    }
+
+    /// Sends a command and asserts the errno of its reply (0 = success).
+    pub fn expect(
+        &mut self,
+        what: &str,
+        command: u16,
+        payload: &[u8],
+        fds: &[RawFd],
+        errno: i32,
+    ) -> Reply {
+        let r = self.call(command, payload, fds);
+        assert_eq!(
+            r.errno(),
+            errno,
+            "{what}: expected errno {errno}, got {} ({:?})",
+            r.errno(),
+            r.hdr
+        );
+        if errno != 0 {
+            assert_eq!(
+                r.hdr.size as usize, HEADER_SIZE,
+                "{what}: error reply with payload"
+            );
+        }
+        r
+    }
+
+    /// True if the server closed the connection (EOF within the timeout).
+    pub fn closed_by_server(&mut self) -> bool {
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        // EOF, or ECONNRESET when the server closed with our bytes unread.
+        let r = match recvmsg(&self.sock, &mut b) {
+            Ok((0, _)) => true,
+            Ok(_) => false,
+            Err(e) => e.raw_os_error() == Some(libc::ECONNRESET),
+        };
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        r
+    }
+
+    /// A valid request that must succeed (the connection still works).
+    pub fn still_works(&mut self) {
+        let r = self.call(cmd::DEVICE_GET_INFO, &di_payload(), &[]);
+        assert_eq!(r.errno(), 0, "connection no longer usable: {r:?}");
+    }
+}
+
+/// DEVICE_GET_INFO request payload.
+pub fn di_payload() -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&16u32.to_ne_bytes());
+    p.extend_from_slice(&[0u8; 12]);
+    p
+}
+
+/// DMA_MAP payload.
+pub fn dma_map(flags: u32, offset: u64, iova: u64, size: u64) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&32u32.to_ne_bytes());
+    p.extend_from_slice(&flags.to_ne_bytes());
+    p.extend_from_slice(&offset.to_ne_bytes());
+    p.extend_from_slice(&iova.to_ne_bytes());
+    p.extend_from_slice(&size.to_ne_bytes());
+    p
+}
+
+/// DMA_UNMAP payload.
+pub fn dma_unmap(flags: u32, iova: u64, size: u64) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&24u32.to_ne_bytes());
+    p.extend_from_slice(&flags.to_ne_bytes());
+    p.extend_from_slice(&iova.to_ne_bytes());
+    p.extend_from_slice(&size.to_ne_bytes());
+    p
+}
+
+/// REGION_READ payload (or REGION_WRITE's fixed part + `data`).
+pub fn region(offset: u64, region: u32, count: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&offset.to_ne_bytes());
+    p.extend_from_slice(&region.to_ne_bytes());
+    p.extend_from_slice(&count.to_ne_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// SET_IRQS payload.
+pub fn set_irqs(flags: u32, index: u32, start: u32, count: u32, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&((20 + data.len()) as u32).to_ne_bytes());
+    p.extend_from_slice(&flags.to_ne_bytes());
+    p.extend_from_slice(&index.to_ne_bytes());
+    p.extend_from_slice(&start.to_ne_bytes());
+    p.extend_from_slice(&count.to_ne_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// A payload of (argsz, index) + zero padding to `len` (GET_REGION_INFO etc.).
+pub fn argsz_index(argsz: u32, index: u32, len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&argsz.to_ne_bytes());
+    p.extend_from_slice(&0u32.to_ne_bytes());
+    p.extend_from_slice(&index.to_ne_bytes());
+    p.resize(len.max(12), 0);
+    p
+}
+
+/// A pipe: (read end, write end).
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two new fds into the array.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both fds are fresh and owned here.
+    unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+}
+
+/// /dev/null opened read-write.
+pub fn devnull() -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap()
+}
