@@ -162,7 +162,10 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
-fn parse_u64(s: &str) -> Result<u64, String> {
+/// Parses a number given on a command line or in a device string: decimal or
+/// `0x`-hex, `_` separators allowed. The one parser of every CLI number
+/// (`serve`/`dt`/`probe`, device options, `vmm-shim`).
+pub fn parse_u64(s: &str) -> Result<u64, String> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
         None => s.replace('_', "").parse(),
@@ -251,7 +254,7 @@ pub struct ServeArgs {
     /// socket is used instead and left in place.
     #[arg(short, long)]
     pub socket: PathBuf,
-    /// Device to serve: model:pl330[,opts], model:scratch or vfio:/sys/bus/.../DEVICE.
+    /// Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE.
     #[arg(short, long)]
     pub device: DeviceSpec,
     /// TOML file with extra device profiles (override built-in ones by name).
@@ -569,6 +572,24 @@ pub fn run_bind(args: &BindArgs) -> Result<(), CliError> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn one_number_parser_for_every_cli_number() {
+        assert_eq!(parse_u64("4096"), Ok(4096));
+        assert_eq!(parse_u64("0x1000"), Ok(4096));
+        assert_eq!(parse_u64("0X1_000"), Ok(4096));
+        assert_eq!(parse_u64("1_000"), Ok(1000));
+        assert!(parse_u64("0x").is_err());
+        assert!(parse_u64("-1").is_err());
+        assert!(parse_u64("0x1_0000_0000_0000_0000").is_err());
+        // Device options and probe --read use the same parser.
+        assert_eq!(
+            crate::model::parse_num("k", Some("0x1_0")).map_err(|e| e.to_string()),
+            Ok(16)
+        );
+        let r: crate::probe::ReadSpec = "config:0x1_0:4".parse().unwrap();
+        assert_eq!((r.offset, r.size), (16, 4));
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -267,9 +267,10 @@ pub fn device_nodes(profile: &Profile, dev: &DtDevice, p: &DtParams) -> Result<V
             (size >> 32) as u32,
             size as u32,
         ]);
-        let pages = size.div_ceil(0x1000) * 0x1000;
-        addr = addr
-            .checked_add(pages)
+        addr = size
+            .div_ceil(0x1000)
+            .checked_mul(0x1000)
+            .and_then(|pages| addr.checked_add(pages))
             .ok_or_else(|| DtError::Invalid("regions wrap the address space".into()))?;
     }
     let mut irqs = Vec::new();

@@ -120,14 +120,6 @@ pub struct ReadSpec {
     pub size: u64,
 }
 
-fn parse_num(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
-}
-
 impl std::str::FromStr for ReadSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -137,7 +129,7 @@ impl std::str::FromStr for ReadSpec {
                 "bad --read {s:?}: expected REGION:OFFSET:SIZE, e.g. config:0:64 or 0:0x10:4"
             ));
         };
-        let size = parse_num(size)?;
+        let size = crate::cli::parse_u64(size)?;
         if size == 0 || size > MAX_READ {
             return Err(format!("--read size {size} must be 1..={MAX_READ}"));
         }
@@ -148,7 +140,7 @@ impl std::str::FromStr for ReadSpec {
         };
         Ok(ReadSpec {
             region,
-            offset: parse_num(offset)?,
+            offset: crate::cli::parse_u64(offset)?,
             size,
         })
     }
@@ -563,18 +555,14 @@ fn parse_pci_header(cfg: &[u8]) -> Option<PciHeader> {
     })
 }
 
+/// Largest IRQ count [`description_dts`] builds a node for (GIC SPIs: 988).
+pub const MAX_DESC_IRQS: u32 = 1024;
+
 /// Builds the DTS text of a described platform/AMBA device.
 pub fn description_dts(desc: &DeviceDescription, region_sizes: &[u64]) -> Option<String> {
     if desc.kind == DeviceKind::Pci || desc.compatible.is_empty() {
         return None;
     }
-    let trig = |t: IrqTrigger| match t {
-        IrqTrigger::LevelHigh => Trigger::LevelHigh,
-        IrqTrigger::LevelLow => Trigger::LevelLow,
-        IrqTrigger::EdgeRising => Trigger::EdgeRising,
-        IrqTrigger::EdgeFalling => Trigger::EdgeFalling,
-        IrqTrigger::EdgeBoth => Trigger::EdgeBoth,
-    };
     let mut profile = Profile::generic();
     profile.name = desc.dt_node_name.clone().unwrap_or_else(|| "device".into());
     profile.compatible = desc.compatible.clone();
@@ -586,13 +574,27 @@ pub fn description_dts(desc: &DeviceDescription, region_sizes: &[u64]) -> Option
             frequency: u32::try_from(c.frequency_hz).unwrap_or(u32::MAX),
         })
         .collect();
-    let num_irqs = desc.irqs.iter().map(|i| i.index + 1).max().unwrap_or(0);
+    // The description comes from the server: an IRQ index is a count of
+    // entries to build, so it is bounded (a GIC has at most 988 SPIs).
+    let num_irqs = desc
+        .irqs
+        .iter()
+        .map(|i| i.index.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    if num_irqs > MAX_DESC_IRQS {
+        log::warn!(
+            "device description names IRQ index {}: too large for a DT node",
+            num_irqs - 1
+        );
+        return None;
+    }
     profile.irqs = (0..num_irqs)
         .map(|i| {
             let d = desc.irqs.iter().find(|d| d.index == i);
             IrqProfile {
                 name: d.map(|d| d.name.clone()),
-                trigger: d.map(|d| trig(d.trigger)).unwrap_or_default(),
+                trigger: d.map(|d| Trigger::from(d.trigger)).unwrap_or_default(),
                 clear: None,
             }
         })
@@ -1306,6 +1308,33 @@ mod tests {
             ..d
         };
         assert!(description_dts(&anon, &[0x1000]).is_none());
+    }
+
+    #[test]
+    fn dts_from_a_hostile_description_does_not_panic() {
+        use vfio_sidecar_protocol::ext::{EoiDesc, IrqDesc};
+        let d = DeviceDescription {
+            kind: DeviceKind::Amba,
+            compatible: vec!["x,y".into()],
+            clocks: vec![],
+            regions: vec![],
+            irqs: vec![IrqDesc {
+                index: u32::MAX,
+                name: "far".into(),
+                trigger: IrqTrigger::LevelHigh,
+                eoi: EoiDesc {
+                    policy: EoiPolicy::None,
+                    clear: None,
+                },
+            }],
+            dt_node_name: None,
+        };
+        // index + 1 overflowed, then 2^32 IRQ entries were to be built.
+        assert!(description_dts(&d, &[0x1000]).is_none());
+        // A region size near u64::MAX: its page-rounded size wrapped.
+        let d = DeviceDescription { irqs: vec![], ..d };
+        assert!(description_dts(&d, &[u64::MAX]).is_none());
+        assert!(description_dts(&d, &[0x1000]).is_some());
     }
 
     #[test]

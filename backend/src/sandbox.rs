@@ -128,7 +128,7 @@ pub enum SandboxError {
     /// A privilege change needs root.
     #[error(
         "cannot switch to uid {uid} gid {gid}: running as uid {euid}, not root; start as root \
-         or drop the --user/--group option"
+         or drop the --user option"
     )]
     NotRoot {
         /// Target uid.

@@ -35,8 +35,7 @@ use thiserror::Error;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
 use vfio_sidecar_protocol::error::Errno;
 use vfio_sidecar_protocol::ext::{
-    self, ClockDesc, DeviceDescription, DeviceKind, EoiDesc, IrqDesc, IrqStats, IrqTrigger,
-    RegionDesc,
+    self, ClockDesc, DeviceDescription, DeviceKind, EoiDesc, IrqDesc, IrqStats, RegionDesc,
 };
 use vfio_sidecar_protocol::message::{
     self as msg, DeviceInfo as WireDeviceInfo, DmaMap, DmaUnmap, IrqDataType,
@@ -52,7 +51,7 @@ use crate::device::{
 };
 use crate::dma::DmaTable;
 use crate::irq::{ClearMode, EoiEngine, EoiPolicy};
-use crate::profile::{Profile, Trigger};
+use crate::profile::Profile;
 use crate::sandbox::{
     self, GroupSpec, PeerPolicy, SandboxError, SeccompProfile, SocketOpts, UserSpec,
 };
@@ -258,14 +257,23 @@ impl Backend {
         }
     }
 
-    /// Cleanup after the client went away: DMA mappings, IRQ eventfds, reset.
-    pub fn client_gone(&mut self) {
-        self.log_counters("client disconnected");
-        for r in self.dma.clear() {
+    /// Drops every DMA mapping: the device (IOMMU) first, then the memory
+    /// table, so the host range stays mmapped until the device can no longer
+    /// reach it (the contract `Device::dma_map` relies on; `DmaTable::clear`
+    /// munmaps).
+    fn unmap_all_dma(&mut self) {
+        for r in self.dma.regions() {
             if let Err(e) = self.dev.dma_unmap(&r) {
                 log::warn!("device DMA unmap of {:#x}+{:#x}: {e}", r.iova, r.size);
             }
         }
+        self.dma.clear();
+    }
+
+    /// Cleanup after the client went away: DMA mappings, IRQ eventfds, reset.
+    pub fn client_gone(&mut self) {
+        self.log_counters("client disconnected");
+        self.unmap_all_dma();
         let info = self.dev.info();
         for index in 0..info.num_irqs {
             let Ok(ii) = self.dev.irq_info(index) else {
@@ -397,13 +405,7 @@ impl Backend {
                 IrqDesc {
                     index: i,
                     name: p.name.unwrap_or_else(|| format!("irq{i}")),
-                    trigger: match p.trigger {
-                        Trigger::LevelHigh => IrqTrigger::LevelHigh,
-                        Trigger::LevelLow => IrqTrigger::LevelLow,
-                        Trigger::EdgeRising => IrqTrigger::EdgeRising,
-                        Trigger::EdgeFalling => IrqTrigger::EdgeFalling,
-                        Trigger::EdgeBoth => IrqTrigger::EdgeBoth,
-                    },
+                    trigger: p.trigger.into(),
                     eoi,
                 }
             })
@@ -504,11 +506,7 @@ impl Handler for Backend {
 
     fn dma_unmap(&mut self, req: &DmaUnmap) -> Result<(), Errno> {
         if req.is_all() {
-            for r in self.dma.clear() {
-                if let Err(e) = self.dev.dma_unmap(&r) {
-                    log::warn!("device DMA unmap {:#x}: {e}", r.iova);
-                }
-            }
+            self.unmap_all_dma();
             return Ok(());
         }
         let Some(r) = self.dma.get_exact(req.address, req.size) else {
@@ -814,7 +812,7 @@ impl SignalFd {
 
 impl Drop for SignalFd {
     fn drop(&mut self) {
-        // SAFETY: restores the thread's previous signal mask saved in `new`.
+        // SAFETY: restores the thread's previous signal mask, saved in `old` by `SignalFd::new`.
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
         }
@@ -1348,5 +1346,107 @@ mod tests {
             subtract_trapped(&areas, &[(0x8000, 0x9000)]),
             areas.to_vec()
         );
+    }
+
+    use crate::device::{DeviceInfo, IrqInfo, MappedRegion, RegionInfo};
+
+    /// Is `[addr, addr + size)` inside one mapping of this process?
+    fn is_mapped(addr: u64, size: u64) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().any(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let Some((s, e)) = range.split_once('-') else {
+                return false;
+            };
+            let (s, e) = (
+                u64::from_str_radix(s, 16).unwrap(),
+                u64::from_str_radix(e, 16).unwrap(),
+            );
+            s <= addr && addr + size <= e
+        })
+    }
+
+    /// A device that records, at each `dma_unmap`, whether the host range was
+    /// still mapped (the `Device::dma_unmap` contract: "about to be removed").
+    struct UnmapProbe {
+        inner: Box<dyn Device>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+    }
+
+    impl Device for UnmapProbe {
+        fn info(&self) -> DeviceInfo {
+            self.inner.info()
+        }
+        fn region_info(&self, i: u32) -> Result<RegionInfo, DeviceError> {
+            self.inner.region_info(i)
+        }
+        fn irq_info(&self, i: u32) -> Result<IrqInfo, DeviceError> {
+            self.inner.irq_info(i)
+        }
+        fn region_read(&mut self, i: u32, o: u64, d: &mut [u8]) -> Result<(), DeviceError> {
+            self.inner.region_read(i, o, d)
+        }
+        fn region_write(
+            &mut self,
+            i: u32,
+            o: u64,
+            d: &[u8],
+            m: &dyn crate::device::DmaMemory,
+        ) -> Result<(), DeviceError> {
+            self.inner.region_write(i, o, d, m)
+        }
+        fn dma_map(&mut self, r: &MappedRegion) -> Result<(), DeviceError> {
+            self.inner.dma_map(r)
+        }
+        fn dma_unmap(&mut self, r: &MappedRegion) -> Result<(), DeviceError> {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(is_mapped(r.host_addr, r.size));
+            self.inner.dma_unmap(r)
+        }
+        fn set_irqs(&mut self, req: SetIrqs) -> Result<(), DeviceError> {
+            self.inner.set_irqs(req)
+        }
+        fn unmask_irq(&mut self, i: u32, v: u32) -> Result<(), DeviceError> {
+            self.inner.unmask_irq(i, v)
+        }
+        fn reset(&mut self) -> Result<(), DeviceError> {
+            self.inner.reset()
+        }
+        fn irq_counters(&self, i: u32, v: u32) -> Option<crate::device::IrqCounters> {
+            self.inner.irq_counters(i, v)
+        }
+    }
+
+    #[test]
+    fn device_unmaps_before_the_host_range_goes() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let set = crate::profile::ProfileSet::default();
+        let profile = set.by_name("scratch").unwrap().clone();
+        let inner = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
+        let dev = UnmapProbe {
+            inner: Box::new(inner),
+            seen: seen.clone(),
+        };
+        let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        let rw = msg::DMA_MAP_FLAG_READ | msg::DMA_MAP_FLAG_WRITE;
+        let map = |b: &mut Backend, iova: u64| {
+            let fd = crate::dma::memfd("unmap-order", 0x2000).unwrap();
+            b.dma_map(&DmaMap::new(rw, 0, iova, 0x2000), Some(fd))
+                .unwrap();
+        };
+        // Single unmap, unmap-all, and a client disconnect.
+        map(&mut b, 0x10000);
+        b.dma_unmap(&DmaUnmap::new(0, 0x10000, 0x2000)).unwrap();
+        map(&mut b, 0x10000);
+        map(&mut b, 0x20000);
+        b.dma_unmap(&DmaUnmap::new(msg::DMA_UNMAP_FLAG_ALL, 0, 0))
+            .unwrap();
+        assert_eq!(b.dma_len(), 0);
+        map(&mut b, 0x30000);
+        b.client_gone();
+        assert_eq!(b.dma_len(), 0);
+        assert_eq!(*seen.lock().unwrap(), vec![true; 4]);
     }
 }

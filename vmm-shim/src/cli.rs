@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+/// Numbers on the command line: decimal or `0x`-hex (the backend's parser).
+pub use vfio_sidecar::cli::parse_u64;
 
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
@@ -147,14 +149,6 @@ pub struct DtbArgs {
     /// First GIC SPI number for the device's interrupts (same case).
     #[arg(long, default_value_t = 32)]
     pub irq_base: u32,
-}
-
-pub fn parse_u64(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
 }
 
 /// The clap command of `vmm-shim` (for generated docs).

@@ -32,11 +32,23 @@ impl ProtoBackend {
         };
         let client = Client::connect(socket, opts)
             .map_err(|e| LinkError::Transport(format!("{}: {e}", socket.display())))?;
+        let n = client.negotiated();
         log::info!(
-            "connected to {}: {:?}",
+            "connected to {}: vfio-user {}.{}, vfio-sidecar extension {}",
             socket.display(),
-            client.negotiated()
+            n.major,
+            n.minor,
+            if n.extension() {
+                format!(
+                    "(dma_exec {}, exec enforced {})",
+                    n.dma_exec(),
+                    n.exec_enforced()
+                )
+            } else {
+                "not negotiated".into()
+            }
         );
+        log::debug!("negotiated: {n:?}");
         Ok(ProtoBackend { client })
     }
 

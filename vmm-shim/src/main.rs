@@ -30,7 +30,7 @@ fn print_summary(s: &runner::Summary, json: bool) -> ExitCode {
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    log::error!("{msg}");
+    // One line on stderr (a log::error! as well would print it twice).
     eprintln!("vmm-shim: {msg}");
     ExitCode::FAILURE
 }

@@ -106,14 +106,35 @@ pub enum Mailbox {
 }
 
 /// A VM with one vCPU. Field order = drop order: vCPU and VM before the mappings.
+///
+/// It borrows the guest RAM it registered as slot 0 for its whole life (`'ram`):
+/// KVM keeps using that mapping until the VM fd is closed, so the compiler must
+/// not let the `GuestRam` (and its munmap) go first:
+///
+/// ```compile_fail
+/// # use vmm_shim::{memory::GuestRam, vm::Vm};
+/// let ram = GuestRam::new(0x10000).unwrap();
+/// let vm = Vm::new(&ram).unwrap();
+/// drop(ram); // error: `ram` is still borrowed by `vm`
+/// drop(vm);
+/// ```
+///
+/// ```no_run
+/// # use vmm_shim::{memory::GuestRam, vm::Vm};
+/// let ram = GuestRam::new(0x10000).unwrap();
+/// let vm = Vm::new(&ram).unwrap();
+/// drop(vm);
+/// drop(ram);
+/// ```
 #[derive(Debug)]
-pub struct Vm {
+pub struct Vm<'ram> {
     vcpu: VcpuFd,
     vm: VmFd,
     _kvm: Kvm,
     maps: Vec<HostMapping>,
     next_slot: u32,
     counters: RunCounters,
+    _ram: std::marker::PhantomData<&'ram GuestRam>,
 }
 
 /// The KVM device: `/dev/kvm`, or `$VMM_SHIM_KVM_DEVICE` (lets tests exercise
@@ -135,10 +156,10 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + 2
 }
 
-impl Vm {
+impl<'ram> Vm<'ram> {
     /// Opens /dev/kvm, creates the VM, in-kernel PIC/IOAPIC/LAPIC, maps RAM as
     /// slot 0 and sets the vCPU up at `CODE_BASE` in 32-bit protected mode.
-    pub fn new(ram: &GuestRam) -> Result<Self, VmError> {
+    pub fn new(ram: &'ram GuestRam) -> Result<Self, VmError> {
         let path = std::ffi::CString::new(kvm_device().into_os_string().into_encoded_bytes())
             .map_err(|_| VmError::NoKvm(kvm_ioctls::Error::new(libc::EINVAL)))?;
         let kvm = Kvm::new_with_path(&path).map_err(VmError::NoKvm)?;
@@ -153,8 +174,9 @@ impl Vm {
             memory_size: ram.size(),
             userspace_addr: ram.host_addr(),
         };
-        // SAFETY: the region describes `ram`'s mapping, which outlives the VM
-        // (callers keep GuestRam alive until the Vm is dropped; see runner).
+        // SAFETY: the region describes `ram`'s mapping, which outlives the VM:
+        // the returned `Vm<'ram>` borrows `ram`, so it cannot be dropped (unmapped)
+        // while KVM may still access it.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("set_user_memory_region(RAM)"))?;
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create_vcpu"))?;
@@ -210,6 +232,7 @@ impl Vm {
             maps: Vec::new(),
             next_slot: 1,
             counters: RunCounters::default(),
+            _ram: std::marker::PhantomData,
         })
     }
 

@@ -315,9 +315,12 @@ pub struct Edu {
     msi_pending: u32,
 }
 
+/// `n!` modulo 2^32, as edu computes it. Bounded work for any `n` a client
+/// writes: the product of k consecutive integers is divisible by k!, so it
+/// reaches 0 mod 2^32 after at most 34 factors (34! holds 2^32) and stays 0.
 fn factorial(mut n: u32) -> u32 {
     let mut r: u32 = 1;
-    while n > 0 {
+    while n > 0 && r != 0 {
         r = r.wrapping_mul(n);
         n -= 1;
     }
@@ -717,6 +720,23 @@ mod tests {
     use std::fs::File;
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
+
+    #[test]
+    fn factorial_is_bounded_for_any_client_value() {
+        // Same result as the plain wrapping loop for small n...
+        let naive = |n: u32| (1..=n).fold(1u32, |r, k| r.wrapping_mul(k));
+        for n in 0..200 {
+            assert_eq!(factorial(n), naive(n), "{n}!");
+        }
+        assert_eq!(factorial(5), 120);
+        assert_eq!(factorial(12), 479_001_600);
+        // ...and a client writing u32::MAX no longer makes the backend
+        // multiply four billion times inside one REGION_WRITE.
+        assert_eq!(factorial(u32::MAX), 0);
+        assert_eq!(factorial(33), naive(33));
+        assert_ne!(factorial(33), 0);
+        assert_eq!(factorial(34), 0);
+    }
 
     fn rd32(d: &mut Edu, region: u32, off: u64) -> u32 {
         let mut b = [0u8; 4];

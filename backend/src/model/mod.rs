@@ -235,11 +235,8 @@ impl std::str::FromStr for ModelSpec {
 /// Parses a number option (decimal or 0x-hex).
 pub fn parse_num(key: &str, v: Option<&str>) -> Result<u64, DeviceError> {
     let v = v.ok_or_else(|| DeviceError::Invalid(format!("option {key} needs a value")))?;
-    let r = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => v.parse(),
-    };
-    r.map_err(|_| DeviceError::Invalid(format!("option {key}={v}: not a number")))
+    crate::cli::parse_u64(v)
+        .map_err(|_| DeviceError::Invalid(format!("option {key}={v}: not a number")))
 }
 
 /// Names of the built-in models.

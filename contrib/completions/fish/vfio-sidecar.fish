@@ -34,7 +34,7 @@ complete -c vfio-sidecar -n "__fish_vfio_sidecar_needs_command" -f -a "list" -d 
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_needs_command" -f -a "bind" -d 'Bind a device to the VFIO driver of its bus (driver_override, unbind, drivers_probe); needs root unless --dry-run'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -s s -l socket -d 'Unix socket path to listen on (created with --socket-mode, removed on exit). Under systemd socket activation (LISTEN_FDS/LISTEN_PID) the inherited socket is used instead and left in place' -r -F
-complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -s d -l device -d 'Device to serve: model:pl330[,opts], model:scratch or vfio:/sys/bus/.../DEVICE' -r
+complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -s d -l device -d 'Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l profile -d 'TOML file with extra device profiles (override built-in ones by name)' -r -F
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l profile-name -d 'Use this profile (by name) instead of detecting it' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l eoi -d 'EOI policy for level IRQs (default: the profile\'s, clear-register for the PL330): clear-register, resample or first-access (legacy, comparison only)' -r
