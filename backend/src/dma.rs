@@ -609,40 +609,67 @@ impl DmaTable {
         })
     }
 
-    /// Splits `[iova, iova+len)` into pieces (entry start, offset in entry, piece
-    /// length), checking mapping and permission of every piece first.
-    fn pieces(
+    /// The piece of `[cur, end)` that starts at `cur`: (entry, offset in entry,
+    /// piece length), checking mapping and permission.
+    fn piece(
+        &self,
+        cur: u64,
+        end: u64,
+        access: DmaAccess,
+        unmapped: DmaFault,
+        denied: DmaFault,
+    ) -> Result<(&DmaEntry, usize, usize), DmaFault> {
+        let (start, e) = self.lookup(cur).ok_or(unmapped)?;
+        let ok = match access {
+            DmaAccess::Fetch => e.prot.exec,
+            DmaAccess::Read => e.prot.read,
+            DmaAccess::Write => e.prot.write,
+        };
+        if !ok {
+            return Err(denied);
+        }
+        let off = cur - start;
+        let piece = (e.size - off).min(end - cur);
+        // Both fit in usize: the entry's size was checked at map time.
+        Ok((e, off as usize, piece as usize))
+    }
+
+    /// Resolves `[iova, iova+len)` piece by piece without allocating: every
+    /// piece's mapping and permission is checked first (nothing is copied when
+    /// any piece faults), then `copy(entry, offset, done, n)` runs per piece.
+    /// The common case (the access lies in one mapping) takes one lookup.
+    fn for_each_piece(
         &self,
         iova: u64,
         len: usize,
         access: DmaAccess,
-    ) -> Result<Vec<(u64, usize, usize)>, DmaFault> {
+        mut copy: impl FnMut(&DmaEntry, usize, usize, usize) -> Result<(), DmaFault>,
+    ) -> Result<(), DmaFault> {
         let unmapped = DmaFault::Unmapped { access, iova, len };
         let denied = DmaFault::Permission { access, iova, len };
-        let mut out = Vec::new();
         if len == 0 {
-            return Ok(out);
+            return Ok(());
         }
-        let total = len as u64;
-        let end = iova.checked_add(total).ok_or(unmapped)?;
-        let mut cur = iova;
+        let end = iova.checked_add(len as u64).ok_or(unmapped)?;
+        let (e, off, n) = self.piece(iova, end, access, unmapped, denied)?;
+        if n == len {
+            return copy(e, off, 0, n);
+        }
+        // Spanning access: check every piece, then copy.
+        let mut cur = iova + n as u64;
         while cur < end {
-            let (start, e) = self.lookup(cur).ok_or(unmapped)?;
-            let ok = match access {
-                DmaAccess::Fetch => e.prot.exec,
-                DmaAccess::Read => e.prot.read,
-                DmaAccess::Write => e.prot.write,
-            };
-            if !ok {
-                return Err(denied);
-            }
-            let off = cur - start;
-            let piece = (e.size - off).min(end - cur);
-            // Both fit in usize: the entry's size was checked at map time.
-            out.push((start, off as usize, piece as usize));
-            cur += piece;
+            let (_, _, n) = self.piece(cur, end, access, unmapped, denied)?;
+            cur += n as u64;
         }
-        Ok(out)
+        let mut cur = iova;
+        let mut done = 0usize;
+        while cur < end {
+            let (e, off, n) = self.piece(cur, end, access, unmapped, denied)?;
+            copy(e, off, done, n)?;
+            done += n;
+            cur += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -655,9 +682,7 @@ impl DmaMemory for DmaTable {
         } else {
             access
         };
-        let mut done = 0usize;
-        for (start, off, n) in self.pieces(iova, len, access)? {
-            let e = self.entries.get(&start).ok_or(fault)?;
+        self.for_each_piece(iova, len, access, |e, off, done, n| {
             let dst = buf.get_mut(done..done + n).ok_or(fault)?;
             if e.sealed {
                 let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
@@ -666,9 +691,8 @@ impl DmaMemory for DmaTable {
                 log::debug!("DMA read at {iova:#x}: backing file shrunk");
                 return Err(fault);
             }
-            done += n;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn dma_write(&self, iova: u64, data: &[u8]) -> Result<(), DmaFault> {
@@ -678,9 +702,7 @@ impl DmaMemory for DmaTable {
             iova,
             len,
         };
-        let mut done = 0usize;
-        for (start, off, n) in self.pieces(iova, len, DmaAccess::Write)? {
-            let e = self.entries.get(&start).ok_or(fault)?;
+        self.for_each_piece(iova, len, DmaAccess::Write, |e, off, done, n| {
             let src = data.get(done..done + n).ok_or(fault)?;
             if e.sealed {
                 let slice = e.map.get_slice(off, n).map_err(|_| fault)?;
@@ -689,9 +711,8 @@ impl DmaMemory for DmaTable {
                 log::debug!("DMA write at {iova:#x}: backing file shrunk");
                 return Err(fault);
             }
-            done += n;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

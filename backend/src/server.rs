@@ -106,6 +106,11 @@ pub struct Backend {
     work_pending: bool,
     /// `--no-mmap`: offer no sparse-mmap area for any region (every access traps).
     no_mmap: bool,
+    /// Size of every region, read once at construction (a device's regions do
+    /// not change for its life), so a trapped access is bounds-checked without
+    /// building the region description. `None`: `region_info` failed then; such
+    /// an access asks the device again (and gets its error).
+    region_sizes: Vec<Option<u64>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -130,8 +135,11 @@ impl Backend {
         let info = dev.info();
         let eoi = profile.eoi_engine(info.num_irqs, policy)?;
         let mut dma = DmaTable::new(max_dma_maps as usize);
+        let mut region_sizes = Vec::new();
         for i in 0..info.num_regions {
-            if let Ok(r) = dev.region_info(i) {
+            let r = dev.region_info(i);
+            region_sizes.push(r.as_ref().ok().map(|r| r.size));
+            if let Ok(r) = r {
                 if let Some(m) = &r.mmap {
                     if let Err(e) = dma.forbid_file(&m.fd) {
                         log::warn!("cannot stat region {i} fd: {e}");
@@ -150,6 +158,7 @@ impl Backend {
             max_dma_maps,
             work_pending: false,
             no_mmap: false,
+            region_sizes,
         })
     }
 
@@ -186,13 +195,13 @@ impl Backend {
         if len == 0 {
             return Err(Errno::EINVAL);
         }
-        let info = self.dev.region_info(region).map_err(|e| errno_of(&e))?;
+        let size = match self.region_sizes.get(region as usize).copied().flatten() {
+            Some(size) => size,
+            None => self.dev.region_info(region).map_err(|e| errno_of(&e))?.size,
+        };
         let end = offset.checked_add(len as u64).ok_or(Errno::EINVAL)?;
-        if end > info.size {
-            log::debug!(
-                "region {region} access [{offset:#x}, +{len}) beyond size {:#x}",
-                info.size
-            );
+        if end > size {
+            log::debug!("region {region} access [{offset:#x}, +{len}) beyond size {size:#x}");
             return Err(Errno::EINVAL);
         }
         Ok(())
@@ -1026,19 +1035,43 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut rejecting: Option<ServerConnection> = None;
     let mut dev_fds: Vec<RawFd> = Vec::new();
     let mut events = vec![EpollEvent::default(); 16];
+    let buffered =
+        |c: &Option<ServerConnection>| c.as_ref().is_some_and(|c| c.has_buffered_message());
     loop {
-        let timeout = if backend.work_pending { 0 } else { -1 };
+        // A connection that stopped at its batch limit may hold complete
+        // messages in its receive buffer: those do not make its socket
+        // readable, so do not sleep and handle them as if it were.
+        let timeout = if backend.work_pending || buffered(&client) || buffered(&rejecting) {
+            0
+        } else {
+            -1
+        };
         let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(ServeError::EventLoop(e)),
         };
-        if n == 0 {
+        let mut extra = [0u64; 2];
+        let mut nextra = 0;
+        for (token, conn) in [(TOKEN_CLIENT, &client), (TOKEN_REJECT, &rejecting)] {
+            if buffered(conn) && !events.iter().take(n).any(|e| e.data() == token) {
+                if let Some(slot) = extra.get_mut(nextra) {
+                    *slot = token;
+                    nextra += 1;
+                }
+            }
+        }
+        if n == 0 && nextra == 0 {
             backend.run_pending();
             continue;
         }
-        for ev in events.iter().take(n) {
-            match ev.data() {
+        let tokens = events
+            .iter()
+            .take(n)
+            .map(|e| e.data())
+            .chain(extra.into_iter().take(nextra));
+        for token in tokens {
+            match token {
                 TOKEN_SIGNAL => {
                     let signo = sig.read().unwrap_or(0);
                     log::info!("signal {signo}: shutting down");

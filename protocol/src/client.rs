@@ -88,6 +88,8 @@ pub struct Client {
     opts: ClientOptions,
     dma_handler: Option<DmaHandler>,
     dma_maps: u32,
+    /// The first receive of a reply may block (SO_RCVTIMEO = reply timeout).
+    blocking_recv: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -115,6 +117,12 @@ pub fn proposal(opts: &ClientOptions) -> Capabilities {
     }
 }
 
+/// SO_RCVTIMEO = `t` (at least 1 µs: zero would mean "forever").
+fn set_rcvtimeo(sock: &UnixStream, t: Duration) -> Result<(), ClientError> {
+    sock.set_read_timeout(Some(t.max(Duration::from_micros(1))))
+        .map_err(|e| ClientError::Transport(TransportError::Io(e)))
+}
+
 fn bad_reply(command: u16, source: DecodeError) -> ClientError {
     ClientError::BadReply {
         command: cmd::name(command),
@@ -132,8 +140,12 @@ impl Client {
 
     /// Uses an already connected stream and performs VERSION.
     pub fn from_stream(sock: UnixStream, opts: ClientOptions) -> Result<Self, ClientError> {
-        sock.set_nonblocking(true)
+        // Blocking socket: replies are received with one blocking `recvmsg`
+        // bounded by SO_RCVTIMEO; every send uses MSG_DONTWAIT (and waits for
+        // space with poll up to the timeout).
+        sock.set_nonblocking(false)
             .map_err(|e| ClientError::Transport(TransportError::Io(e)))?;
+        set_rcvtimeo(&sock, opts.reply_timeout)?;
         let ours = proposal(&opts);
         let mut c = Client {
             sock,
@@ -148,6 +160,7 @@ impl Client {
             opts,
             dma_handler: None,
             dma_maps: 0,
+            blocking_recv: true,
         };
         let req = Version {
             major: VERSION_MAJOR,
@@ -202,6 +215,14 @@ impl Client {
     /// Changes the reply timeout.
     pub fn set_reply_timeout(&mut self, t: Duration) {
         self.opts.reply_timeout = t;
+        // Should SO_RCVTIMEO not take the new value, wait with poll instead.
+        self.blocking_recv = match set_rcvtimeo(&self.sock, t) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("cannot set the reply timeout on the socket ({e}); using poll");
+                false
+            }
+        };
     }
 
     fn server_limits(&self) -> Limits {
@@ -247,19 +268,36 @@ impl Client {
             e => ClientError::from(e),
         })?;
         let deadline = Instant::now() + timeout;
-        // Wait for the reply before the first receive: the server needs time
-        // to answer, so receiving at once would only return EAGAIN (one wasted
-        // syscall per request, measured by vfio-sidecar-bench). The reader
-        // never buffers a complete message, so nothing can be pending in user
-        // space here.
-        if self.reader.is_idle()
-            && !wait_fd(self.sock.as_fd(), libc::POLLIN, Some(timeout))
-                .map_err(|e| ClientError::Transport(TransportError::Io(e)))?
-        {
-            return Err(ClientError::Timeout { command: name });
-        }
+        // The first receive blocks (the socket is blocking, with SO_RCVTIMEO =
+        // the reply timeout): one `recvmsg` usually brings the whole reply.
+        // Later ones (stale replies, server requests, partial messages) poll
+        // with what is left of the deadline first.
+        let mut first = self.blocking_recv;
         loop {
-            match self.reader.read_message(self.sock.as_fd()) {
+            let next = match self.reader.take() {
+                Ok(Some(i)) => Ok(Some(i)),
+                Ok(None) => {
+                    let filled = if first {
+                        first = false;
+                        self.reader.fill(self.sock.as_fd(), true)
+                    } else {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero()
+                            || !wait_fd(self.sock.as_fd(), libc::POLLIN, Some(left))
+                                .map_err(|e| ClientError::Transport(TransportError::Io(e)))?
+                        {
+                            return Err(ClientError::Timeout { command: name });
+                        }
+                        self.reader.fill(self.sock.as_fd(), false)
+                    };
+                    match filled {
+                        Ok(_) => continue,
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match next {
                 Ok(Some(Incoming::Message(m))) => {
                     if m.header.is_reply() {
                         if m.header.msg_id == id && m.header.command == command {
@@ -301,14 +339,7 @@ impl Client {
                         self.send_error(&header, Errno::EINVAL)?;
                     }
                 }
-                Ok(None) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(ClientError::Timeout { command: name });
-                    }
-                    wait_fd(self.sock.as_fd(), libc::POLLIN, Some(left))
-                        .map_err(|e| ClientError::Transport(TransportError::Io(e)))?;
-                }
+                Ok(None) => {}
                 Err(e) => return Err(ClientError::from(e)),
             }
         }
@@ -840,13 +871,27 @@ impl Client {
 
     /// Sends raw bytes on the socket (tests and fuzzing of servers).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        use std::io::Write;
-        let mut s = &self.sock;
         let deadline = Instant::now() + self.opts.reply_timeout;
         let mut off = 0;
         while off < bytes.len() {
-            match s.write(bytes.get(off..).unwrap_or_default()) {
+            let rest = bytes.get(off..).unwrap_or_default();
+            // SAFETY: `rest` is a live slice of rest.len() bytes; the fd is ours.
+            let r = unsafe {
+                libc::send(
+                    self.sock.as_raw_fd(),
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            let r = if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            };
+            match r {
                 Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {

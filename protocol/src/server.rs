@@ -25,7 +25,7 @@ use crate::error::{DecodeError, Errno, ServerError, TransportError};
 use crate::ext::{DeviceDescription, IrqStats};
 use crate::header::{command as cmd, Header, MsgType};
 use crate::message::*;
-use crate::transport::{send_message, FrameError, Incoming, Message, MessageReader};
+use crate::transport::{send_message, Filled, FrameError, Incoming, Message, MessageReader};
 
 /// State of a connection after [`ServerConnection::handle_readable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,12 +243,20 @@ impl ServerConnection {
     }
 
     /// Handles at most `n` (≥ 1) messages per [`Self::handle_readable`] call
-    /// (default: unlimited, i.e. until the socket is drained). The rest stays
-    /// in the socket, so a level-triggered epoll reports the connection again
-    /// after the loop's other events: a client that keeps its socket full
-    /// cannot starve signals, device fds or other connections.
+    /// (default: unlimited). The rest stays in the socket or in the
+    /// connection's receive buffer: a client that keeps its socket full cannot
+    /// starve signals, device fds or other connections. With a limit, an event
+    /// loop must call `handle_readable` again (without waiting for the socket)
+    /// while [`Self::has_buffered_message`] is true: messages already received
+    /// into user space do not make the socket readable.
     pub fn set_batch_limit(&mut self, n: usize) {
         self.batch = n.max(1);
+    }
+
+    /// True when a complete message (or a frame to reject) is already
+    /// buffered: `handle_readable` would handle it without receiving.
+    pub fn has_buffered_message(&self) -> bool {
+        self.reader.has_frame()
     }
 
     /// Sets how long a reply write may wait for the client (default 5 s).
@@ -271,18 +279,38 @@ impl ServerConnection {
         self.dma_maps
     }
 
-    /// Reads everything available (or up to the batch limit, see
-    /// [`Self::set_batch_limit`]), handles every complete message and writes
+    /// Receives what is available, handles every complete message (or up to
+    /// the batch limit, see [`Self::set_batch_limit`]) and writes
     /// the replies. Partial messages are kept for the next call. `Err` or
     /// `Ok(Closed)`: drop the connection.
+    ///
+    /// The socket is not drained to `EAGAIN`: after a receive that returned
+    /// less than the space offered and no fds (the socket was empty when it
+    /// returned), the buffered messages are handled and the call returns; bytes
+    /// that arrive later make a level-triggered poll report the socket again.
+    /// Complete messages already buffered are always handled before returning.
     pub fn handle_readable(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
+        let mut may_receive = true;
         let mut handled = 0usize;
         loop {
             if handled >= self.batch {
                 return Ok(ConnStatus::Open);
             }
+            let next = match self.reader.take() {
+                Ok(Some(i)) => Ok(Some(i)),
+                Ok(None) if !may_receive => return Ok(ConnStatus::Open),
+                Ok(None) => match self.reader.fill(self.sock.as_fd(), false) {
+                    Ok(Filled::Empty) => return Ok(ConnStatus::Open),
+                    Ok(Filled::Data { maybe_more }) => {
+                        may_receive = maybe_more;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             handled += 1;
-            let inc = match self.reader.read_message(self.sock.as_fd()) {
+            let inc = match next {
                 Ok(None) => return Ok(ConnStatus::Open),
                 Ok(Some(i)) => i,
                 Err(TransportError::Disconnected) => return Ok(ConnStatus::Closed),
@@ -651,6 +679,7 @@ impl ServerConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::wait_fd;
     use std::io::{Read, Write};
 
     /// Answers DEVICE_GET_INFO; everything else is unsupported.
@@ -719,10 +748,16 @@ mod tests {
         let mut h = Info;
         assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
         assert_eq!(replies_available(&b), 2, "first call: two messages");
+        // One receive took all five: the rest is buffered, not in the socket,
+        // and the connection says so (an event loop must not wait for POLLIN).
+        assert!(conn.has_buffered_message());
+        assert!(!wait_fd(conn.as_fd(), libc::POLLIN, Some(Duration::ZERO)).unwrap());
         assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
         assert_eq!(replies_available(&b), 2);
+        assert!(conn.has_buffered_message());
         assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
         assert_eq!(replies_available(&b), 1, "the rest");
+        assert!(!conn.has_buffered_message());
         // Unlimited (default): everything in one call.
         let (a, b) = UnixStream::pair().unwrap();
         b.set_nonblocking(true).unwrap();

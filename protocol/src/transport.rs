@@ -3,9 +3,11 @@
 //! * Sending: one `sendmsg` per message carries the fds with the first byte;
 //!   partial writes are continued (without fds); `MSG_NOSIGNAL` (no SIGPIPE);
 //!   a socket that stays full for the write timeout is an error.
-//! * Receiving ([`MessageReader`]): non-blocking, resumable state machine that
-//!   reads exactly one message at a time (header, then exactly the declared
-//!   payload) so fds are never attributed to the wrong message. Fds arrive with
+//! * Receiving ([`MessageReader`]): resumable state machine over a receive
+//!   buffer: one `recvmsg` usually brings a whole message (header and payload)
+//!   and everything queued behind it; fds are attributed by the rule documented
+//!   on [`MessageReader`] (the message holding the last byte of the receive
+//!   that returned them). Fds arrive with
 //!   `MSG_CMSG_CLOEXEC` and are owned as [`OwnedFd`] at once. The declared size
 //!   is checked before any allocation; a message larger than the limit is
 //!   skipped (consumed into a fixed scratch buffer) and reported, so the stream
@@ -63,43 +65,109 @@ pub enum Incoming {
     },
 }
 
+/// Size of the receive buffer (capped at the message size limit): messages up
+/// to this size are received together with whatever follows them, usually in
+/// one `recvmsg`.
+pub const READ_BUF_SIZE: usize = 64 << 10;
+
 #[derive(Debug)]
 enum Phase {
-    Header,
+    /// Messages are framed from the receive buffer.
+    Buffered,
+    /// A message larger than the buffer: the rest of its payload is received
+    /// straight into `payload` (never past its end).
     Payload,
+    /// An oversized message: the rest is received and discarded.
     Skip,
 }
 
-/// Resumable reader of one message at a time from a (non-blocking) socket.
+/// Fds received by one `recvmsg`, tagged with the stream offset of the last
+/// byte that call returned (see [`MessageReader`] for the attribution rule).
+#[derive(Debug)]
+struct FdGroup {
+    at: u64,
+    fds: Vec<OwnedFd>,
+    truncated: bool,
+}
+
+/// Resumable reader of messages from a (non-blocking) socket.
+///
+/// Bytes are received into a reusable buffer of up to [`READ_BUF_SIZE`]
+/// bytes, and every complete message in it is framed before the socket is
+/// read again: a small request or reply costs one `recvmsg`. A message larger
+/// than the buffer has the rest of its payload received directly into its own
+/// buffer, never past its end.
+///
+/// **Fd attribution.** The fds a `recvmsg` returns belong to the message that
+/// contains the last byte that call returned. This relies on Linux's
+/// `unix_stream_read_generic` (net/unix/af_unix.c): the fds of a sender's
+/// `sendmsg` ride on the first skb of that write; a stream receive takes the
+/// fds of an skb when it first copies from it and then stops (`if (scm.fp)
+/// break;`, also when the skb is only partly consumed), so the fd-carrying
+/// skb is always the last one a receive touches, and skbs are never shared
+/// between writes. A sender that writes each message (or each part of it:
+/// the `vfio_user` crate writes header and payload separately) with its own
+/// `sendmsg`, fds attached to one of them, therefore has them attributed to
+/// that message. Fds sent with bytes of two messages in one write go to the
+/// message holding the last byte received with them. More fds per message than
+/// allowed (or a truncated control message) make the message
+/// [`FrameError::TooManyFds`]; fds received with skipped or undersized frames
+/// are closed.
 #[derive(Debug)]
 pub struct MessageReader {
     max_msg_size: usize,
     max_fds: usize,
     phase: Phase,
-    hdr_buf: [u8; HEADER_SIZE],
-    got: usize,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Stream offset of `buf[start]` (Buffered) or of the next byte to receive
+    /// (Payload/Skip).
+    pos: u64,
+    /// Stream offset one past the last byte received.
+    received: u64,
+    /// Current message (Payload/Skip phases).
     header: Header,
+    /// Stream offset where the current message ends (Payload/Skip phases).
+    msg_end: u64,
     payload: Vec<u8>,
-    skip_left: usize,
-    fds: Vec<OwnedFd>,
-    too_many_fds: bool,
+    got: usize,
+    fd_groups: Vec<FdGroup>,
     spare: Vec<u8>,
+}
+
+/// Outcome of one receive ([`MessageReader::fill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// Nothing to read now (`EAGAIN`, or the blocking receive timed out).
+    Empty,
+    /// Bytes were received. `maybe_more`: the socket may hold more (the
+    /// receive filled all the space offered, stopped at fds, or was
+    /// interrupted); false means it was drained when the call returned.
+    Data {
+        /// The socket may hold more right now.
+        maybe_more: bool,
+    },
 }
 
 impl MessageReader {
     /// A reader enforcing `limits` (message size and fds per message).
     pub fn new(limits: &Limits) -> Self {
+        let max_msg_size = limits.max_msg_size();
         MessageReader {
-            max_msg_size: limits.max_msg_size(),
+            max_msg_size,
             max_fds: limits.max_msg_fds as usize,
-            phase: Phase::Header,
-            hdr_buf: [0; HEADER_SIZE],
-            got: 0,
+            phase: Phase::Buffered,
+            buf: vec![0; READ_BUF_SIZE.min(max_msg_size).max(HEADER_SIZE)],
+            start: 0,
+            end: 0,
+            pos: 0,
+            received: 0,
             header: Header::default(),
+            msg_end: 0,
             payload: Vec::new(),
-            skip_left: 0,
-            fds: Vec::new(),
-            too_many_fds: false,
+            got: 0,
+            fd_groups: Vec::new(),
             spare: Vec::new(),
         }
     }
@@ -109,9 +177,33 @@ impl MessageReader {
         self.max_msg_size
     }
 
-    /// True when no partial message is buffered.
+    /// True when nothing is buffered (no partial or complete message).
     pub fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::Header) && self.got == 0
+        matches!(self.phase, Phase::Buffered) && self.start == self.end
+    }
+
+    /// True when [`MessageReader::take`] has something to return without
+    /// receiving (a complete message or a frame to reject; at worst it moves
+    /// on to skipping an oversized message and returns nothing).
+    pub fn has_frame(&self) -> bool {
+        match self.phase {
+            Phase::Buffered => {
+                let avail = self.end - self.start;
+                let size = self
+                    .buf
+                    .get(self.start..self.start + HEADER_SIZE)
+                    .and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok())
+                    .map(|b| Header::decode(b).size as usize);
+                match size {
+                    Some(size) if avail >= HEADER_SIZE => {
+                        size < HEADER_SIZE || size > self.max_msg_size || avail >= size
+                    }
+                    _ => false,
+                }
+            }
+            Phase::Payload => self.got >= self.payload.len(),
+            Phase::Skip => self.pos >= self.msg_end,
+        }
     }
 
     /// Gives a payload buffer back so its capacity is reused (no allocation per
@@ -125,126 +217,231 @@ impl MessageReader {
 
     /// Reads until one message is complete (`Ok(Some)`), the socket has no more
     /// data for now (`Ok(None)`, state kept), or the peer is gone
-    /// (`Err(Disconnected)`, also mid-message).
+    /// (`Err(Disconnected)`, also mid-message). Messages already buffered are
+    /// returned without receiving.
     pub fn read_message(&mut self, fd: BorrowedFd<'_>) -> Result<Option<Incoming>, TransportError> {
         loop {
-            match self.phase {
-                Phase::Header => {
-                    let mut buf = [0u8; HEADER_SIZE];
-                    let want = HEADER_SIZE - self.got;
-                    let n = match self.recv(fd, &mut buf[..want])? {
-                        None => return Ok(None),
-                        Some(n) => n,
-                    };
-                    self.hdr_buf[self.got..self.got + n].copy_from_slice(&buf[..n]);
-                    self.got += n;
-                    if self.got < HEADER_SIZE {
-                        continue;
-                    }
-                    self.header = Header::decode(&self.hdr_buf);
-                    self.got = 0;
-                    let size = self.header.size as usize;
-                    if size < HEADER_SIZE {
-                        self.fds.clear();
-                        self.too_many_fds = false;
-                        return Ok(Some(Incoming::Bad {
-                            header: self.header,
-                            error: FrameError::Undersized,
-                        }));
-                    }
-                    if size > self.max_msg_size {
-                        if size > SKIP_LIMIT {
-                            self.fds.clear();
-                            return Err(TransportError::Unskippable(self.header.size));
-                        }
-                        log::warn!(
-                            "skipping oversized message ({} bytes, limit {})",
-                            size,
-                            self.max_msg_size
-                        );
-                        self.skip_left = size - HEADER_SIZE;
-                        self.phase = Phase::Skip;
-                        continue;
-                    }
-                    let len = size - HEADER_SIZE;
-                    let mut p = mem::take(&mut self.spare);
-                    p.clear();
-                    p.resize(len, 0);
-                    self.payload = p;
-                    self.phase = Phase::Payload;
-                }
-                Phase::Payload => {
-                    if self.got < self.payload.len() {
-                        let mut payload = mem::take(&mut self.payload);
-                        let r = self.recv(fd, &mut payload[self.got..]);
-                        self.payload = payload;
-                        match r? {
-                            None => return Ok(None),
-                            Some(n) => self.got += n,
-                        }
-                        continue;
-                    }
-                    self.phase = Phase::Header;
-                    self.got = 0;
-                    let header = self.header;
-                    let fds = mem::take(&mut self.fds);
-                    if mem::replace(&mut self.too_many_fds, false) {
-                        let p = mem::take(&mut self.payload);
-                        self.recycle(p);
-                        return Ok(Some(Incoming::Bad {
-                            header,
-                            error: FrameError::TooManyFds,
-                        }));
-                    }
-                    return Ok(Some(Incoming::Message(Message {
-                        header,
-                        payload: mem::take(&mut self.payload),
-                        fds,
-                    })));
-                }
-                Phase::Skip => {
-                    if self.skip_left > 0 {
-                        let mut scratch = [0u8; 4096];
-                        let want = self.skip_left.min(scratch.len());
-                        match self.recv(fd, &mut scratch[..want])? {
-                            None => return Ok(None),
-                            Some(n) => self.skip_left -= n,
-                        }
-                        self.fds.clear();
-                        continue;
-                    }
-                    self.phase = Phase::Header;
-                    self.fds.clear();
-                    self.too_many_fds = false;
-                    return Ok(Some(Incoming::Bad {
-                        header: self.header,
-                        error: FrameError::Oversized,
-                    }));
-                }
+            if let Some(m) = self.take()? {
+                return Ok(Some(m));
+            }
+            if self.fill(fd, false)? == Filled::Empty {
+                return Ok(None);
             }
         }
     }
 
-    /// One non-blocking recvmsg into `buf`; fds are appended to `self.fds`.
-    fn recv(
-        &mut self,
-        fd: BorrowedFd<'_>,
-        buf: &mut [u8],
-    ) -> Result<Option<usize>, TransportError> {
-        match recv_with_fds(fd, buf, self.max_fds) {
-            Ok((0, _, _)) => Err(TransportError::Disconnected),
-            Ok((n, fds, truncated)) => {
-                if truncated || self.fds.len() + fds.len() > self.max_fds {
-                    self.too_many_fds = true;
-                } else {
-                    self.fds.extend(fds);
+    /// Frames the next message from what was received, without receiving.
+    /// `Ok(None)`: more bytes are needed ([`MessageReader::fill`]).
+    pub fn take(&mut self) -> Result<Option<Incoming>, TransportError> {
+        match self.phase {
+            Phase::Buffered => self.take_buffered(),
+            Phase::Payload => {
+                if self.got < self.payload.len() {
+                    return Ok(None);
                 }
-                Ok(Some(n))
+                self.phase = Phase::Buffered;
+                self.pos = self.msg_end;
+                let (fds, too_many) = self.fds_until(self.msg_end);
+                let payload = mem::take(&mut self.payload);
+                Ok(Some(self.finish(self.header, payload, fds, too_many)))
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
-            Err(e) => Err(map_io(e)),
+            Phase::Skip => {
+                if self.pos < self.msg_end {
+                    return Ok(None);
+                }
+                self.phase = Phase::Buffered;
+                self.fds_until(self.msg_end);
+                Ok(Some(Incoming::Bad {
+                    header: self.header,
+                    error: FrameError::Oversized,
+                }))
+            }
         }
+    }
+
+    fn take_buffered(&mut self) -> Result<Option<Incoming>, TransportError> {
+        let avail = self.end - self.start;
+        if avail < HEADER_SIZE {
+            return Ok(None);
+        }
+        let Some(hb) = self
+            .buf
+            .get(self.start..self.start + HEADER_SIZE)
+            .and_then(|b| <&[u8; HEADER_SIZE]>::try_from(b).ok())
+        else {
+            return Ok(None);
+        };
+        let header = Header::decode(hb);
+        let size = header.size as usize;
+        let msg_start = self.pos;
+        if size < HEADER_SIZE {
+            self.consume(HEADER_SIZE);
+            self.fds_until(self.pos);
+            return Ok(Some(Incoming::Bad {
+                header,
+                error: FrameError::Undersized,
+            }));
+        }
+        if size > self.max_msg_size {
+            if size > SKIP_LIMIT {
+                self.fd_groups.clear();
+                return Err(TransportError::Unskippable(header.size));
+            }
+            log::warn!(
+                "skipping oversized message ({} bytes, limit {})",
+                size,
+                self.max_msg_size
+            );
+            self.header = header;
+            self.msg_end = msg_start + size as u64;
+            self.consume(avail.min(size));
+            self.fds_until(self.pos);
+            self.phase = Phase::Skip;
+            return self.take();
+        }
+        if avail >= size {
+            let mut p = mem::take(&mut self.spare);
+            p.clear();
+            p.extend_from_slice(
+                self.buf
+                    .get(self.start + HEADER_SIZE..self.start + size)
+                    .unwrap_or_default(),
+            );
+            self.consume(size);
+            let (fds, too_many) = self.fds_until(self.pos);
+            return Ok(Some(self.finish(header, p, fds, too_many)));
+        }
+        if size > self.buf.len() {
+            // Too large for the buffer: receive the rest straight into the payload.
+            let len = size - HEADER_SIZE;
+            let mut p = mem::take(&mut self.spare);
+            p.clear();
+            p.resize(len, 0);
+            let have = avail - HEADER_SIZE;
+            if let (Some(dst), Some(src)) = (
+                p.get_mut(..have),
+                self.buf.get(self.start + HEADER_SIZE..self.end),
+            ) {
+                dst.copy_from_slice(src);
+            }
+            self.consume(avail);
+            self.header = header;
+            self.msg_end = msg_start + size as u64;
+            self.payload = p;
+            self.got = have;
+            self.phase = Phase::Payload;
+        }
+        Ok(None)
+    }
+
+    fn finish(
+        &mut self,
+        header: Header,
+        payload: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        too_many: bool,
+    ) -> Incoming {
+        if too_many {
+            drop(fds);
+            self.recycle(payload);
+            return Incoming::Bad {
+                header,
+                error: FrameError::TooManyFds,
+            };
+        }
+        Incoming::Message(Message {
+            header,
+            payload,
+            fds,
+        })
+    }
+
+    /// Drops `n` buffered bytes.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.pos += n as u64;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Takes the fds received with bytes before stream offset `end` (those of
+    /// the message ending there): (fds, too many or truncated).
+    fn fds_until(&mut self, end: u64) -> (Vec<OwnedFd>, bool) {
+        let n = self.fd_groups.iter().take_while(|g| g.at < end).count();
+        if n == 0 {
+            return (Vec::new(), false);
+        }
+        let mut fds = Vec::new();
+        let mut too_many = false;
+        for g in self.fd_groups.drain(..n) {
+            too_many |= g.truncated;
+            fds.extend(g.fds);
+        }
+        too_many |= fds.len() > self.max_fds;
+        (fds, too_many)
+    }
+
+    /// One `recvmsg` into the space the current phase needs (`blocking`: wait
+    /// as long as the socket's `SO_RCVTIMEO`, on a blocking socket).
+    /// `Err(Disconnected)` on EOF.
+    pub fn fill(&mut self, fd: BorrowedFd<'_>, blocking: bool) -> Result<Filled, TransportError> {
+        let max_fds = self.max_fds;
+        let dst: &mut [u8] = match self.phase {
+            Phase::Buffered => {
+                if self.start > 0 {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                self.buf.get_mut(self.end..).unwrap_or_default()
+            }
+            Phase::Payload => self.payload.get_mut(self.got..).unwrap_or_default(),
+            Phase::Skip => {
+                let left = usize::try_from(self.msg_end - self.pos).unwrap_or(usize::MAX);
+                let n = left.min(self.buf.len());
+                self.buf.get_mut(..n).unwrap_or_default()
+            }
+        };
+        let want = dst.len();
+        if want == 0 {
+            // Cannot happen (a phase always needs bytes); do not spin.
+            return Ok(Filled::Empty);
+        }
+        let (n, fds, truncated) = match recv_with_fds_flags(fd, dst, max_fds, blocking) {
+            Ok((0, _, _)) => return Err(TransportError::Disconnected),
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Filled::Empty),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                return Ok(Filled::Data { maybe_more: true })
+            }
+            Err(e) => return Err(map_io(e)),
+        };
+        self.received += n as u64;
+        let got_fds = truncated || !fds.is_empty();
+        match self.phase {
+            Phase::Buffered => self.end += n,
+            Phase::Payload => {
+                self.got += n;
+                self.pos += n as u64;
+            }
+            Phase::Skip => self.pos += n as u64,
+        }
+        if got_fds {
+            if matches!(self.phase, Phase::Skip) {
+                drop(fds);
+            } else {
+                self.fd_groups.push(FdGroup {
+                    at: self.received - 1,
+                    fds,
+                    truncated,
+                });
+            }
+        }
+        Ok(Filled::Data {
+            maybe_more: n == want || got_fds,
+        })
     }
 }
 
@@ -273,6 +470,17 @@ pub fn recv_with_fds(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    recv_with_fds_flags(fd, buf, max_fds, false)
+}
+
+/// [`recv_with_fds`], optionally without `MSG_DONTWAIT` (`blocking`: on a
+/// blocking socket the call waits up to the socket's `SO_RCVTIMEO`).
+fn recv_with_fds_flags(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+    blocking: bool,
 ) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
     // Control buffer: on the stack for the usual fd limits (no allocation per
     // receive), on the heap for unusually large ones.
@@ -307,7 +515,7 @@ pub fn recv_with_fds(
         libc::recvmsg(
             fd.as_raw_fd(),
             &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            if blocking { 0 } else { libc::MSG_DONTWAIT } | libc::MSG_CMSG_CLOEXEC,
         )
     };
     if n < 0 {
@@ -565,6 +773,170 @@ mod tests {
             assert!(fl & libc::FD_CLOEXEC != 0);
         }
         assert!(r.is_idle());
+    }
+
+    /// Raw `sendmsg` of `bytes` with `fds` (one write).
+    fn send_raw(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+        let iov = [libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        }];
+        assert_eq!(sendmsg_once(s.as_fd(), &iov, fds).unwrap(), bytes.len());
+    }
+
+    fn msg_bytes(id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut b = Header::command(id, 8, payload.len()).encode().to_vec();
+        b.extend_from_slice(payload);
+        b
+    }
+
+    fn expect_msg(r: &mut MessageReader, s: &UnixStream, id: u16, nfds: usize) {
+        let Incoming::Message(m) = read_one(r, s) else {
+            panic!("bad frame for {id}")
+        };
+        assert_eq!(m.header.msg_id, id);
+        assert_eq!(m.fds.len(), nfds, "fds of message {id}");
+    }
+
+    #[test]
+    fn queued_messages_take_one_receive_and_keep_their_fds() {
+        // Four messages queued before the first receive, fds on the 2nd and
+        // 4th: the receive stops after each fd-carrying write, and each
+        // message gets exactly its own fds.
+        let (a, b) = pair();
+        let e = eventfd();
+        send_raw(&a, &msg_bytes(1, &[1; 8]), &[]);
+        send_raw(&a, &msg_bytes(2, &[2; 8]), &[e.as_raw_fd()]);
+        send_raw(&a, &msg_bytes(3, &[3; 8]), &[]);
+        send_raw(&a, &msg_bytes(4, &[4; 8]), &[e.as_raw_fd(), e.as_raw_fd()]);
+        let mut r = MessageReader::new(&Limits::default());
+        // The first receive returns messages 1 and 2 (it stops at 2's fds).
+        assert!(r.take().unwrap().is_none());
+        assert_eq!(
+            r.fill(b.as_fd(), false).unwrap(),
+            Filled::Data { maybe_more: true }
+        );
+        let Some(Incoming::Message(m)) = r.take().unwrap() else {
+            panic!("message 1 not buffered")
+        };
+        assert_eq!((m.header.msg_id, m.fds.len()), (1, 0));
+        let Some(Incoming::Message(m)) = r.take().unwrap() else {
+            panic!("message 2 not buffered")
+        };
+        assert_eq!((m.header.msg_id, m.fds.len()), (2, 1));
+        assert!(r.take().unwrap().is_none());
+        expect_msg(&mut r, &b, 3, 0);
+        expect_msg(&mut r, &b, 4, 2);
+        assert!(r.is_idle());
+        // Nothing left: a short receive without fds says "drained".
+        send_raw(&a, &msg_bytes(5, &[]), &[]);
+        assert_eq!(
+            r.fill(b.as_fd(), false).unwrap(),
+            Filled::Data { maybe_more: false }
+        );
+        expect_msg(&mut r, &b, 5, 0);
+    }
+
+    #[test]
+    fn header_and_payload_written_separately() {
+        // As the vfio_user crate sends: header and payload in two writes, the
+        // fds on either of them, messages queued back to back.
+        let (a, b) = pair();
+        let e = eventfd();
+        let mut r = MessageReader::new(&Limits::default());
+        for (fds_on_header, id) in [(true, 1u16), (false, 2), (true, 3), (false, 4)] {
+            let m = msg_bytes(id, &[id as u8; 24]);
+            let (h, p) = m.split_at(HEADER_SIZE);
+            let (fh, fp): (&[RawFd], &[RawFd]) = if fds_on_header {
+                (&[e.as_raw_fd()], &[])
+            } else {
+                (&[], &[e.as_raw_fd()])
+            };
+            send_raw(&a, h, fh);
+            send_raw(&a, p, fp);
+            // A message without fds in between.
+            send_raw(&a, &msg_bytes(100 + id, &[0; 4]), &[]);
+        }
+        for id in 1..=4u16 {
+            expect_msg(&mut r, &b, id, 1);
+            expect_msg(&mut r, &b, 100 + id, 0);
+        }
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn fds_on_both_parts_of_one_message_count_together() {
+        let (a, b) = pair();
+        let limits = Limits {
+            max_msg_fds: 1,
+            ..Limits::default()
+        };
+        let e = eventfd();
+        let m = msg_bytes(1, &[1; 8]);
+        let (h, p) = m.split_at(HEADER_SIZE);
+        send_raw(&a, h, &[e.as_raw_fd()]);
+        send_raw(&a, p, &[e.as_raw_fd()]);
+        send_raw(&a, &msg_bytes(2, &[]), &[e.as_raw_fd()]);
+        let mut r = MessageReader::new(&limits);
+        assert!(matches!(
+            read_one(&mut r, &b),
+            Incoming::Bad {
+                error: FrameError::TooManyFds,
+                header
+            } if header.msg_id == 1
+        ));
+        expect_msg(&mut r, &b, 2, 1);
+    }
+
+    #[test]
+    fn message_larger_than_the_buffer() {
+        // Received into its own buffer, never past its end; the next message
+        // and its fds stay separate.
+        let (a, b) = pair();
+        let limits = Limits::default();
+        assert!(limits.max_msg_size() > READ_BUF_SIZE * 2);
+        let len = READ_BUF_SIZE * 2;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let e = eventfd();
+        let raw = e.as_raw_fd();
+        let t = std::thread::spawn(move || {
+            let h = Header::command(1, 8, len);
+            send_message(a.as_fd(), &h, &[&data], &[], Some(Duration::from_secs(10))).unwrap();
+            let h = Header::command(2, 8, 3);
+            send_message(a.as_fd(), &h, &[&[1, 2, 3]], &[raw], None).unwrap();
+            (a, e)
+        });
+        let mut r = MessageReader::new(&limits);
+        let Incoming::Message(m) = read_one(&mut r, &b) else {
+            panic!("bad")
+        };
+        assert_eq!(m.header.msg_id, 1);
+        assert_eq!(m.payload.len(), len);
+        assert!(m
+            .payload
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == (i % 251) as u8));
+        assert!(m.fds.is_empty());
+        expect_msg(&mut r, &b, 2, 1);
+        drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn blocking_fill_waits_for_the_timeout() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut r = MessageReader::new(&Limits::default());
+        assert_eq!(r.fill(b.as_fd(), true).unwrap(), Filled::Empty);
+        send_raw(&a, &msg_bytes(7, &[9; 4]), &[]);
+        assert!(matches!(
+            r.fill(b.as_fd(), true).unwrap(),
+            Filled::Data { .. }
+        ));
+        let Some(Incoming::Message(m)) = r.take().unwrap() else {
+            panic!("no message")
+        };
+        assert_eq!(m.payload, vec![9; 4]);
     }
 
     #[test]

@@ -51,6 +51,15 @@ pub trait Model: Send + std::fmt::Debug {
     fn num_irqs(&self) -> u32;
     /// Current level of every line.
     fn irq_levels(&self) -> Vec<bool>;
+    /// Current level of one line (false beyond `num_irqs`). Called after every
+    /// access: models should override it without allocating (the default
+    /// builds [`Model::irq_levels`]).
+    fn irq_level(&self, line: u32) -> bool {
+        self.irq_levels()
+            .get(line as usize)
+            .copied()
+            .unwrap_or(false)
+    }
     /// Continue bounded work; true while more is pending.
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool;
     /// Device reset.
@@ -62,13 +71,20 @@ pub trait Model: Send + std::fmt::Debug {
 pub struct ModelDevice {
     model: Box<dyn Model>,
     irqs: EmulatedIrqs,
+    /// Line levels, refilled after every access (reused: no allocation).
+    levels: Vec<bool>,
 }
 
 impl ModelDevice {
     /// Wraps a model (all lines level-triggered).
     pub fn new(model: Box<dyn Model>) -> Self {
-        let irqs = EmulatedIrqs::new(model.num_irqs() as usize, true);
-        ModelDevice { model, irqs }
+        let n = model.num_irqs() as usize;
+        let irqs = EmulatedIrqs::new(n, true);
+        ModelDevice {
+            model,
+            irqs,
+            levels: vec![false; n],
+        }
     }
 
     /// The model's short name.
@@ -82,8 +98,10 @@ impl ModelDevice {
     }
 
     fn sync_irqs(&mut self) {
-        let levels = self.model.irq_levels();
-        self.irqs.update(&levels);
+        for (line, level) in (0u32..).zip(self.levels.iter_mut()) {
+            *level = self.model.irq_level(line);
+        }
+        self.irqs.update(&self.levels);
     }
 }
 

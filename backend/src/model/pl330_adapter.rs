@@ -135,6 +135,10 @@ impl Model for Pl330Model {
             .collect()
     }
 
+    fn irq_level(&self, line: u32) -> bool {
+        line < self.dev.num_irq_lines() && self.dev.irq_level(line)
+    }
+
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
         self.dev.run_pending(mem)
     }

@@ -219,16 +219,18 @@ impl Model for Scratch {
     }
 
     fn irq_levels(&self) -> Vec<bool> {
-        (0..self.irqs)
-            .map(|n| {
-                if n == 0 {
-                    // Line 0 also carries the bits without a line of their own.
-                    self.status & (1 | !((1u32 << self.irqs) - 1)) != 0
-                } else {
-                    self.status & (1 << n) != 0
-                }
-            })
-            .collect()
+        (0..self.irqs).map(|n| self.irq_level(n)).collect()
+    }
+
+    fn irq_level(&self, n: u32) -> bool {
+        if n >= self.irqs {
+            false
+        } else if n == 0 {
+            // Line 0 also carries the bits without a line of their own.
+            self.status & (1 | !((1u32 << self.irqs) - 1)) != 0
+        } else {
+            self.status & (1 << n) != 0
+        }
     }
 
     fn run_pending(&mut self, _mem: &dyn DmaMemory) -> bool {
