@@ -37,7 +37,7 @@ pub struct MmioRow {
     pub ratio_p50: f64,
     /// sidecar p99 / raw p99.
     pub ratio_p99: f64,
-    /// Raw ping-pong with vfio-sidecar's syscall pattern, no protocol code.
+    /// Raw ping-pong with vfio-sidecar's former (9-call) syscall pattern, no protocol code.
     pub raw_pattern: Summary,
     /// raw_pattern p50 / raw p50: the share of the gap that is system calls.
     pub pattern_ratio_p50: f64,
@@ -234,10 +234,10 @@ pub fn print(rows: &[MmioRow]) {
     }
     println!(
         "x = vfio-sidecar / raw blocking write+read ping-pong of the same sizes (same \
-         placement, interleaved blocks). pat = raw ping-pong with vfio-sidecar's syscall \
-         pattern (client sendmsg+poll+2 recvmsg; server epoll_wait+3 recvmsg+sendmsg) and \
-         no protocol code: pat x close to x means the gap is system calls. lean = the \
-         fewest calls an epoll server can use (client sendmsg + 1 blocking recvmsg; server \
-         epoll_wait + 1 recvmsg + sendmsg): what the transport could reach."
+         placement, interleaved blocks). pat = raw ping-pong with vfio-sidecar's former \
+         syscall pattern (client sendmsg+poll+2 recvmsg; server epoll_wait+3 recvmsg+sendmsg) \
+         and no protocol code. lean = the fewest calls an epoll server can use (client \
+         sendmsg + 1 blocking recvmsg; server epoll_wait + 1 recvmsg + sendmsg), which is \
+         what vfio-sidecar's transport now makes: the rest of the gap is not system calls."
     );
 }

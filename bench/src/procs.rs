@@ -251,7 +251,7 @@ impl EchoPeer {
         Self::start_with(req, reply, Pattern::Plain)
     }
 
-    /// The same with vfio-sidecar's syscall pattern on both sides
+    /// The same with vfio-sidecar's former (9-call) syscall pattern on both sides
     /// ([`crate::pattern`]) instead of plain blocking `write`/`read`.
     pub fn start_with(req: usize, reply: usize, pattern: Pattern) -> Result<EchoPeer, BenchError> {
         let dir = TempDir::new()?;
