@@ -1393,7 +1393,7 @@ mod tests {
     /// still mapped (the `Device::dma_unmap` contract: "about to be removed").
     struct UnmapProbe {
         inner: Box<dyn Device>,
-        seen: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
+        seen: Seen,
         /// Make every `dma_unmap` fail, as a refused IOMMU unmap would.
         fail_unmap: bool,
     }
@@ -1449,18 +1449,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn device_unmaps_before_the_host_range_goes() {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<bool>>>;
+
+    /// A backend over the scratch model wrapped in an [`UnmapProbe`].
+    fn probed_backend(fail_unmap: bool) -> (Backend, Seen) {
+        let seen = Seen::default();
         let set = crate::profile::ProfileSet::default();
         let profile = set.by_name("scratch").unwrap().clone();
         let inner = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
         let dev = UnmapProbe {
             inner: Box::new(inner),
             seen: seen.clone(),
-            fail_unmap: false,
+            fail_unmap,
         };
-        let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        let b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        (b, seen)
+    }
+
+    #[test]
+    fn device_unmaps_before_the_host_range_goes() {
+        let (mut b, seen) = probed_backend(false);
         let rw = msg::DMA_MAP_FLAG_READ | msg::DMA_MAP_FLAG_WRITE;
         let map = |b: &mut Backend, iova: u64| {
             let fd = crate::dma::memfd("unmap-order", 0x2000).unwrap();
@@ -1483,16 +1491,7 @@ mod tests {
 
     #[test]
     fn mapping_the_device_failed_to_drop_is_never_freed() {
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let set = crate::profile::ProfileSet::default();
-        let profile = set.by_name("scratch").unwrap().clone();
-        let inner = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
-        let dev = UnmapProbe {
-            inner: Box::new(inner),
-            seen: seen.clone(),
-            fail_unmap: true,
-        };
-        let mut b = Backend::new(Box::new(dev), profile, None, true, 16).unwrap();
+        let (mut b, _seen) = probed_backend(true);
         let rw = msg::DMA_MAP_FLAG_READ | msg::DMA_MAP_FLAG_WRITE;
         let map = |b: &mut Backend, iova: u64| -> u64 {
             let fd = crate::dma::memfd("quarantine", 0x2000).unwrap();
