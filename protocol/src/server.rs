@@ -124,6 +124,8 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A reply to send: payload parts and borrowed fds.
 struct Reply {
+    /// A short fixed part sent before `payload` (no allocation per reply).
+    fixed: Option<[u8; RegionAccess::SIZE]>,
     payload: Vec<u8>,
     data: Option<usize>,
     fds: Vec<RawFd>,
@@ -132,6 +134,7 @@ struct Reply {
 impl Reply {
     fn empty() -> Self {
         Reply {
+            fixed: None,
             payload: Vec::new(),
             data: None,
             fds: Vec::new(),
@@ -139,6 +142,7 @@ impl Reply {
     }
     fn with(payload: Vec<u8>) -> Self {
         Reply {
+            fixed: None,
             payload,
             data: None,
             fds: Vec::new(),
@@ -375,11 +379,15 @@ impl ServerConnection {
                     Some(n) => self.scratch.get(..n).unwrap_or_default(),
                     None => &[],
                 };
-                let hdr = Header::reply_to(req, r.payload.len() + data.len());
+                let fixed: &[u8] = match &r.fixed {
+                    Some(f) => f,
+                    None => &[],
+                };
+                let hdr = Header::reply_to(req, fixed.len() + r.payload.len() + data.len());
                 send_message(
                     self.sock.as_fd(),
                     &hdr,
-                    &[&r.payload, data],
+                    &[fixed, &r.payload, data],
                     &r.fds,
                     Some(self.write_timeout),
                 )
@@ -488,6 +496,7 @@ impl ServerConnection {
                     None => info.flags &= !REGION_INFO_FLAG_MMAP,
                 }
                 Outcome::Reply(Reply {
+                    fixed: None,
                     payload: info.encode_reply(req.argsz),
                     data: None,
                     fds,
@@ -508,6 +517,7 @@ impl ServerConnection {
                 }
                 let (payload, complete) = RegionIoFdsReply::encode(req.index, &subs, req.argsz);
                 Outcome::Reply(Reply {
+                    fixed: None,
                     payload,
                     data: None,
                     fds: if complete { rfds } else { Vec::new() },
@@ -540,7 +550,10 @@ impl ServerConnection {
                 self.scratch = buf;
                 tri!(r);
                 Outcome::Reply(Reply {
-                    payload: RegionAccess::encode_fixed(req.offset, req.region, req.count).to_vec(),
+                    fixed: Some(RegionAccess::encode_fixed(
+                        req.offset, req.region, req.count,
+                    )),
+                    payload: Vec::new(),
                     data: Some(n),
                     fds: Vec::new(),
                 })
@@ -558,9 +571,10 @@ impl ServerConnection {
                 tri!(xfer_check("REGION_WRITE", offset, count, xfer));
                 tri!(check_fds("REGION_WRITE", &fds, 0));
                 tri!(h.region_write(region, offset, data));
-                Outcome::Reply(Reply::with(
-                    RegionAccess::encode_fixed(offset, region, count).to_vec(),
-                ))
+                Outcome::Reply(Reply {
+                    fixed: Some(RegionAccess::encode_fixed(offset, region, count)),
+                    ..Reply::empty()
+                })
             }
             cmd::DEVICE_RESET => {
                 tri!(decode_empty("DEVICE_RESET", &payload));

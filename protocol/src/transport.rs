@@ -134,6 +134,8 @@ pub struct MessageReader {
     got: usize,
     fd_groups: Vec<FdGroup>,
     spare: Vec<u8>,
+    /// Control buffer for `max_fds` fds, allocated once (not zeroed per receive).
+    cbuf: Vec<u64>,
 }
 
 /// Outcome of one receive ([`MessageReader::fill`]).
@@ -169,6 +171,14 @@ impl MessageReader {
             got: 0,
             fd_groups: Vec::new(),
             spare: Vec::new(),
+            cbuf: vec![
+                0;
+                if limits.max_msg_fds > 0 {
+                    cmsg_space_u64(limits.max_msg_fds as usize)
+                } else {
+                    0
+                }
+            ],
         }
     }
 
@@ -387,7 +397,6 @@ impl MessageReader {
     /// as long as the socket's `SO_RCVTIMEO`, on a blocking socket).
     /// `Err(Disconnected)` on EOF.
     pub fn fill(&mut self, fd: BorrowedFd<'_>, blocking: bool) -> Result<Filled, TransportError> {
-        let max_fds = self.max_fds;
         let dst: &mut [u8] = match self.phase {
             Phase::Buffered => {
                 if self.start > 0 {
@@ -409,7 +418,7 @@ impl MessageReader {
             // Cannot happen (a phase always needs bytes); do not spin.
             return Ok(Filled::Empty);
         }
-        let (n, fds, truncated) = match recv_with_fds_flags(fd, dst, max_fds, blocking) {
+        let (n, fds, truncated) = match recv_into(fd, dst, &mut self.cbuf, blocking) {
             Ok((0, _, _)) => return Err(TransportError::Disconnected),
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Filled::Empty),
@@ -497,6 +506,18 @@ fn recv_with_fds_flags(
         heap.resize(words, 0u64);
         &mut heap
     };
+    recv_into(fd, buf, cbuf, blocking)
+}
+
+/// One `recvmsg` into `buf` with `cbuf` as the control buffer (its size sets
+/// how many fds fit; empty: none). `cbuf` need not be zeroed: only the
+/// `msg_controllen` bytes the kernel wrote are read back.
+fn recv_into(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    cbuf: &mut [u64],
+    blocking: bool,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),

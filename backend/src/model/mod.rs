@@ -60,6 +60,15 @@ pub trait Model: Send + std::fmt::Debug {
             .copied()
             .unwrap_or(false)
     }
+    /// Writes the level of line `i` into `out[i]` for every `i < out.len()`
+    /// (lines beyond `num_irqs` low). Called after every access; the default
+    /// asks [`Model::irq_level`] line by line, models with many lines may do
+    /// it in one pass.
+    fn irq_levels_into(&self, out: &mut [bool]) {
+        for (line, level) in (0u32..).zip(out.iter_mut()) {
+            *level = self.irq_level(line);
+        }
+    }
     /// Continue bounded work; true while more is pending.
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool;
     /// Device reset.
@@ -98,9 +107,7 @@ impl ModelDevice {
     }
 
     fn sync_irqs(&mut self) {
-        for (line, level) in (0u32..).zip(self.levels.iter_mut()) {
-            *level = self.model.irq_level(line);
-        }
+        self.model.irq_levels_into(&mut self.levels);
         self.irqs.update(&self.levels);
     }
 }

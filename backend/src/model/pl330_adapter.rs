@@ -139,6 +139,10 @@ impl Model for Pl330Model {
         line < self.dev.num_irq_lines() && self.dev.irq_level(line)
     }
 
+    fn irq_levels_into(&self, out: &mut [bool]) {
+        self.dev.irq_levels_into(out);
+    }
+
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
         self.dev.run_pending(mem)
     }

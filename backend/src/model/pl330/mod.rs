@@ -533,6 +533,22 @@ impl Pl330 {
         }
     }
 
+    /// [`Self::irq_level`] of every line `i < out.len()` into `out[i]`, in
+    /// one pass (called after every access).
+    pub fn irq_levels_into(&self, out: &mut [bool]) {
+        let mis = self.ris & self.inten;
+        let lines = self.num_irq_lines();
+        for (line, level) in (0u32..).zip(out.iter_mut()) {
+            *level = if line >= lines {
+                false
+            } else if self.cfg.combined_irq {
+                mis != 0
+            } else {
+                mis & (1 << line) != 0
+            };
+        }
+    }
+
     /// INTMIS: bit n = interrupt n asserted (per-event lines), whatever
     /// `combined_irq` says.
     pub fn intmis(&self) -> u32 {

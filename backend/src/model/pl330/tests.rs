@@ -1649,3 +1649,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn irq_levels_into_matches_irq_level() {
+    for combined in [false, true] {
+        let mut p = dev_with(|c| c.combined_irq = combined);
+        for (ris, inten) in [
+            (0, 0),
+            (0b1010, 0b0110),
+            (u32::MAX, 1 << 31),
+            (0xff, 0xffff_ffff),
+        ] {
+            p.ris = ris;
+            p.inten = inten;
+            // One slot more than the device has lines: it must read low.
+            let n = p.num_irq_lines() as usize + 1;
+            let mut out = vec![true; n];
+            p.irq_levels_into(&mut out);
+            let want: Vec<bool> = (0..n as u32).map(|l| p.irq_level(l)).collect();
+            assert_eq!(
+                out, want,
+                "combined {combined} ris {ris:#x} inten {inten:#x}"
+            );
+            assert!(!out[n - 1]);
+        }
+    }
+}
