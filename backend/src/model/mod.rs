@@ -71,6 +71,12 @@ pub trait Model: Send + std::fmt::Debug {
     }
     /// Continue bounded work; true while more is pending.
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool;
+    /// True when [`Model::run_pending`] would change no interrupt level now
+    /// (nothing is executing): the IRQ lines need no re-sync after it. The
+    /// default (false) always re-syncs.
+    fn idle(&self) -> bool {
+        false
+    }
     /// Device reset.
     fn reset(&mut self);
 }
@@ -202,8 +208,13 @@ impl Device for ModelDevice {
     }
 
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
+        // Called after every write: an idle model's lines are as the access
+        // left them (synced then), so skip the re-sync.
+        let idle = self.model.idle();
         let more = self.model.run_pending(mem);
-        self.sync_irqs();
+        if !idle {
+            self.sync_irqs();
+        }
         more
     }
 }

@@ -237,6 +237,10 @@ impl Model for Scratch {
         false
     }
 
+    fn idle(&self) -> bool {
+        true
+    }
+
     fn reset(&mut self) {
         self.scratch = 0;
         self.status = 0;

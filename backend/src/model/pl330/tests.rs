@@ -1675,3 +1675,32 @@ fn irq_levels_into_matches_irq_level() {
         }
     }
 }
+
+#[test]
+fn run_pending_without_executing_channel_changes_no_irq_level() {
+    // What `Pl330Model::idle` relies on: with nothing executing, run_pending
+    // leaves every interrupt level (and the events behind them) as it was.
+    let mem = TestMem::standard();
+    let mut p = dev_with(|c| c.step_budget = 50);
+    fill_pattern(&mem, SRC, 0x1000, 4);
+    linux_copy(&mut p, &mem, 2, CODE, SRC, DST, 0x1000);
+    assert!(p.pending(), "budget of 50 cannot finish 4 KiB");
+    let mut rounds = 0;
+    while p.run_pending(&mem) {
+        rounds += 1;
+        assert!(rounds < 10_000);
+    }
+    assert!(!p.pending());
+    let n = p.num_irq_lines() as usize;
+    let mut before = vec![false; n];
+    p.irq_levels_into(&mut before);
+    assert!(before[2], "the copy raised its event");
+    let (ris, inten) = (p.ris, p.inten);
+    for _ in 0..3 {
+        assert!(!p.run_pending(&mem));
+    }
+    let mut after = vec![false; n];
+    p.irq_levels_into(&mut after);
+    assert_eq!(after, before);
+    assert_eq!((p.ris, p.inten), (ris, inten));
+}
