@@ -21,7 +21,9 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::FileOffset;
+use vm_memory::{VolatileMemory, VolatileSlice};
 
 use super::{parse_num, Model, ModelSpec};
 use crate::device::{
@@ -60,10 +62,37 @@ pub mod regs {
 }
 const MAX_LEN: u32 = 1 << 20;
 
+/// A memfd of `size` bytes sealed against shrinking and growing (and further
+/// sealing): whoever else gets the fd cannot truncate it under a mapping.
+fn sealed_memfd(name: &str, size: u64) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: memfd_create reads the NUL-terminated name we own and returns a new fd.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created descriptor nobody else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(size)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on our own fd; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 /// The scratch model.
 #[derive(Debug)]
 pub struct Scratch {
     mem: File,
+    /// The backend's own shared mapping of `mem` (the memfd is sealed against
+    /// shrinking, so the client cannot turn an access into SIGBUS): memfd-page
+    /// accesses are volatile copies, no `pread`/`pwrite` system call.
+    map: MmapRegion,
     scratch: u32,
     status: u32,
     src: u64,
@@ -91,9 +120,15 @@ impl Scratch {
                 }
             }
         }
-        let fd: OwnedFd = crate::dma::memfd("vfio-sidecar-scratch", SCRATCH_REGION_SIZE)?;
+        let mem = sealed_memfd("vfio-sidecar-scratch", SCRATCH_REGION_SIZE)?;
+        let map = MmapRegion::from_file(
+            FileOffset::new(mem.try_clone()?, 0),
+            SCRATCH_REGION_SIZE as usize,
+        )
+        .map_err(|e| DeviceError::Invalid(format!("scratch: mmap of its memfd: {e}")))?;
         Ok(Scratch {
-            mem: File::from(fd),
+            mem,
+            map,
             scratch: 0,
             status: 0,
             src: 0,
@@ -101,6 +136,16 @@ impl Scratch {
             len: 0,
             irqs: irqs as u32,
         })
+    }
+
+    /// The mapped bytes `[offset, offset + len)` of the memfd (EINVAL beyond it).
+    fn page_slice(&self, offset: u64, len: usize) -> Result<VolatileSlice<'_, ()>, DeviceError> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.map.get_slice(o, len).ok())
+            .ok_or_else(|| {
+                DeviceError::Invalid(format!("scratch: access {offset:#x}+{len} out of range"))
+            })
     }
 
     fn reg_read(&self, off: u64) -> u32 {
@@ -176,7 +221,7 @@ impl Model for Scratch {
             return Err(DeviceError::Invalid(format!("region {region}")));
         }
         if offset >= 0x1000 {
-            self.mem.read_exact_at(data, offset)?;
+            self.page_slice(offset, data.len())?.copy_to(data);
             return Ok(());
         }
         if data.len() != 4 || offset % 4 != 0 {
@@ -199,7 +244,7 @@ impl Model for Scratch {
             return Err(DeviceError::Invalid(format!("region {region}")));
         }
         if offset >= 0x1000 {
-            self.mem.write_all_at(data, offset)?;
+            self.page_slice(offset, data.len())?.copy_from(data);
             return Ok(());
         }
         let v: [u8; 4] = data.try_into().map_err(|_| {
@@ -282,6 +327,35 @@ mod tests {
         assert_eq!(info.mmap.unwrap().areas[0].offset, 0x1000);
         assert!(d.region_info(1).is_err());
         assert!(d.irq_info(1).is_err());
+    }
+
+    #[test]
+    fn memory_page_is_the_sealed_memfd() {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::fs::FileExt;
+        let mut d = dev();
+        let info = d.region_info(0).unwrap();
+        let raw = info.mmap.unwrap().fd;
+        // SAFETY: dup of the model's live memfd; the copy is ours.
+        let f = File::from(unsafe { OwnedFd::from_raw_fd(libc::dup(raw)) });
+        // What the client writes through the fd (or its mapping) is read back
+        // through REGION_READ, and the other way round.
+        f.write_all_at(&0x1122_3344_5566_7788u64.to_le_bytes(), 0x1008)
+            .unwrap();
+        let mut b = [0u8; 8];
+        d.region_read(0, 0x1008, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 0x1122_3344_5566_7788);
+        d.region_write(0, 0x1ff8, b"12345678", &NoDmaMemory)
+            .unwrap();
+        let mut m = [0u8; 8];
+        f.read_exact_at(&mut m, 0x1ff8).unwrap();
+        assert_eq!(&m, b"12345678");
+        // The peer cannot shrink (or grow) it under the backend's mapping.
+        assert!(f.set_len(0x1000).is_err());
+        assert!(f.set_len(2 * SCRATCH_REGION_SIZE).is_err());
+        assert_eq!(f.metadata().unwrap().len(), SCRATCH_REGION_SIZE);
+        // Beyond the region: an error, not a panic.
+        assert!(d.region_read(0, SCRATCH_REGION_SIZE - 4, &mut b).is_err());
     }
 
     #[test]
