@@ -89,14 +89,14 @@ const OPS: &[Op] = &[
         len: 4,
     },
     Op {
-        name: "scratch REGION_READ 8 B (memfd page, pread)",
+        name: "scratch REGION_READ 8 B (memfd page)",
         dev: 1,
         write: false,
         offset: 0x1008,
         len: 8,
     },
     Op {
-        name: "scratch REGION_WRITE 8 B (memfd page, pwrite)",
+        name: "scratch REGION_WRITE 8 B (memfd page)",
         dev: 1,
         write: true,
         offset: 0x1008,
