@@ -473,6 +473,17 @@ pub struct IrqEoi {
     pub clear: Option<ClearRegister>,
 }
 
+/// Why an EOI configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EoiError {
+    /// `clear-register` was chosen for an IRQ the profile gives no clear register.
+    #[error("IRQ {index}: clear-register EOI needs a clear register in the profile")]
+    NoClearRegister {
+        /// The IRQ index.
+        index: u32,
+    },
+}
+
 /// Decides which IRQ indices to unmask after a trapped access.
 #[derive(Debug, Clone, Default)]
 pub struct EoiEngine {
@@ -482,13 +493,10 @@ pub struct EoiEngine {
 impl EoiEngine {
     /// An engine with the given per-IRQ rules. A `ClearRegister` rule without a
     /// register is an error.
-    pub fn new(rules: Vec<IrqEoi>) -> Result<Self, String> {
+    pub fn new(rules: Vec<IrqEoi>) -> Result<Self, EoiError> {
         for r in &rules {
             if r.policy == EoiPolicy::ClearRegister && r.clear.is_none() {
-                return Err(format!(
-                    "IRQ {}: clear-register EOI needs a clear register in the profile",
-                    r.index
-                ));
+                return Err(EoiError::NoClearRegister { index: r.index });
             }
         }
         Ok(EoiEngine { rules })
@@ -903,12 +911,15 @@ mod tests {
 
     #[test]
     fn engine_rejects_clear_policy_without_register() {
-        assert!(EoiEngine::new(vec![IrqEoi {
-            index: 0,
-            policy: EoiPolicy::ClearRegister,
-            clear: None
-        }])
-        .is_err());
+        assert_eq!(
+            EoiEngine::new(vec![IrqEoi {
+                index: 0,
+                policy: EoiPolicy::ClearRegister,
+                clear: None
+            }])
+            .unwrap_err(),
+            EoiError::NoClearRegister { index: 0 }
+        );
         let e = EoiEngine::new(vec![IrqEoi {
             index: 0,
             policy: EoiPolicy::Resample,

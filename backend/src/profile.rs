@@ -318,9 +318,9 @@ impl Profile {
         num_irqs: u32,
         policy: Option<EoiPolicy>,
     ) -> Result<EoiEngine, ProfileError> {
-        EoiEngine::new(self.eoi_rules(num_irqs, policy)).map_err(|message| ProfileError::Invalid {
+        EoiEngine::new(self.eoi_rules(num_irqs, policy)).map_err(|e| ProfileError::Invalid {
             name: self.name.clone(),
-            message,
+            message: e.to_string(),
         })
     }
 
