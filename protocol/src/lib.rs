@@ -17,6 +17,7 @@ pub mod error;
 pub mod ext;
 pub mod header;
 pub mod message;
+pub mod peerlog;
 pub mod server;
 pub mod transport;
 

@@ -161,7 +161,7 @@ enum Outcome {
 
 impl From<DecodeError> for Outcome {
     fn from(e: DecodeError) -> Self {
-        log::warn!("bad request: {e}");
+        crate::peer_warn!("bad request: {e}");
         Outcome::Error(e.errno())
     }
 }
@@ -326,7 +326,7 @@ impl ServerConnection {
             };
             let (header, outcome) = match inc {
                 Incoming::Bad { header, error } => {
-                    log::warn!(
+                    crate::peer_warn!(
                         "bad frame for {} (id {}): {:?}",
                         cmd::name(header.command),
                         header.msg_id,
@@ -365,7 +365,7 @@ impl ServerConnection {
         };
         if req.no_reply() {
             if let Err(e) = reply {
-                log::warn!(
+                crate::peer_warn!(
                     "{} (id {}) failed with {e}; no reply requested",
                     cmd::name(req.command),
                     req.msg_id
@@ -419,7 +419,7 @@ impl ServerConnection {
         match hdr.msg_type() {
             MsgType::Command => {}
             MsgType::Reply => {
-                log::warn!(
+                crate::peer_warn!(
                     "dropping unexpected reply-type message for {} (id {})",
                     cmd::name(hdr.command),
                     hdr.msg_id
@@ -427,13 +427,13 @@ impl ServerConnection {
                 return Outcome::Silent;
             }
             MsgType::Other(t) => {
-                log::warn!("message type {t} is invalid");
+                crate::peer_warn!("message type {t} is invalid");
                 return Outcome::Error(Errno::EINVAL);
             }
         }
         let Some(neg) = self.negotiated.clone() else {
             if hdr.command != cmd::VERSION {
-                log::warn!("{} before VERSION", cmd::name(hdr.command));
+                crate::peer_warn!("{} before VERSION", cmd::name(hdr.command));
                 return Outcome::Error(Errno::EINVAL);
             }
             return self.do_version(m, h);
@@ -512,7 +512,7 @@ impl ServerConnection {
                     return Outcome::Error(Errno::EIO);
                 }
                 if rfds.len() > client_fds {
-                    log::warn!("{} io fds exceed the client's max_msg_fds", rfds.len());
+                    crate::peer_warn!("{} io fds exceed the client's max_msg_fds", rfds.len());
                     return Outcome::Error(Errno::E2BIG);
                 }
                 let (payload, complete) = RegionIoFdsReply::encode(req.index, &subs, req.argsz);
@@ -642,7 +642,7 @@ impl ServerConnection {
                 ))
             }
             cmd::DMA_READ | cmd::DMA_WRITE => {
-                log::warn!("client sent a server-to-client command");
+                crate::peer_warn!("client sent a server-to-client command");
                 Outcome::Error(Errno::EINVAL)
             }
             other => {
@@ -660,7 +660,7 @@ impl ServerConnection {
         }
         let v = tri!(Version::decode(&m.payload));
         if v.major != VERSION_MAJOR {
-            log::warn!("client proposed major version {}, closing", v.major);
+            crate::peer_warn!("client proposed major version {}, closing", v.major);
             return Outcome::ErrorClose(Errno::ENOTSUP);
         }
         let offer = match h.version(&v.caps) {

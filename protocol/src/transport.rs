@@ -297,7 +297,7 @@ impl MessageReader {
                 self.fd_groups.clear();
                 return Err(TransportError::Unskippable(header.size));
             }
-            log::warn!(
+            crate::peer_warn!(
                 "skipping oversized message ({} bytes, limit {})",
                 size,
                 self.max_msg_size
