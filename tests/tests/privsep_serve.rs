@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -98,7 +98,14 @@ fn exercise_scratch(c: &mut Client) {
 /// Runs `vfio-sidecar probe --socket SOCK` as uid/gid `id` (a second process:
 /// the client whose SO_PEERCRED the backend sees).
 fn probe_as(id: u32, sock: &Path) -> Output {
-    Command::new(backend())
+    // The checkout may sit below a directory only root can enter (CI clones
+    // into a private temp dir): run a copy of the binary from a 0755 dir.
+    let dir = TempDir::new("nobody-bin");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.0.join("vfio-sidecar");
+    std::fs::copy(backend(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new(&exe)
         .args(["probe", "--socket"])
         .arg(sock)
         .uid(id)
@@ -527,7 +534,7 @@ fn socket_activation_with_listen_fds() {
     let path = dir.0.join("activated.sock");
     let l = bound_listener(&path);
     // systemd's SocketMode: the backend must leave the inherited socket as it is.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let env = [("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "vfio-user")];
     let mut p = Spawned::start(&path, &["--socket-mode", "0666"], &env, Some(&l), true);
     drop(l);
