@@ -488,6 +488,12 @@ pub enum EoiError {
 #[derive(Debug, Clone, Default)]
 pub struct EoiEngine {
     rules: Vec<IrqEoi>,
+    /// Indices under `FirstAccess` (what any access unmasks), precomputed:
+    /// trapped accesses ask for it on every access.
+    first_access: Vec<u32>,
+    /// Byte span `[lo, hi)` covering every clear register in force (any
+    /// region): a write outside it clears nothing and skips the rules.
+    clear_span: Option<(u64, u64)>,
 }
 
 impl EoiEngine {
@@ -499,7 +505,22 @@ impl EoiEngine {
                 return Err(EoiError::NoClearRegister { index: r.index });
             }
         }
-        Ok(EoiEngine { rules })
+        let first_access = rules
+            .iter()
+            .filter(|r| r.policy == EoiPolicy::FirstAccess)
+            .map(|r| r.index)
+            .collect();
+        let clear_span = rules
+            .iter()
+            .filter(|r| r.policy == EoiPolicy::ClearRegister)
+            .filter_map(|r| r.clear)
+            .map(|c| (c.offset, c.offset.saturating_add(u64::from(c.width))))
+            .reduce(|(lo, hi), (l, h)| (lo.min(l), hi.max(h)));
+        Ok(EoiEngine {
+            rules,
+            first_access,
+            clear_span,
+        })
     }
 
     /// The rules.
@@ -526,6 +547,14 @@ impl EoiEngine {
 
     /// IRQ indices to unmask after a client write reached the device.
     pub fn after_write(&self, region: u32, offset: u64, data: &[u8]) -> Vec<u32> {
+        let end = offset.saturating_add(data.len() as u64);
+        let may_clear = self
+            .clear_span
+            .is_some_and(|(lo, hi)| offset < hi && end > lo);
+        if !may_clear {
+            // Allocates nothing when no IRQ is under first-access either.
+            return self.first_access.clone();
+        }
         let mut out: Vec<u32> = self
             .rules
             .iter()
@@ -541,12 +570,8 @@ impl EoiEngine {
     }
 
     /// IRQ indices to unmask after a client read reached the device.
-    pub fn after_read(&self) -> Vec<u32> {
-        self.rules
-            .iter()
-            .filter(|r| r.policy == EoiPolicy::FirstAccess)
-            .map(|r| r.index)
-            .collect()
+    pub fn after_read(&self) -> &[u32] {
+        &self.first_access
     }
 }
 
@@ -868,7 +893,7 @@ mod tests {
         let read = |dev: &FakePl330, irqs: &mut EmulatedIrqs, off| {
             let v = dev.read(off);
             irqs.update(&dev.levels());
-            for i in eoi.after_read() {
+            for &i in eoi.after_read() {
                 irqs.unmask(i).unwrap();
             }
             v

@@ -30,6 +30,7 @@ use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use thiserror::Error;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
@@ -111,6 +112,15 @@ pub struct Backend {
     /// building the region description. `None`: `region_info` failed then; such
     /// an access asks the device again (and gets its error).
     region_sizes: Vec<Option<u64>>,
+    /// The event loop's registration of the device's poll fds, if attached.
+    poller: Option<Poller>,
+}
+
+/// The device poll fds registered with the event loop's epoll (see
+/// [`Backend::attach_poller`]).
+struct Poller {
+    epoll: Arc<Epoll>,
+    watched: Vec<RawFd>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -159,6 +169,54 @@ impl Backend {
             work_pending: false,
             no_mmap: false,
             region_sizes,
+            poller: None,
+        })
+    }
+
+    /// Registers the device's poll fds with `epoll` (token
+    /// `TOKEN_DEVICE | the device's token`) and keeps the registration in step
+    /// with the device: every operation that can replace or close one of them
+    /// (SET_IRQS, reset, client cleanup) deregisters them first, while they
+    /// are still open — an epoll entry outlives a closed fd whose file the
+    /// client still holds — and registers the new set afterwards. The event
+    /// loop then does nothing per message.
+    pub fn attach_poller(&mut self, epoll: Arc<Epoll>) {
+        self.unwatch_poll_fds();
+        self.poller = Some(Poller {
+            epoll,
+            watched: Vec::new(),
+        });
+        self.watch_poll_fds();
+    }
+
+    fn unwatch_poll_fds(&mut self) {
+        if let Some(p) = self.poller.as_mut() {
+            for fd in p.watched.drain(..) {
+                let _ = p
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+        }
+    }
+
+    fn watch_poll_fds(&mut self) {
+        let Some(p) = self.poller.as_mut() else {
+            return;
+        };
+        for (fd, tok) in self.dev.poll_fds() {
+            match ctl(&p.epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
+                Ok(()) => p.watched.push(fd),
+                Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
+            }
+        }
+    }
+
+    /// True when the registered poll fds are the device's current ones (a
+    /// debug check of the loop: no operation changed them behind its back).
+    fn poll_fds_in_sync(&self) -> bool {
+        self.poller.as_ref().is_none_or(|p| {
+            let now: Vec<RawFd> = self.dev.poll_fds().into_iter().map(|(fd, _)| fd).collect();
+            now == p.watched
         })
     }
 
@@ -183,9 +241,9 @@ impl Backend {
         &self.eoi
     }
 
-    fn unmask(&mut self, indices: Vec<u32>) {
-        for i in indices {
-            if let Err(e) = self.dev.unmask_irq(i, 0) {
+    fn unmask(dev: &mut dyn Device, indices: &[u32]) {
+        for &i in indices {
+            if let Err(e) = dev.unmask_irq(i, 0) {
                 log::debug!("EOI unmask of IRQ {i} failed: {e}");
             }
         }
@@ -284,6 +342,7 @@ impl Backend {
 
     /// Cleanup after the client went away: DMA mappings, IRQ eventfds, reset.
     pub fn client_gone(&mut self) {
+        self.unwatch_poll_fds();
         self.log_counters("client disconnected");
         self.unmap_all_dma();
         let info = self.dev.info();
@@ -333,6 +392,7 @@ impl Backend {
         self.extension = false;
         self.dma.set_limit(self.max_dma_maps as usize);
         self.work_pending = false;
+        self.watch_poll_fds();
     }
 
     /// The device-tree blob describing a platform/AMBA device (a minimal tree
@@ -438,6 +498,61 @@ impl Backend {
             irqs,
             dt_node_name: self.profile.node_name.clone(),
         }
+    }
+}
+
+impl Backend {
+    /// SET_IRQS proper (the poll fd registration is around it).
+    fn set_irqs_inner(&mut self, req: &WireSetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+        let info = self.dev.irq_info(req.index).map_err(|e| errno_of(&e))?;
+        let action = match req.action().ok_or(Errno::EINVAL)? {
+            msg::IrqAction::Mask => IrqAction::Mask,
+            msg::IrqAction::Unmask => IrqAction::Unmask,
+            msg::IrqAction::Trigger => IrqAction::Trigger,
+        };
+        let dtype = req.data_type().ok_or(Errno::EINVAL)?;
+        let disable = action == IrqAction::Trigger && dtype == IrqDataType::None && req.count == 0;
+        if !disable {
+            let end = req.start.checked_add(req.count).ok_or(Errno::EINVAL)?;
+            if req.count == 0 || end > info.count {
+                return Err(Errno::EINVAL);
+            }
+        }
+        if matches!(action, IrqAction::Mask | IrqAction::Unmask)
+            && info.flags & irq_flags::MASKABLE == 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let data = match dtype {
+            IrqDataType::None => IrqData::None,
+            IrqDataType::Bool => {
+                if req.bools.len() != req.count as usize {
+                    return Err(Errno::EINVAL);
+                }
+                IrqData::Bool(req.bools.clone())
+            }
+            IrqDataType::Eventfd => {
+                if fds.is_empty() {
+                    IrqData::Eventfd((0..req.count).map(|_| None).collect())
+                } else if fds.len() == req.count as usize {
+                    IrqData::Eventfd(fds.into_iter().map(Some).collect())
+                } else {
+                    return Err(Errno::EINVAL);
+                }
+            }
+        };
+        self.dev
+            .set_irqs(SetIrqs {
+                index: req.index,
+                start: req.start,
+                count: req.count,
+                action,
+                data,
+            })
+            .map_err(|e| {
+                log::debug!("SET_IRQS: {e}");
+                errno_of(&e)
+            })
     }
 }
 
@@ -604,62 +719,17 @@ impl Handler for Backend {
     }
 
     fn set_irqs(&mut self, req: &WireSetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
-        let info = self.dev.irq_info(req.index).map_err(|e| errno_of(&e))?;
-        let action = match req.action().ok_or(Errno::EINVAL)? {
-            msg::IrqAction::Mask => IrqAction::Mask,
-            msg::IrqAction::Unmask => IrqAction::Unmask,
-            msg::IrqAction::Trigger => IrqAction::Trigger,
-        };
-        let dtype = req.data_type().ok_or(Errno::EINVAL)?;
-        let disable = action == IrqAction::Trigger && dtype == IrqDataType::None && req.count == 0;
-        if !disable {
-            let end = req.start.checked_add(req.count).ok_or(Errno::EINVAL)?;
-            if req.count == 0 || end > info.count {
-                return Err(Errno::EINVAL);
-            }
-        }
-        if matches!(action, IrqAction::Mask | IrqAction::Unmask)
-            && info.flags & irq_flags::MASKABLE == 0
-        {
-            return Err(Errno::EINVAL);
-        }
-        let data = match dtype {
-            IrqDataType::None => IrqData::None,
-            IrqDataType::Bool => {
-                if req.bools.len() != req.count as usize {
-                    return Err(Errno::EINVAL);
-                }
-                IrqData::Bool(req.bools.clone())
-            }
-            IrqDataType::Eventfd => {
-                if fds.is_empty() {
-                    IrqData::Eventfd((0..req.count).map(|_| None).collect())
-                } else if fds.len() == req.count as usize {
-                    IrqData::Eventfd(fds.into_iter().map(Some).collect())
-                } else {
-                    return Err(Errno::EINVAL);
-                }
-            }
-        };
-        self.dev
-            .set_irqs(SetIrqs {
-                index: req.index,
-                start: req.start,
-                count: req.count,
-                action,
-                data,
-            })
-            .map_err(|e| {
-                log::debug!("SET_IRQS: {e}");
-                errno_of(&e)
-            })
+        // May close or replace the device's poll fds (unmask eventfds).
+        self.unwatch_poll_fds();
+        let r = self.set_irqs_inner(req, fds);
+        self.watch_poll_fds();
+        r
     }
 
     fn region_read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         self.check_access(region, offset, buf.len())?;
         let r = self.dev.region_read(region, offset, buf);
-        let unmask = self.eoi.after_read();
-        self.unmask(unmask);
+        Self::unmask(self.dev.as_mut(), self.eoi.after_read());
         r.map_err(|e| {
             log::debug!("region {region} read {offset:#x}: {e}");
             errno_of(&e)
@@ -672,11 +742,10 @@ impl Handler for Backend {
         self.work_pending = true;
         if r.is_ok() {
             let unmask = self.eoi.after_write(region, offset, data);
-            self.unmask(unmask);
+            Self::unmask(self.dev.as_mut(), &unmask);
         } else {
             // A refused write still counts as an access for first-access.
-            let unmask = self.eoi.after_read();
-            self.unmask(unmask);
+            Self::unmask(self.dev.as_mut(), self.eoi.after_read());
         }
         r.map_err(|e| {
             log::debug!("region {region} write {offset:#x}: {e}");
@@ -686,7 +755,10 @@ impl Handler for Backend {
 
     fn reset(&mut self) -> Result<(), Errno> {
         self.work_pending = false;
-        self.dev.reset().map_err(|e| errno_of(&e))
+        self.unwatch_poll_fds();
+        let r = self.dev.reset().map_err(|e| errno_of(&e));
+        self.watch_poll_fds();
+        r
     }
 
     fn device_desc(&mut self) -> Result<(DeviceDescription, Vec<u8>), Errno> {
@@ -856,23 +928,6 @@ fn ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::R
     epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
 }
 
-/// Stops watching the device's poll fds (call while they are still open).
-fn unwatch(epoll: &Epoll, dev_fds: &mut Vec<RawFd>) {
-    for fd in dev_fds.drain(..) {
-        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-    }
-}
-
-/// Watches the device's current poll fds.
-fn watch(epoll: &Epoll, backend: &Backend, dev_fds: &mut Vec<RawFd>) {
-    for (fd, tok) in backend.poll_fds() {
-        match ctl(epoll, ControlOperation::Add, fd, TOKEN_DEVICE | tok) {
-            Ok(()) => dev_fds.push(fd),
-            Err(e) => log::warn!("cannot watch device fd {fd}: {e}"),
-        }
-    }
-}
-
 /// Opens the device per `args` and builds the [`Backend`].
 pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
     let set = load_profiles(args.profile.as_deref())?;
@@ -977,7 +1032,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         .set_nonblocking(true)
         .map_err(ServeError::EventLoop)?;
     let sig = SignalFd::new().map_err(ServeError::EventLoop)?;
-    let epoll = Epoll::new().map_err(ServeError::EventLoop)?;
+    let epoll = Arc::new(Epoll::new().map_err(ServeError::EventLoop)?);
     ctl(
         &epoll,
         ControlOperation::Add,
@@ -1033,7 +1088,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let mut client: Option<ServerConnection> = None;
     let mut rejecting: Option<ServerConnection> = None;
-    let mut dev_fds: Vec<RawFd> = Vec::new();
+    backend.attach_poller(Arc::clone(&epoll));
     let mut events = vec![EpollEvent::default(); 16];
     let buffered =
         |c: &Option<ServerConnection>| c.as_ref().is_some_and(|c| c.has_buffered_message());
@@ -1075,7 +1130,6 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                 TOKEN_SIGNAL => {
                     let signo = sig.read().unwrap_or(0);
                     log::info!("signal {signo}: shutting down");
-                    unwatch(&epoll, &mut dev_fds);
                     if client.take().is_some() {
                         backend.client_gone();
                     } else {
@@ -1160,10 +1214,8 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                     }
                 },
                 TOKEN_CLIENT => {
-                    // Device fds may be closed while handling (SET_IRQS, cleanup):
-                    // unregister them while they are still open (an epoll entry
-                    // outlives a closed fd whose file the client still holds).
-                    unwatch(&epoll, &mut dev_fds);
+                    // Device poll fds replaced while handling (SET_IRQS, reset,
+                    // cleanup) are re-registered by the backend itself.
                     let status = match client.as_mut() {
                         Some(c) => c.handle_readable(&mut backend),
                         None => Ok(ConnStatus::Open),
@@ -1186,7 +1238,10 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                         }
                         backend.client_gone();
                     }
-                    watch(&epoll, &backend, &mut dev_fds);
+                    debug_assert!(
+                        backend.poll_fds_in_sync(),
+                        "device poll fds changed outside SET_IRQS/reset/cleanup"
+                    );
                 }
                 TOKEN_REJECT => {
                     // One message (its VERSION, answered EBUSY), then it goes.

@@ -1177,6 +1177,21 @@ impl RegionAccess {
         v
     }
 
+    /// Decodes the fixed 16 bytes: (offset, region, count).
+    pub fn decode_fixed_array(b: &[u8; 16]) -> (u64, u32, u32) {
+        let mut o = [0u8; 8];
+        o.copy_from_slice(&b[0..8]);
+        let mut r = [0u8; 4];
+        r.copy_from_slice(&b[8..12]);
+        let mut c = [0u8; 4];
+        c.copy_from_slice(&b[12..16]);
+        (
+            u64::from_ne_bytes(o),
+            u32::from_ne_bytes(r),
+            u32::from_ne_bytes(c),
+        )
+    }
+
     /// Decodes the fixed part, returning the data slice that follows.
     pub fn decode_fixed<'a>(
         what: &'static str,

@@ -240,6 +240,37 @@ impl MessageReader {
         }
     }
 
+    /// The next message, when it lies complete in the receive buffer and no
+    /// fds were received with or before it: its header and payload, left in
+    /// the buffer (drop it with [`MessageReader::consume_complete`]). `None`
+    /// for anything else (incomplete, oversized or undersized frames, pending
+    /// fds, a large message being received): [`MessageReader::take`] handles
+    /// those. Lets a server serve small fd-less requests in place.
+    pub fn peek_complete(&self) -> Option<(Header, &[u8])> {
+        if !matches!(self.phase, Phase::Buffered) || !self.fd_groups.is_empty() {
+            return None;
+        }
+        let msg = self.buf.get(self.start..self.end)?;
+        let hb: &[u8; HEADER_SIZE] = msg.get(..HEADER_SIZE)?.try_into().ok()?;
+        let header = Header::decode(hb);
+        let size = header.size as usize;
+        if size < HEADER_SIZE || size > self.max_msg_size {
+            return None;
+        }
+        Some((header, msg.get(HEADER_SIZE..size)?))
+    }
+
+    /// Drops the message [`MessageReader::peek_complete`] returned (`size` is
+    /// its header's `size`); does nothing if that is not what is buffered.
+    pub fn consume_complete(&mut self, size: usize) {
+        if matches!(self.phase, Phase::Buffered)
+            && size >= HEADER_SIZE
+            && size <= self.end - self.start
+        {
+            self.consume(size);
+        }
+    }
+
     /// Frames the next message from what was received, without receiving.
     /// `Ok(None)`: more bytes are needed ([`MessageReader::fill`]).
     pub fn take(&mut self) -> Result<Option<Incoming>, TransportError> {
@@ -684,6 +715,43 @@ pub fn send_message(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(map_io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Sends `bytes` (one whole message, no fds) with `send`, handling partial
+/// writes and a full socket like [`send_message`] (waiting up to `timeout`
+/// each time it is full). One system call in the usual case.
+pub fn send_bytes(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    timeout: Option<Duration>,
+) -> Result<(), TransportError> {
+    let mut sent = 0usize;
+    while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
+        // SAFETY: `rest` is a live buffer of `rest.len()` bytes; send only reads it.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            sent += n as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                if !wait_fd(fd, libc::POLLOUT, timeout).map_err(map_io)? {
+                    return Err(TransportError::Timeout);
+                }
+            }
+            io::ErrorKind::Interrupted => {}
+            _ => return Err(map_io(e)),
         }
     }
     Ok(())

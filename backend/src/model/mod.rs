@@ -69,11 +69,18 @@ pub trait Model: Send + std::fmt::Debug {
             *level = self.irq_level(line);
         }
     }
+    /// A value that changes whenever some interrupt level may have changed
+    /// (a model whose levels are a function of a few register bits returns
+    /// those bits). [`ModelDevice`] skips the line re-sync after an access
+    /// that left it unchanged. Default `None`: re-sync after every access.
+    fn irq_fingerprint(&self) -> Option<u64> {
+        None
+    }
     /// Continue bounded work; true while more is pending.
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool;
-    /// True when [`Model::run_pending`] would change no interrupt level now
-    /// (nothing is executing): the IRQ lines need no re-sync after it. The
-    /// default (false) always re-syncs.
+    /// True when nothing is executing: [`Model::run_pending`] would do no
+    /// work and change no interrupt level now, so [`ModelDevice`] skips it.
+    /// The default (false) always runs it and re-syncs.
     fn idle(&self) -> bool {
         false
     }
@@ -88,6 +95,9 @@ pub struct ModelDevice {
     irqs: EmulatedIrqs,
     /// Line levels, refilled after every access (reused: no allocation).
     levels: Vec<bool>,
+    /// [`Model::irq_fingerprint`] at the last full re-sync; `None` forces the
+    /// next one (set by everything that can mask, unmask or rewire a vector).
+    synced: Option<u64>,
 }
 
 impl ModelDevice {
@@ -99,6 +109,7 @@ impl ModelDevice {
             model,
             irqs,
             levels: vec![false; n],
+            synced: None,
         }
     }
 
@@ -112,9 +123,19 @@ impl ModelDevice {
         self.irqs.held_fds()
     }
 
+    /// Feeds the model's line levels to the vectors. Skipped when the model's
+    /// fingerprint is the one of the last re-sync: the levels are then the
+    /// same, and since every vector that could fire was fired (and masked)
+    /// then, and nothing unmasked or rewired one since (those invalidate
+    /// `synced`), a full update would change nothing.
     fn sync_irqs(&mut self) {
+        let fp = self.model.irq_fingerprint();
+        if fp.is_some() && fp == self.synced {
+            return;
+        }
         self.model.irq_levels_into(&mut self.levels);
         self.irqs.update(&self.levels);
+        self.synced = fp;
     }
 }
 
@@ -175,6 +196,7 @@ impl Device for ModelDevice {
     }
 
     fn set_irqs(&mut self, req: SetIrqs) -> Result<(), DeviceError> {
+        self.synced = None;
         self.irqs.set_irqs(req)
     }
 
@@ -182,10 +204,12 @@ impl Device for ModelDevice {
         if vector != 0 {
             return Err(DeviceError::Invalid(format!("IRQ {index} vector {vector}")));
         }
+        self.synced = None;
         self.irqs.unmask(index)
     }
 
     fn reset(&mut self) -> Result<(), DeviceError> {
+        self.synced = None;
         self.model.reset();
         self.sync_irqs();
         Ok(())
@@ -203,18 +227,19 @@ impl Device for ModelDevice {
     }
 
     fn on_poll_fd(&mut self, token: u64, _mem: &dyn DmaMemory) -> Result<(), DeviceError> {
+        self.synced = None;
         self.irqs.on_poll_fd(token)?;
         Ok(())
     }
 
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
-        // Called after every write: an idle model's lines are as the access
-        // left them (synced then), so skip the re-sync.
-        let idle = self.model.idle();
-        let more = self.model.run_pending(mem);
-        if !idle {
-            self.sync_irqs();
+        // Called after every write: an idle model has no work and its lines
+        // are as the access left them (synced then).
+        if self.model.idle() {
+            return false;
         }
+        let more = self.model.run_pending(mem);
+        self.sync_irqs();
         more
     }
 }
@@ -303,5 +328,85 @@ mod tests {
         assert!(parse_num("k", Some("zz")).is_err());
         assert!(parse_num("k", None).is_err());
         assert!(create(&"nosuch".parse().unwrap(), false).is_err());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod irq_sync_tests {
+    use super::*;
+    use crate::device::{IrqAction, IrqData, NoDmaMemory, SetIrqs};
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    fn eventfd() -> (OwnedFd, std::fs::File) {
+        // SAFETY: eventfd(2) returns a new fd we own; checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: fresh fd, owned here.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let reader = std::fs::File::from(owned.try_clone().unwrap());
+        (owned, reader)
+    }
+
+    fn count(f: &std::fs::File) -> u64 {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        let mut f = f;
+        match f.read(&mut b) {
+            Ok(8) => u64::from_ne_bytes(b),
+            _ => 0,
+        }
+    }
+
+    fn w(d: &mut ModelDevice, off: u64, v: u32) {
+        d.region_write(0, off, &v.to_le_bytes(), &NoDmaMemory)
+            .unwrap();
+    }
+
+    /// DMASEV `ev` executed by the manager thread through the debug registers.
+    fn sev(d: &mut ModelDevice, ev: u32) {
+        w(d, 0xd08, (0x34 << 16) | ((ev << 3) << 24));
+        w(d, 0xd0c, 0);
+        w(d, 0xd04, 0);
+    }
+
+    /// The re-sync is skipped while the PL330's INTMIS is unchanged: it must
+    /// still see every rising edge, never fire twice for one event, and fire
+    /// again after the EOI while the line stays high.
+    #[test]
+    fn skipped_resync_keeps_one_interrupt_per_event() {
+        let mut d = create(&"pl330,events=4".parse().unwrap(), false).unwrap();
+        let (fd, trig) = eventfd();
+        d.set_irqs(SetIrqs {
+            index: 1,
+            start: 0,
+            count: 1,
+            action: IrqAction::Trigger,
+            data: IrqData::Eventfd(vec![Some(fd)]),
+        })
+        .unwrap();
+        w(&mut d, 0x020, 0b10); // INTEN: event 1 is an interrupt
+        let mut b = [0u8; 4];
+        for _ in 0..3 {
+            d.region_read(0, 0x020, &mut b).unwrap();
+        }
+        assert_eq!(count(&trig), 0, "no event yet");
+        sev(&mut d, 1);
+        assert_eq!(count(&trig), 1, "the event fired once");
+        for _ in 0..5 {
+            d.region_read(0, 0x028, &mut b).unwrap(); // INT_EVENT_RIS
+        }
+        assert_eq!(u32::from_le_bytes(b), 0b10);
+        assert_eq!(count(&trig), 0, "reads of an unchanged state fire nothing");
+        // EOI without clearing: the line is still high, so the unmask refires.
+        d.unmask_irq(1, 0).unwrap();
+        assert_eq!(count(&trig), 1, "unmask with the line high refires");
+        // Clear, EOI, then a new event: one more interrupt.
+        w(&mut d, 0x02c, 0b10); // INTCLR
+        d.unmask_irq(1, 0).unwrap();
+        assert_eq!(count(&trig), 0);
+        sev(&mut d, 1);
+        assert_eq!(count(&trig), 1, "the next event fired once");
+        assert_eq!(d.irq_counters(1, 0).unwrap().device_events, 2);
     }
 }

@@ -143,6 +143,11 @@ impl Model for Pl330Model {
         self.dev.irq_levels_into(out);
     }
 
+    fn irq_fingerprint(&self) -> Option<u64> {
+        // Every line is a function of INTMIS (and constant configuration).
+        Some(u64::from(self.dev.intmis()))
+    }
+
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
         self.dev.run_pending(mem)
     }

@@ -358,10 +358,21 @@ impl Handler for ToyHandler {
 pub fn spawn_server<H: Handler + Send + 'static>(
     sock: UnixStream,
     limits: Limits,
+    h: H,
+) -> JoinHandle<(H, Result<ConnStatus, String>)> {
+    spawn_server_with(sock, limits, h, true)
+}
+
+/// [`spawn_server`] with the connection's REGION_READ/WRITE fast path on or off.
+pub fn spawn_server_with<H: Handler + Send + 'static>(
+    sock: UnixStream,
+    limits: Limits,
     mut h: H,
+    fast_path: bool,
 ) -> JoinHandle<(H, Result<ConnStatus, String>)> {
     std::thread::spawn(move || {
         let mut conn = ServerConnection::new(sock, limits).unwrap();
+        conn.set_fast_path(fast_path);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if std::time::Instant::now() > deadline {
