@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 
 use thiserror::Error;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
@@ -42,8 +42,9 @@ use vfio_sidecar_protocol::message::{
     self as msg, DeviceInfo as WireDeviceInfo, DmaMap, DmaUnmap, IrqDataType,
     IrqInfo as WireIrqInfo, RegionInfo as WireRegionInfo, SetIrqs as WireSetIrqs,
 };
-use vfio_sidecar_protocol::server::{ConnStatus, Handler, ServerConnection};
+use vfio_sidecar_protocol::server::{ConnStatus, Handler, ServerConnection, ShutdownHandle};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::cli::{load_profiles, open_device, select_profile, CliError, DeviceSpec, ServeArgs};
 use crate::device::{
@@ -848,10 +849,15 @@ pub enum ServeError {
 const MESSAGES_PER_WAKEUP: usize = 64;
 
 const TOKEN_LISTEN: u64 = 1;
-const TOKEN_CLIENT: u64 = 2;
 const TOKEN_SIGNAL: u64 = 3;
 const TOKEN_REJECT: u64 = 4;
+const TOKEN_KICK: u64 = 5;
+const TOKEN_DONE: u64 = 6;
 const TOKEN_DEVICE: u64 = 1 << 63;
+
+/// How long SIGTERM (or a new client) waits for the connection thread to
+/// finish cleaning up after the served client.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// SIGTERM/SIGINT as a signalfd (signals blocked in this thread).
 struct SignalFd {
@@ -1052,6 +1058,53 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         let c = sandbox::drop_privileges(&UserSpec::from(ug.user.as_str()), group.as_ref())?;
         log::info!("running as uid {} gid {} ({ug})", c.uid, c.gid);
     }
+    backend.attach_poller(Arc::clone(&epoll));
+    let policies: BTreeSet<String> = backend
+        .eoi()
+        .rules()
+        .iter()
+        .map(|r| r.policy.to_string())
+        .collect();
+    let profile_name = backend.profile.name.clone();
+    let shared = Arc::new(Shared {
+        backend: Mutex::new(backend),
+        kick: EventFd::new(libc::EFD_NONBLOCK).map_err(ServeError::EventLoop)?,
+        done: EventFd::new(libc::EFD_NONBLOCK).map_err(ServeError::EventLoop)?,
+    });
+    ctl(
+        &epoll,
+        ControlOperation::Add,
+        shared.kick.as_raw_fd(),
+        TOKEN_KICK,
+    )
+    .map_err(ServeError::EventLoop)?;
+    ctl(
+        &epoll,
+        ControlOperation::Add,
+        shared.done.as_raw_fd(),
+        TOKEN_DONE,
+    )
+    .map_err(ServeError::EventLoop)?;
+    // The connection thread exists before the filter (which covers every
+    // thread: TSYNC), so the filter need not allow creating threads; it
+    // inherits the dropped privileges and the blocked SIGTERM/SIGINT.
+    // It must have started before the filter goes on: thread start-up
+    // (rseq, robust list, signal stack, name) makes calls the filter denies.
+    let (to_conn, conns) = mpsc::channel::<ServerConnection>();
+    let (started_tx, started) = mpsc::channel::<()>();
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("vfio-sidecar-conn".into())
+            .spawn(move || {
+                let _ = started_tx.send(());
+                connection_thread(&conns, &shared)
+            })
+            .map_err(ServeError::EventLoop)?;
+    }
+    started.recv().map_err(|_| {
+        ServeError::EventLoop(std::io::Error::other("the connection thread did not start"))
+    })?;
     match args.seccomp.action() {
         Some(action) => sandbox::apply_seccomp(&SeccompProfile {
             action,
@@ -1059,12 +1112,6 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         })?,
         None => log::warn!("--seccomp off: no syscall filter (debugging only)"),
     }
-    let policies: BTreeSet<String> = backend
-        .eoi()
-        .rules()
-        .iter()
-        .map(|r| r.policy.to_string())
-        .collect();
     log::info!(
         "listening on {}{} (device {}, profile {}, EOI {}{})",
         listen.path.display(),
@@ -1074,7 +1121,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
             ""
         },
         args.device,
-        backend.profile.name,
+        profile_name,
         if policies.is_empty() {
             "none".to_string()
         } else {
@@ -1086,17 +1133,19 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         max_dma_maps: args.max_dma_maps,
         ..Limits::default()
     };
-    let mut client: Option<ServerConnection> = None;
+    // The served client: the slot is taken while it is `Some`; SIGTERM
+    // shuts its socket down to end the connection thread's wait.
+    let mut client: Option<ShutdownHandle> = None;
     let mut rejecting: Option<ServerConnection> = None;
-    backend.attach_poller(Arc::clone(&epoll));
     let mut events = vec![EpollEvent::default(); 16];
     let buffered =
         |c: &Option<ServerConnection>| c.as_ref().is_some_and(|c| c.has_buffered_message());
     loop {
-        // A connection that stopped at its batch limit may hold complete
-        // messages in its receive buffer: those do not make its socket
-        // readable, so do not sleep and handle them as if it were.
-        let timeout = if backend.work_pending || buffered(&client) || buffered(&rejecting) {
+        // A refused connection's message may sit complete in its receive
+        // buffer (not making its socket readable): do not sleep then. Device
+        // work left pending: keep running it between events.
+        let pending = lock(&shared).work_pending;
+        let timeout = if pending || buffered(&rejecting) {
             0
         } else {
             -1
@@ -1106,34 +1155,36 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(ServeError::EventLoop(e)),
         };
-        let mut extra = [0u64; 2];
-        let mut nextra = 0;
-        for (token, conn) in [(TOKEN_CLIENT, &client), (TOKEN_REJECT, &rejecting)] {
-            if buffered(conn) && !events.iter().take(n).any(|e| e.data() == token) {
-                if let Some(slot) = extra.get_mut(nextra) {
-                    *slot = token;
-                    nextra += 1;
-                }
-            }
-        }
-        if n == 0 && nextra == 0 {
-            backend.run_pending();
+        let reject_buffered =
+            buffered(&rejecting) && !events.iter().take(n).any(|e| e.data() == TOKEN_REJECT);
+        if n == 0 && !reject_buffered {
+            lock(&shared).run_pending();
             continue;
         }
-        let tokens = events
-            .iter()
-            .take(n)
-            .map(|e| e.data())
-            .chain(extra.into_iter().take(nextra));
+        // The slot-freed notification first: a client arriving in the same
+        // wake-up as the previous one's cleanup is then accepted.
+        let mut tokens: Vec<u64> = events.iter().take(n).map(|e| e.data()).collect();
+        if reject_buffered {
+            tokens.push(TOKEN_REJECT);
+        }
+        tokens.sort_by_key(|&t| t != TOKEN_DONE);
         for token in tokens {
             match token {
                 TOKEN_SIGNAL => {
                     let signo = sig.read().unwrap_or(0);
                     log::info!("signal {signo}: shutting down");
-                    if client.take().is_some() {
-                        backend.client_gone();
-                    } else {
-                        backend.log_counters("exit");
+                    match client.take() {
+                        Some(sock) => {
+                            // Ends the connection thread's wait; it cleans up
+                            // (client_gone) and reports on `done`.
+                            sock.shutdown();
+                            if !readable_within(&shared.done, SHUTDOWN_WAIT) {
+                                log::warn!(
+                                    "client cleanup did not finish within {SHUTDOWN_WAIT:?}; exiting"
+                                );
+                            }
+                        }
+                        None => lock(&shared).log_counters("exit"),
                     }
                     return Ok(());
                 }
@@ -1152,6 +1203,14 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                                     continue;
                                 }
                             };
+                            // A served client that has hung up no longer holds
+                            // the slot: let its cleanup finish, then serve this one.
+                            if client.as_ref().is_some_and(ShutdownHandle::peer_hung_up)
+                                && readable_within(&shared.done, SHUTDOWN_WAIT)
+                            {
+                                let _ = shared.done.read();
+                                client = None;
+                            }
                             let mut conn = match ServerConnection::new(stream, limits) {
                                 Ok(c) => c,
                                 Err(e) => {
@@ -1159,9 +1218,6 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                                     continue;
                                 }
                             };
-                            // A client keeping its socket full must not starve
-                            // signals, device fds or pending device work.
-                            conn.set_batch_limit(MESSAGES_PER_WAKEUP);
                             if client.is_none() {
                                 log::info!(
                                     "client connected (pid {} uid {} gid {})",
@@ -1169,16 +1225,22 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                                     cred.uid,
                                     cred.gid
                                 );
-                                if let Err(e) = ctl(
-                                    &epoll,
-                                    ControlOperation::Add,
-                                    conn.as_raw_fd(),
-                                    TOKEN_CLIENT,
-                                ) {
-                                    log::warn!("cannot watch client: {e}");
+                                // Served by the connection thread: one blocking
+                                // receive per request, no epoll in between. A
+                                // batch limit bounds how long it holds the
+                                // backend for a client keeping its socket full.
+                                conn.set_batch_limit(MESSAGES_PER_WAKEUP);
+                                if let Err(e) = conn.set_blocking(true) {
+                                    log::warn!("cannot serve client: {e}");
                                     continue;
                                 }
-                                client = Some(conn);
+                                let sock = conn.shutdown_handle();
+                                if to_conn.send(conn).is_err() {
+                                    return Err(ServeError::EventLoop(std::io::Error::other(
+                                        "the connection thread is gone",
+                                    )));
+                                }
+                                client = Some(sock);
                             } else {
                                 log::warn!(
                                     "second client refused: one client at a time (it gets EBUSY)"
@@ -1213,35 +1275,15 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                         }
                     }
                 },
-                TOKEN_CLIENT => {
-                    // Device poll fds replaced while handling (SET_IRQS, reset,
-                    // cleanup) are re-registered by the backend itself.
-                    let status = match client.as_mut() {
-                        Some(c) => c.handle_readable(&mut backend),
-                        None => Ok(ConnStatus::Open),
-                    };
-                    let closed = match status {
-                        Ok(ConnStatus::Open) => false,
-                        Ok(ConnStatus::Closed) => true,
-                        Err(e) => {
-                            log::warn!("client connection: {e}");
-                            true
-                        }
-                    };
-                    if closed {
-                        if let Some(c) = client.take() {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                c.as_raw_fd(),
-                                EpollEvent::default(),
-                            );
-                        }
-                        backend.client_gone();
+                TOKEN_DONE => {
+                    // The connection thread finished a client (cleaned up).
+                    if shared.done.read().is_ok() {
+                        client = None;
                     }
-                    debug_assert!(
-                        backend.poll_fds_in_sync(),
-                        "device poll fds changed outside SET_IRQS/reset/cleanup"
-                    );
+                }
+                TOKEN_KICK => {
+                    // Device work became pending: the loop's timeout sees it.
+                    let _ = shared.kick.read();
                 }
                 TOKEN_REJECT => {
                     // One message (its VERSION, answered EBUSY), then it goes.
@@ -1262,11 +1304,107 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
                         }
                     }
                 }
-                t if t & TOKEN_DEVICE != 0 => backend.on_poll_fd(t & !TOKEN_DEVICE),
+                t if t & TOKEN_DEVICE != 0 => lock(&shared).on_poll_fd(t & !TOKEN_DEVICE),
                 t => log::debug!("unexpected epoll token {t:#x}"),
             }
         }
-        backend.run_pending();
+        lock(&shared).run_pending();
+    }
+}
+
+/// What the event loop and the connection thread share.
+struct Shared {
+    backend: Mutex<Backend>,
+    /// Written by the connection thread when device work becomes pending
+    /// (wakes the loop, which then runs it between events).
+    kick: EventFd,
+    /// Written by the connection thread when its client is gone and cleaned up.
+    done: EventFd,
+}
+
+/// Locks the backend. A panic while it was held ends the process (see
+/// [`connection_thread`]), so a poisoned lock is never seen in practice;
+/// if it were, the state is still the one the other thread left.
+fn lock(shared: &Shared) -> MutexGuard<'_, Backend> {
+    shared
+        .backend
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits until `fd` is readable, at most `t`; false on timeout or error.
+fn readable_within(fd: &EventFd, t: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(t.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 && std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+            continue;
+        }
+        return r > 0;
+    }
+}
+
+/// Serves one client at a time, handed over by the event loop: blocking
+/// receive, then the buffered requests under the backend lock (the trapped
+/// MMIO fast path costs one `recvmsg` and one `send`, as a bare socket
+/// ping-pong does). When the client goes: `client_gone` (DMA unmapped, IRQ
+/// fds released, device reset) and a word on `done`. A panic here ends the
+/// process, as it did when one thread did everything.
+fn connection_thread(conns: &mpsc::Receiver<ServerConnection>, shared: &Shared) {
+    let run = std::panic::AssertUnwindSafe(|| {
+        while let Ok(mut conn) = conns.recv() {
+            if let Err(e) = serve_connection(&mut conn, shared) {
+                log::warn!("client connection: {e}");
+            }
+            // The loop's handle keeps the socket open until `done`: the peer
+            // sees the end now.
+            conn.shutdown();
+            drop(conn);
+            lock(shared).client_gone();
+            if let Err(e) = shared.done.write(1) {
+                log::error!("cannot report the client's end to the loop: {e}");
+            }
+        }
+    });
+    if std::panic::catch_unwind(run).is_err() {
+        log::error!("connection thread panicked: exiting");
+        std::process::exit(101);
+    }
+}
+
+fn serve_connection(
+    conn: &mut ServerConnection,
+    shared: &Shared,
+) -> Result<(), vfio_sidecar_protocol::ServerError> {
+    loop {
+        if conn.receive_blocking()? == ConnStatus::Closed {
+            return Ok(());
+        }
+        let mut b = lock(shared);
+        let was_pending = b.work_pending;
+        let status = conn.handle_buffered(&mut *b)?;
+        debug_assert!(
+            b.poll_fds_in_sync(),
+            "device poll fds changed outside SET_IRQS/reset/cleanup"
+        );
+        // One budget of device work now, as after every batch; the loop
+        // runs the rest between its events.
+        let pending = b.run_pending();
+        drop(b);
+        if status == ConnStatus::Closed {
+            return Ok(());
+        }
+        if pending && !was_pending {
+            if let Err(e) = shared.kick.write(1) {
+                log::warn!("cannot wake the event loop for device work: {e}");
+            }
+        }
     }
 }
 

@@ -26,4 +26,4 @@ pub use caps::{Capabilities, Limits, Negotiated, SidecarCaps};
 pub use error::{ClientError, DecodeError, Errno, ServerError, TransportError};
 
 pub use client::{Client, ClientOptions, DmaProt};
-pub use server::{ConnStatus, Handler, ServerConnection};
+pub use server::{ConnStatus, Handler, ServerConnection, ShutdownHandle};

@@ -16,8 +16,10 @@
 //!   unsupported major version or a failed negotiation (after an error reply),
 //!   a client that does not drain its replies within the write timeout.
 
+use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::caps::{negotiate, Capabilities, Limits, Negotiated, VERSION_MAJOR, VERSION_MINOR};
@@ -188,10 +190,37 @@ macro_rules! tri {
     };
 }
 
+/// Ends a [`ServerConnection`] served by another thread: [`Self::shutdown`]
+/// wakes its [`ServerConnection::receive_blocking`], which then returns
+/// `Closed`. The handle never reads or writes the socket.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<UnixStream>);
+
+impl ShutdownHandle {
+    /// `shutdown(2)` both directions (errors ignored: already shut down or
+    /// the peer is gone, which is the goal).
+    pub fn shutdown(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+
+    /// Has the peer hung up (EOF pending or the connection reset)?
+    pub fn peer_hung_up(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
 /// One client connection on the server side.
 #[derive(Debug)]
 pub struct ServerConnection {
-    sock: UnixStream,
+    /// Shared only with [`ShutdownHandle`]s (which never read or write it).
+    sock: Arc<UnixStream>,
     reader: MessageReader,
     limits: Limits,
     negotiated: Option<Negotiated>,
@@ -243,7 +272,7 @@ impl ServerConnection {
     pub fn new(sock: UnixStream, limits: Limits) -> std::io::Result<Self> {
         sock.set_nonblocking(true)?;
         Ok(ServerConnection {
-            sock,
+            sock: Arc::new(sock),
             reader: MessageReader::new(&limits),
             limits,
             negotiated: None,
@@ -311,7 +340,62 @@ impl ServerConnection {
     /// that arrive later make a level-triggered poll report the socket again.
     /// Complete messages already buffered are always handled before returning.
     pub fn handle_readable(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
-        let mut may_receive = true;
+        self.handle(h, true)
+    }
+
+    /// Handles the complete messages already received (up to the batch
+    /// limit) without receiving: the counterpart of
+    /// [`Self::receive_blocking`] for a connection served by its own thread.
+    pub fn handle_buffered(&mut self, h: &mut dyn Handler) -> Result<ConnStatus, ServerError> {
+        self.handle(h, false)
+    }
+
+    /// A handle another thread can use to end this connection (see
+    /// [`ShutdownHandle`]). It keeps the socket open while it lives: the
+    /// thread that serves the connection should [`Self::shutdown`] it when
+    /// done, so the peer sees the end at once.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.sock))
+    }
+
+    /// Shuts the socket down in both directions: the peer sees EOF even
+    /// while a [`ShutdownHandle`] keeps the socket itself open.
+    pub fn shutdown(&self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Puts the socket in blocking mode (`true`) for
+    /// [`Self::receive_blocking`], or back (`false`, the default). Every other
+    /// receive and every send of the connection passes `MSG_DONTWAIT`, so
+    /// [`Self::handle_readable`] and the reply write timeout behave the same
+    /// in both modes.
+    pub fn set_blocking(&self, blocking: bool) -> std::io::Result<()> {
+        self.sock.set_nonblocking(!blocking)
+    }
+
+    /// For a connection served by its own thread: unless a complete message
+    /// is already buffered, waits in one blocking `recvmsg` (socket in
+    /// blocking mode, see [`Self::set_blocking`]) for whatever arrives next;
+    /// then call [`Self::handle_buffered`]. One system call per request and
+    /// no poll. `Closed`: the peer is gone, or another thread shut the socket
+    /// down (`shutdown(2)` wakes the wait).
+    pub fn receive_blocking(&mut self) -> Result<ConnStatus, ServerError> {
+        if self.reader.has_frame() {
+            return Ok(ConnStatus::Open);
+        }
+        match self.reader.fill(self.sock.as_fd(), true) {
+            Ok(_) => Ok(ConnStatus::Open),
+            Err(TransportError::Disconnected) => Ok(ConnStatus::Closed),
+            Err(e) => Err(ServerError::Transport(e)),
+        }
+    }
+
+    fn handle(
+        &mut self,
+        h: &mut dyn Handler,
+        may_receive: bool,
+    ) -> Result<ConnStatus, ServerError> {
+        let mut may_receive = may_receive;
         let mut handled = 0usize;
         loop {
             if handled >= self.batch {
