@@ -7,7 +7,7 @@ use log::{debug, trace, warn};
 
 use super::insn::{self, AddrReg, Cond, DecodeError, Insn, LoopCounter, MovReg, WfpKind};
 use super::regs::{self, BurstSpec, Ccr, FaultType, ThreadState};
-use super::{fetchable, Pl330, CLOCK_CHECK_STEPS};
+use super::{fetchable, Pl330, CLOCK_CHECK_STEPS, MIN_STEPS_PER_RUN};
 use crate::device::{DmaAccess, DmaMemory};
 
 /// AXI bursts never cross a 4 KiB boundary; memory accesses are split there.
@@ -441,8 +441,9 @@ impl Pl330 {
 
     /// Runs executing channels round-robin for up to `step_budget` steps and,
     /// unless `slice_us` is 0, until `slice_us` microseconds have passed (the
-    /// clock is read every [`CLOCK_CHECK_STEPS`] steps, at the end of a
-    /// channel's quantum). A run stopped early resumes with the next channel.
+    /// clock is read at the end of a channel's quantum, first after
+    /// [`MIN_STEPS_PER_RUN`] steps, then every [`CLOCK_CHECK_STEPS`]). A run
+    /// stopped early resumes with the channel after the last one served.
     pub(super) fn run_budget(&mut self, mem: &dyn DmaMemory, slice_us: u64) {
         let n = self.channels.len();
         if n == 0 || !self.pending() {
@@ -456,7 +457,7 @@ impl Pl330 {
         };
         let mut budget = self.cfg.step_budget;
         let mut executed = 0u64;
-        let mut next_check = CLOCK_CHECK_STEPS;
+        let mut next_check = MIN_STEPS_PER_RUN;
         while budget > 0 {
             let mut active = false;
             let mut progressed = false;

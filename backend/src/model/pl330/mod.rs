@@ -25,12 +25,15 @@
 //! which is bounded the same way. The slice is [`Pl330Config::time_slice_us`]
 //! (default 1 ms) for `run_pending` and a quarter of it (250 µs) for the run
 //! inside a register write: a trapped access is served while a channel runs
-//! away instead of waiting for a whole budget. The clock is read every
-//! [`CLOCK_CHECK_STEPS`] (1024) instructions, so a run that needs fewer (a
-//! Linux memcpy of up to about 40 KiB) always completes inside the DBGCMD
-//! write, interrupt included. `time_slice_us = 0` leaves only the step budget
-//! (deterministic). A run stopped early resumes with the channel after the
-//! last one it served.
+//! away instead of waiting for a whole budget. The clock is first read after
+//! [`MIN_STEPS_PER_RUN`] (4096) instructions of a run, then every
+//! [`CLOCK_CHECK_STEPS`] (256), so the slice never cuts a run shorter than
+//! that: a program of up to 4096 instructions (a Linux memcpy of up to about
+//! 5 KiB with 4-byte bursts, 170 KiB with 128-byte bursts) always completes
+//! inside the DBGCMD write, interrupt included, and a loaded host (the
+//! backend descheduled mid-run) cannot shrink runs to a crawl.
+//! `time_slice_us = 0` leaves only the step budget (deterministic). A run
+//! stopped early resumes with the channel after the last one it served.
 //!
 //! Loads and stores complete at once, so DMARMB/DMAWMB never wait and
 //! DBGSTATUS is never busy. Data moves through a byte MFIFO shared by all
@@ -123,15 +126,20 @@ pub struct Pl330Config {
     /// Wall-clock limit, in microseconds, of one [`Pl330::run_pending`] (or
     /// [`Pl330::peripheral_request`]) call; a register write that runs the
     /// threads gets a quarter of it ([`WRITE_SLICE_DIVISOR`]). 0 = no time
-    /// limit (only `step_budget`: deterministic). The clock is read every
-    /// [`CLOCK_CHECK_STEPS`] instructions, so a run is never cut by time
-    /// before it has executed that many.
+    /// limit (only `step_budget`: deterministic). A run is never cut by time
+    /// before [`MIN_STEPS_PER_RUN`] instructions; after that the clock is
+    /// read every [`CLOCK_CHECK_STEPS`].
     pub time_slice_us: u64,
 }
 
-/// Instructions executed between two reads of the clock (and so the fewest a
-/// run executes before [`Pl330Config::time_slice_us`] can stop it).
-pub const CLOCK_CHECK_STEPS: u64 = 1024;
+/// Instructions a run executes before it first reads the clock: the fewest a
+/// run executes before [`Pl330Config::time_slice_us`] can stop it (forward
+/// progress whatever the host's load; short programs finish inline).
+pub const MIN_STEPS_PER_RUN: u64 = 4096;
+
+/// Instructions executed between two later reads of the clock (a read costs
+/// tens of ns, a step of the release build a few tens of ns or more).
+pub const CLOCK_CHECK_STEPS: u64 = 256;
 
 /// A register write runs the threads for `time_slice_us / WRITE_SLICE_DIVISOR`
 /// (at least 1 µs): the guest vCPU waits for that whole run, while the
