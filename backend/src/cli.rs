@@ -29,6 +29,7 @@ Examples:
 Device strings:
   model:pl330[,channels=N][,events=N][,periph-reqs=N][,revision=N][,data-width=BITS]
              [,buffer-lines=N][,combined-irq][,no-dmago-gate][,step-budget=N]
+             [,time-slice-us=N]
   model:scratch[,irqs=N]          tiny test device (trapped registers + mmap-able page)
   model:edu[,dma-bits=N]          QEMU's edu PCI device (1234:11e8), for PCI clients
   vfio:SYSFS_PATH                  a device bound to a VFIO driver

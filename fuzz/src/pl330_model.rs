@@ -100,6 +100,8 @@ fn config(inp: &mut Input<'_>) -> Pl330Config {
         combined_irq: a & 0x20 != 0,
         dmago_exec_gate: a & 0x40 != 0,
         step_budget: 1 + u64::from(d >> 4) * 256,
+        // No wall-clock slice: a replayed input must run the same steps.
+        time_slice_us: 0,
     }
 }
 

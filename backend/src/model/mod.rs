@@ -13,7 +13,8 @@
 //!   PLATFORM too so clients that only know platform devices accept it), one IRQ
 //!   index per model line (`EVENTFD | MASKABLE | AUTOMASKED`, count 1). Options:
 //!   `channels=N`, `events=N`, `periph-reqs=N`, `revision=N`, `data-width=BITS`,
-//!   `buffer-lines=N`, `combined-irq`, `no-dmago-gate`, `step-budget=N`.
+//!   `buffer-lines=N`, `combined-irq`, `no-dmago-gate`, `step-budget=N`,
+//!   `time-slice-us=N`.
 //! * `scratch` — a tiny test device: region 0 is 8 KiB, page 0 trapped registers,
 //!   page 1 a memfd-backed sparse mmap area (see [`scratch`]). One level IRQ.
 

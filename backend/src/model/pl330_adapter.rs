@@ -41,12 +41,14 @@ impl Pl330Model {
                 "data-width" => cfg.data_width_bits = word(k, v)?,
                 "buffer-lines" => cfg.data_buffer_lines = word(k, v)?,
                 "step-budget" => cfg.step_budget = parse_num(k, v)?,
+                "time-slice-us" => cfg.time_slice_us = parse_num(k, v)?,
                 "combined-irq" => cfg.combined_irq = true,
                 "no-dmago-gate" => cfg.dmago_exec_gate = false,
                 o => {
                     return Err(DeviceError::Invalid(format!(
                         "pl330: unknown option {o:?} (channels, events, periph-reqs, revision, \
-                         data-width, buffer-lines, step-budget, combined-irq, no-dmago-gate)"
+                         data-width, buffer-lines, step-budget, time-slice-us, combined-irq, \
+                         no-dmago-gate)"
                     )))
                 }
             }
@@ -153,8 +155,8 @@ impl Model for Pl330Model {
     }
 
     fn idle(&self) -> bool {
-        // Without an executing channel `run_budget` changes no state but its
-        // round-robin start: no interrupt level can change.
+        // Without an executing channel `run_budget` returns at once, changing
+        // no state: no interrupt level can change.
         !self.dev.pending()
     }
 
@@ -178,6 +180,11 @@ mod tests {
         let c = Pl330Model::config(&s, false).unwrap();
         assert_eq!((c.channels, c.events, c.revision), (4, 16, 0));
         assert!(c.combined_irq && !c.dmago_exec_gate);
+        assert_eq!((c.step_budget, c.time_slice_us), (1 << 22, 1000));
+        let s: ModelSpec = "pl330,step-budget=0x100,time-slice-us=0".parse().unwrap();
+        let c = Pl330Model::config(&s, false).unwrap();
+        assert_eq!((c.step_budget, c.time_slice_us), (0x100, 0));
+        assert!(Pl330Model::config(&"pl330,time-slice-us=x".parse().unwrap(), false).is_err());
         assert!(Pl330Model::config(&"pl330,bogus".parse().unwrap(), false).is_err());
         assert!(Pl330Model::config(&"pl330,channels=999".parse().unwrap(), false).is_err());
         assert!(create(&"pl330,channels=9".parse().unwrap(), false).is_err());

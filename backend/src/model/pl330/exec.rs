@@ -1,12 +1,13 @@
 //! The manager thread, the channel threads and the microcode interpreter.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
 use super::insn::{self, AddrReg, Cond, DecodeError, Insn, LoopCounter, MovReg, WfpKind};
 use super::regs::{self, BurstSpec, Ccr, FaultType, ThreadState};
-use super::{fetchable, Pl330};
+use super::{fetchable, Pl330, CLOCK_CHECK_STEPS, MIN_STEPS_PER_RUN};
 use crate::device::{DmaAccess, DmaMemory};
 
 /// AXI bursts never cross a 4 KiB boundary; memory accesses are split there.
@@ -438,16 +439,30 @@ impl Pl330 {
 
     // ------------------------------------------------------------- scheduler
 
-    /// Runs executing channels round-robin for up to `step_budget` steps.
-    pub(super) fn run_budget(&mut self, mem: &dyn DmaMemory) {
+    /// Runs executing channels round-robin for up to `step_budget` steps and,
+    /// unless `slice_us` is 0, until `slice_us` microseconds have passed (the
+    /// clock is read at the end of a channel's quantum, first after
+    /// [`MIN_STEPS_PER_RUN`] steps, then every [`CLOCK_CHECK_STEPS`]). A run
+    /// stopped early resumes with the channel after the last one served.
+    pub(super) fn run_budget(&mut self, mem: &dyn DmaMemory, slice_us: u64) {
         let n = self.channels.len();
-        if n == 0 {
+        if n == 0 || !self.pending() {
             return;
         }
+        // An unrepresentable deadline (absurd slice) means no time limit.
+        let deadline = if slice_us == 0 {
+            None
+        } else {
+            Instant::now().checked_add(Duration::from_micros(slice_us))
+        };
         let mut budget = self.cfg.step_budget;
+        let mut executed = 0u64;
+        let mut next_check = MIN_STEPS_PER_RUN;
         while budget > 0 {
             let mut active = false;
             let mut progressed = false;
+            // The channel after which this run stopped (budget or time).
+            let mut cut = None;
             let start = self.rr_next % n;
             for i in 0..n {
                 let c = (start + i) % n;
@@ -459,6 +474,7 @@ impl Pl330 {
                 while q > 0 {
                     q -= 1;
                     budget -= 1;
+                    executed += 1;
                     match self.step(c, mem) {
                         Step::Progress => progressed = true,
                         Step::Left => {
@@ -469,14 +485,30 @@ impl Pl330 {
                     }
                 }
                 if budget == 0 {
+                    cut = Some(c);
                     break;
                 }
+                if executed >= next_check {
+                    next_check = executed.saturating_add(CLOCK_CHECK_STEPS);
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        if self.pending() {
+                            self.stats.time_slices_expired += 1;
+                        }
+                        cut = Some(c);
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = cut {
+                // Fairness: the next run starts after the last channel served.
+                self.rr_next = (c + 1) % n;
+                break;
             }
             self.rr_next = (start + 1) % n;
             if !active {
                 break;
             }
-            if !progressed && budget > 0 {
+            if !progressed {
                 // Every executing channel waits for MFIFO space that only
                 // another waiting channel could free: resource starvation.
                 for c in 0..n {

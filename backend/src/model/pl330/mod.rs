@@ -20,10 +20,24 @@
 //! # Execution model
 //! Threads run when a DBGCMD write issues DMAGO (or on [`Pl330::run_pending`]).
 //! Each register write executes at most [`Pl330Config::step_budget`]
-//! instructions (round-robin over channels); whatever is left continues in
-//! `run_pending`. Loads and stores complete at once, so DMARMB/DMAWMB never
-//! wait and DBGSTATUS is never busy. Data moves through a byte MFIFO shared by
-//! all channels (`data_buffer_lines × data_width_bits / 8` bytes): a DMALD
+//! instructions (round-robin over channels) and stops early once a
+//! wall-clock slice has passed; whatever is left continues in `run_pending`,
+//! which is bounded the same way. The slice is [`Pl330Config::time_slice_us`]
+//! (default 1 ms) for `run_pending` and a quarter of it (250 µs) for the run
+//! inside a register write: a trapped access is served while a channel runs
+//! away instead of waiting for a whole budget. The clock is first read after
+//! [`MIN_STEPS_PER_RUN`] (4096) instructions of a run, then every
+//! [`CLOCK_CHECK_STEPS`] (256), so the slice never cuts a run shorter than
+//! that: a program of up to 4096 instructions (a Linux memcpy of up to about
+//! 5 KiB with 4-byte bursts, 170 KiB with 128-byte bursts) always completes
+//! inside the DBGCMD write, interrupt included, and a loaded host (the
+//! backend descheduled mid-run) cannot shrink runs to a crawl.
+//! `time_slice_us = 0` leaves only the step budget (deterministic). A run
+//! stopped early resumes with the channel after the last one it served.
+//!
+//! Loads and stores complete at once, so DMARMB/DMAWMB never wait and
+//! DBGSTATUS is never busy. Data moves through a byte MFIFO shared by all
+//! channels (`data_buffer_lines × data_width_bits / 8` bytes): a DMALD
 //! whose data cannot ever fit (the channel's own MFIFO data plus the burst
 //! exceed the MFIFO) raises `mfifo_err`; one that only waits for other
 //! channels stalls, and if no channel can make progress the stalled channels
@@ -109,7 +123,28 @@ pub struct Pl330Config {
     pub dmago_exec_gate: bool,
     /// Max instructions executed per register write (and per `run_pending`).
     pub step_budget: u64,
+    /// Wall-clock limit, in microseconds, of one [`Pl330::run_pending`] (or
+    /// [`Pl330::peripheral_request`]) call; a register write that runs the
+    /// threads gets a quarter of it ([`WRITE_SLICE_DIVISOR`]). 0 = no time
+    /// limit (only `step_budget`: deterministic). A run is never cut by time
+    /// before [`MIN_STEPS_PER_RUN`] instructions; after that the clock is
+    /// read every [`CLOCK_CHECK_STEPS`].
+    pub time_slice_us: u64,
 }
+
+/// Instructions a run executes before it first reads the clock: the fewest a
+/// run executes before [`Pl330Config::time_slice_us`] can stop it (forward
+/// progress whatever the host's load; short programs finish inline).
+pub const MIN_STEPS_PER_RUN: u64 = 4096;
+
+/// Instructions executed between two later reads of the clock (a read costs
+/// tens of ns, a step of the release build a few tens of ns or more).
+pub const CLOCK_CHECK_STEPS: u64 = 256;
+
+/// A register write runs the threads for `time_slice_us / WRITE_SLICE_DIVISOR`
+/// (at least 1 µs): the guest vCPU waits for that whole run, while the
+/// remainder continues from [`Pl330::run_pending`] after the reply.
+pub const WRITE_SLICE_DIVISOR: u64 = 4;
 
 impl Default for Pl330Config {
     fn default() -> Self {
@@ -123,6 +158,7 @@ impl Default for Pl330Config {
             combined_irq: false,
             dmago_exec_gate: true,
             step_budget: 1 << 22,
+            time_slice_us: 1000,
         }
     }
 }
@@ -180,6 +216,9 @@ pub struct Pl330Stats {
     pub faults: u64,
     /// DMASEV executed (events and interrupts).
     pub events_signalled: u64,
+    /// Runs (register write, `run_pending`, peripheral request) stopped by
+    /// [`Pl330Config::time_slice_us`] with work left.
+    pub time_slices_expired: u64,
 }
 
 /// The DMA-330 model: register frame, manager thread, channel threads, MFIFO.
@@ -236,6 +275,15 @@ impl Pl330Config {
             return bad("step_budget must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// Time slice of the run inside a register write (0 = no limit).
+    fn write_slice_us(&self) -> u64 {
+        if self.time_slice_us == 0 {
+            0
+        } else {
+            (self.time_slice_us / WRITE_SLICE_DIVISOR).max(1)
+        }
     }
 
     /// MFIFO size in bytes.
@@ -483,7 +531,8 @@ impl Pl330 {
 
     /// Writes a register. Only aligned 32-bit writes inside the frame are
     /// valid. A DBGCMD write executes the debug instruction and then runs the
-    /// threads for up to `step_budget` instructions.
+    /// threads for up to `step_budget` instructions and (unless 0) about
+    /// `time_slice_us / WRITE_SLICE_DIVISOR` microseconds.
     pub fn write(
         &mut self,
         offset: u64,
@@ -503,7 +552,7 @@ impl Pl330 {
             regs::DBGCMD => {
                 if value & 3 == 0 {
                     self.exec_debug(mem);
-                    self.run_budget(mem);
+                    self.run_budget(mem, self.cfg.write_slice_us());
                 } else {
                     warn!("pl330: reserved DBGCMD value {value:#x} ignored");
                 }
@@ -567,10 +616,10 @@ impl Pl330 {
             .any(|c| c.state == ThreadState::Executing)
     }
 
-    /// Continues executing for up to `step_budget` instructions; returns
-    /// [`Pl330::pending`].
+    /// Continues executing for up to `step_budget` instructions and (unless
+    /// 0) about `time_slice_us` microseconds; returns [`Pl330::pending`].
     pub fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
-        self.run_budget(mem);
+        self.run_budget(mem, self.cfg.time_slice_us);
         self.pending()
     }
 
@@ -590,7 +639,7 @@ impl Pl330 {
             self.periph_burst &= !bit;
         }
         self.wake_periph_waiters();
-        self.run_budget(mem);
+        self.run_budget(mem, self.cfg.time_slice_us);
     }
 }
 

@@ -122,12 +122,17 @@ impl DmaMemory for TestMem {
     }
 }
 
+/// The default configuration without a time slice: runs are bounded by
+/// `step_budget` only, so how far a run gets does not depend on the clock.
 fn dev() -> Pl330 {
-    Pl330::new(Pl330Config::default()).unwrap()
+    dev_with(|_| {})
 }
 
 fn dev_with(f: impl FnOnce(&mut Pl330Config)) -> Pl330 {
-    let mut c = Pl330Config::default();
+    let mut c = Pl330Config {
+        time_slice_us: 0,
+        ..Pl330Config::default()
+    };
     f(&mut c);
     Pl330::new(c).unwrap()
 }
@@ -1428,6 +1433,202 @@ fn loop_forever_consumes_budget_and_is_killable() {
     assert!(!p.pending());
     assert!(!p.run_pending(&mem));
     assert_eq!(p.stats().instructions, 2 + 2000);
+}
+
+/// Channel instructions a run executes when only the clock can stop it:
+/// never fewer than the minimum, and far fewer than the budget.
+fn assert_time_cut(steps: u64) {
+    assert!(
+        (MIN_STEPS_PER_RUN..16 * MIN_STEPS_PER_RUN).contains(&steps),
+        "{steps} steps"
+    );
+}
+
+#[test]
+fn runaway_channel_is_stopped_by_the_time_slice() {
+    let mem = TestMem::standard();
+    // A budget 16 times what a cut run may execute: only the 1 µs slice ends a run.
+    let mut p = dev_with(|c| {
+        c.step_budget = 1 << 20;
+        c.time_slice_us = 1;
+    });
+    let mut a = Asm::new();
+    let top = a.offset();
+    a.nop();
+    a.lpfe(top);
+    mem.poke(CODE, a.bytes());
+    let before = p.stats().instructions;
+    dbg(
+        &mut p,
+        &mem,
+        Insn::Go {
+            chan: 4,
+            ns: false,
+            addr: CODE,
+        },
+        None,
+    );
+    // The DBGCMD write returned: DMAGO + one slice of channel instructions.
+    assert_time_cut(p.stats().instructions - before - 1);
+    assert_eq!(p.stats().time_slices_expired, 1);
+    assert!(p.pending());
+    for round in 1..=3 {
+        let before = p.stats().instructions;
+        assert!(p.run_pending(&mem));
+        assert_time_cut(p.stats().instructions - before);
+        assert_eq!(p.stats().time_slices_expired, 1 + round);
+    }
+    assert_eq!(csr_state(&mut p, 4), ThreadState::Executing.code());
+    dbg(&mut p, &mem, Insn::Kill, Some(4));
+    assert!(!p.pending());
+    let before = p.stats();
+    assert!(!p.run_pending(&mem));
+    assert_eq!(p.stats(), before, "nothing runs once killed");
+}
+
+#[test]
+fn time_slice_rotates_over_runaway_channels() {
+    // Eight channels loop forever, each bumping its SAR. Runs cut by the
+    // clock stay short and still serve every channel.
+    let mem = TestMem::standard();
+    let mut p = dev_with(|c| {
+        c.step_budget = 1 << 20;
+        c.time_slice_us = 1;
+    });
+    let mut a = Asm::new();
+    let top = a.offset();
+    a.addh(AddrReg::Sar, 1);
+    a.lpfe(top);
+    mem.poke(CODE, a.bytes());
+    for chan in 0..8 {
+        dbg(
+            &mut p,
+            &mem,
+            Insn::Go {
+                chan,
+                ns: false,
+                addr: CODE,
+            },
+            None,
+        );
+    }
+    let sars = |p: &mut Pl330| (0..8).map(|c| rd(p, regs::sar(c))).collect::<Vec<_>>();
+    for _ in 0..3 {
+        let before = sars(&mut p);
+        let steps = p.stats().instructions;
+        for _ in 0..8 {
+            assert!(p.run_pending(&mem));
+        }
+        assert!(p.stats().instructions - steps < 8 * 16 * MIN_STEPS_PER_RUN);
+        let after = sars(&mut p);
+        for c in 0..8 {
+            assert_ne!(after[c], before[c], "channel {c} starved");
+        }
+    }
+    for chan in 0..8 {
+        dbg(&mut p, &mem, Insn::Kill, Some(chan));
+    }
+    assert!(!p.pending());
+}
+
+#[test]
+fn cut_runs_resume_with_the_next_channel() {
+    // Channels 0 and 5 loop forever (SAR += 1 per iteration, 2 instructions);
+    // a budget of one quantum serves one channel per run. A cut run resumes
+    // after the channel it served, so the two alternate exactly (resuming at
+    // `start + 1` instead would serve channel 5 five runs out of eight).
+    let mem = TestMem::standard();
+    let mut p = dev_with(|c| c.step_budget = 64);
+    let mut a = Asm::new();
+    let top = a.offset();
+    a.addh(AddrReg::Sar, 1);
+    a.lpfe(top);
+    mem.poke(CODE, a.bytes());
+    for chan in [0, 5] {
+        dbg(
+            &mut p,
+            &mem,
+            Insn::Go {
+                chan,
+                ns: false,
+                addr: CODE,
+            },
+            None,
+        );
+    }
+    let base = (rd(&mut p, regs::sar(0)), rd(&mut p, regs::sar(5)));
+    for _ in 0..16 {
+        assert!(p.run_pending(&mem));
+    }
+    let done = (
+        rd(&mut p, regs::sar(0)) - base.0,
+        rd(&mut p, regs::sar(5)) - base.1,
+    );
+    assert_eq!(done, (8 * 32, 8 * 32), "32 iterations per quantum");
+    dbg(&mut p, &mem, Insn::Kill, Some(0));
+    dbg(&mut p, &mem, Insn::Kill, Some(5));
+}
+
+#[test]
+fn memcpy_across_time_slices_is_exact() {
+    let mem = TestMem::standard();
+    let mut p = dev_with(|c| {
+        c.step_budget = 1 << 20;
+        c.time_slice_us = 1;
+    });
+    // Not a multiple of 8: Linux copies with 4-byte bursts, some 24,600
+    // instructions; a 1 µs slice leaves most of them for run_pending.
+    let len = 0x8004;
+    assert_eq!(linux_memcpy_burst(SRC, DST, len, 64, 256, 8), (2, 1));
+    fill_pattern(&mem, SRC, len as usize, 9);
+    linux_copy(&mut p, &mem, 1, CODE, SRC, DST, len);
+    assert!(p.pending(), "the DMAGO write ran one slice only");
+    assert!(!p.irq_level(1));
+    let mut rounds = 0;
+    while p.run_pending(&mem) {
+        rounds += 1;
+        assert!(rounds < 1000);
+    }
+    assert!(rounds >= 2, "{rounds} more runs");
+    // Every call that returned with work left was cut by the clock.
+    assert_eq!(p.stats().time_slices_expired, 1 + rounds);
+    assert_eq!(rd(&mut p, regs::FSRC), 0);
+    assert_copied(&mem, SRC, DST, len as usize);
+    assert_eq!(p.stats().bytes_stored, u64::from(len));
+    assert_eq!(p.stats().events_signalled, 1, "one DMASEV");
+    assert!(p.irq_level(1));
+    assert_eq!(linux_isr(&mut p, &mem), 1 << 1);
+    assert!(!p.irq_level(1));
+}
+
+#[test]
+fn time_slice_config() {
+    let c = Pl330Config::default();
+    assert_eq!((c.time_slice_us, c.write_slice_us()), (1000, 250));
+    let c = Pl330Config {
+        time_slice_us: 3,
+        ..c
+    };
+    assert_eq!(c.write_slice_us(), 1, "never rounds down to no limit");
+    let c = Pl330Config {
+        time_slice_us: 0,
+        ..c
+    };
+    assert_eq!(c.write_slice_us(), 0);
+    // An absurd slice is no limit, not a panic.
+    let mem = TestMem::standard();
+    let mut p = dev_with(|c| {
+        c.step_budget = 5000;
+        c.time_slice_us = u64::MAX;
+    });
+    let mut a = Asm::new();
+    let top = a.offset();
+    a.nop();
+    a.lpfe(top);
+    mem.poke(CODE, a.bytes());
+    go(&mut p, &mem, 0, CODE, 0);
+    assert_eq!(p.stats().instructions, 1 + 5000);
+    assert_eq!(p.stats().time_slices_expired, 0);
 }
 
 #[test]
