@@ -37,9 +37,11 @@ pub struct MmioRow {
     pub ratio_p50: f64,
     /// sidecar p99 / raw p99.
     pub ratio_p99: f64,
-    /// Raw ping-pong with vfio-sidecar's former (9-call) syscall pattern, no protocol code.
+    /// Raw ping-pong with vfio-sidecar's system calls (client `sendmsg` +
+    /// blocking `recvmsg`; server blocking `recvmsg` + `send`), no protocol code.
     pub raw_pattern: Summary,
-    /// raw_pattern p50 / raw p50: the share of the gap that is system calls.
+    /// raw_pattern p50 / raw p50: the share of the gap that is the kind of
+    /// system calls (`recvmsg` with a control buffer, not `read`).
     pub pattern_ratio_p50: f64,
     /// Raw ping-pong with the leanest pattern an epoll server can use
     /// (client sendmsg + one blocking recvmsg; server epoll_wait + one
@@ -211,8 +213,8 @@ pub fn print(rows: &[MmioRow]) {
         "raw p99",
         "x p50",
         "x p99",
-        "pat p50",
-        "pat x",
+        "calls p50",
+        "calls x",
         "lean x"
     );
     for r in rows {
@@ -234,10 +236,11 @@ pub fn print(rows: &[MmioRow]) {
     }
     println!(
         "x = vfio-sidecar / raw blocking write+read ping-pong of the same sizes (same \
-         placement, interleaved blocks). pat = raw ping-pong with vfio-sidecar's former \
-         syscall pattern (client sendmsg+poll+2 recvmsg; server epoll_wait+3 recvmsg+sendmsg) \
-         and no protocol code. lean = the fewest calls an epoll server can use (client \
-         sendmsg + 1 blocking recvmsg; server epoll_wait + 1 recvmsg + sendmsg), which is \
-         what vfio-sidecar's transport now makes: the rest of the gap is not system calls."
+         placement, interleaved blocks). calls = raw ping-pong with the system calls \
+         vfio-sidecar makes (client sendmsg + blocking recvmsg with a control buffer; server \
+         connection thread: blocking recvmsg with a control buffer + send) and no protocol \
+         code: the rest of the gap is not system calls. lean = the same client with an epoll \
+         server (epoll_wait + recvmsg + sendmsg), what vfio-sidecar made before its \
+         connection thread."
     );
 }

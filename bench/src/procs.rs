@@ -229,9 +229,10 @@ pub fn backend_main(args: Vec<String>) -> i32 {
 pub enum Pattern {
     /// Blocking `write` + `read` (the baseline).
     Plain,
-    /// vfio-sidecar's calls ([`crate::pattern`]).
+    /// vfio-sidecar's calls ([`crate::pattern::calls_serve`]): `sendmsg` +
+    /// blocking `recvmsg` / blocking `recvmsg` + `send`.
     Sidecar,
-    /// The fewest calls an epoll server and a blocking client can use.
+    /// The same client with an epoll server ([`crate::pattern::lean_serve`]).
     Lean,
 }
 
@@ -251,8 +252,8 @@ impl EchoPeer {
         Self::start_with(req, reply, Pattern::Plain)
     }
 
-    /// The same with vfio-sidecar's former (9-call) syscall pattern on both sides
-    /// ([`crate::pattern`]) instead of plain blocking `write`/`read`.
+    /// The same with another system-call pattern ([`crate::pattern`])
+    /// instead of plain blocking `write`/`read`.
     pub fn start_with(req: usize, reply: usize, pattern: Pattern) -> Result<EchoPeer, BenchError> {
         let dir = TempDir::new()?;
         let socket = dir.0.join("echo.sock");
@@ -280,11 +281,6 @@ impl EchoPeer {
         if let Some(s) = req_buf.get_mut(4..8) {
             s.copy_from_slice(&(req as u32).to_le_bytes());
         }
-        if pattern == Pattern::Sidecar {
-            stream
-                .set_nonblocking(true)
-                .map_err(|e| BenchError::Io("nonblocking".into(), e))?;
-        }
         Ok(EchoPeer {
             proc_: p,
             pattern,
@@ -305,11 +301,7 @@ impl EchoPeer {
         if self.pattern != Pattern::Plain {
             use std::os::fd::AsRawFd;
             let fd = self.stream.as_raw_fd();
-            let ok = if self.pattern == Pattern::Sidecar {
-                crate::pattern::client_round_trip(fd, &self.req, &mut self.reply)
-            } else {
-                crate::pattern::lean_client_round_trip(fd, &self.req, &mut self.reply)
-            };
+            let ok = crate::pattern::lean_client_round_trip(fd, &self.req, &mut self.reply);
             if !ok {
                 return Err(BenchError::Io(
                     "pattern round trip".into(),
@@ -354,17 +346,17 @@ pub fn echo_main(args: Vec<String>) -> i32 {
         }
     };
     let mode = args.get(3).map(String::as_str);
-    if matches!(mode, Some("pattern" | "lean")) {
+    if mode == Some("lean") {
         use std::os::fd::AsRawFd;
         if let Err(e) = s.set_nonblocking(true) {
             eprintln!("echo: {e}");
             return 1;
         }
-        return if mode == Some("lean") {
-            crate::pattern::lean_serve(s.as_raw_fd(), req, reply)
-        } else {
-            crate::pattern::serve(s.as_raw_fd(), req, reply)
-        };
+        return crate::pattern::lean_serve(s.as_raw_fd(), req, reply);
+    }
+    if mode == Some("pattern") {
+        use std::os::fd::AsRawFd;
+        return crate::pattern::calls_serve(s.as_raw_fd(), req, reply);
     }
     let mut rq = vec![0u8; req];
     let rp = vec![0u8; reply];

@@ -17,7 +17,7 @@ use crate::error::{ClientError, DecodeError, Errno, TransportError};
 use crate::ext::{DeviceDescription, IrqStats};
 use crate::header::{command as cmd, Header, HEADER_SIZE};
 use crate::message::*;
-use crate::transport::{send_message, wait_fd, Incoming, Message, MessageReader};
+use crate::transport::{send_bytes, send_message, wait_fd, Incoming, Message, MessageReader};
 
 pub use crate::message::DmaProt;
 
@@ -268,11 +268,24 @@ impl Client {
             e => ClientError::from(e),
         })?;
         let deadline = Instant::now() + timeout;
-        // The first receive blocks (the socket is blocking, with SO_RCVTIMEO =
-        // the reply timeout): one `recvmsg` usually brings the whole reply.
-        // Later ones (stale replies, server requests, partial messages) poll
-        // with what is left of the deadline first.
-        let mut first = self.blocking_recv;
+        self.await_reply(id, command, deadline, self.blocking_recv)
+    }
+
+    /// Receives until the reply to request `id` (`command`) arrives, serving
+    /// server requests and dropping stale replies meanwhile. `first_blocking`:
+    /// the first receive blocks (the socket is blocking, with SO_RCVTIMEO =
+    /// the reply timeout), so one `recvmsg` usually brings the whole reply;
+    /// later ones (stale replies, server requests, partial messages) poll
+    /// with what is left of `deadline` first.
+    fn await_reply(
+        &mut self,
+        id: u16,
+        command: u16,
+        deadline: Instant,
+        first_blocking: bool,
+    ) -> Result<Message, ClientError> {
+        let name = cmd::name(command);
+        let mut first = first_blocking;
         loop {
             let next = match self.reader.take() {
                 Ok(Some(i)) => Ok(Some(i)),
@@ -741,7 +754,12 @@ impl Client {
         let c = cmd::REGION_READ;
         let count = self.check_xfer(buf.len())?;
         let fixed = RegionAccess::encode_fixed(offset, region, count);
-        let m = self.transact(c, &[&fixed], &[])?;
+        let m = match self.access_fast(c, &fixed, &[], buf) {
+            Some(Ok(None)) => return Ok(()),
+            Some(Ok(Some(m))) => m,
+            Some(Err(e)) => return Err(e),
+            None => self.transact(c, &[&fixed], &[])?,
+        };
         let (o, r, n, data) = RegionAccess::decode_fixed("REGION_READ reply", &m.payload)
             .map_err(|e| bad_reply(c, e))?;
         if o != offset || r != region || n != count || data.len() != buf.len() {
@@ -761,6 +779,72 @@ impl Client {
         Ok(())
     }
 
+    /// The fast path of a small trapped access (REGION_READ into `out`, or
+    /// REGION_WRITE of `data`): the request built on the stack and sent with
+    /// one `send`, one blocking receive, and the reply checked in the receive
+    /// buffer and copied out without building a [`Message`]. `Ok(None)`: done.
+    /// `Ok(Some(m))`: the reply was not there as expected (another message
+    /// first, a partial or odd reply, a timeout): `m` is the reply the general
+    /// path then waited for, to be checked by the caller as usual. `None`
+    /// from `fast` (nothing sent): the access does not qualify.
+    fn access_fast(
+        &mut self,
+        command: u16,
+        fixed: &[u8; RegionAccess::SIZE],
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<Result<Option<Message>, ClientError>> {
+        const FIXED: usize = RegionAccess::SIZE;
+        const MAX: usize = crate::server::FAST_ACCESS_MAX;
+        if !self.blocking_recv || !self.reader.is_idle() || data.len() > MAX || out.len() > MAX {
+            return None;
+        }
+        let name = cmd::name(command);
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let len = HEADER_SIZE + FIXED + data.len();
+        let mut req = [0u8; HEADER_SIZE + FIXED + MAX];
+        req[..HEADER_SIZE]
+            .copy_from_slice(&Header::command(id, command, FIXED + data.len()).encode());
+        req[HEADER_SIZE..HEADER_SIZE + FIXED].copy_from_slice(fixed);
+        req[HEADER_SIZE + FIXED..len].copy_from_slice(data);
+        let timeout = self.opts.reply_timeout;
+        let deadline = Instant::now() + timeout;
+        if let Err(e) = send_bytes(self.sock.as_fd(), &req[..len], Some(timeout)) {
+            return Some(Err(match e {
+                TransportError::Timeout => ClientError::Timeout { command: name },
+                e => ClientError::from(e),
+            }));
+        }
+        if let Err(e) = self.reader.fill(self.sock.as_fd(), true) {
+            return Some(Err(ClientError::from(e)));
+        }
+        if let Some((h, payload)) = self.reader.peek_complete() {
+            let ours = h.is_reply() && h.msg_id == id && h.command == command;
+            if ours && h.is_error() {
+                let errno = match h.error as i32 {
+                    0 => Errno::EIO,
+                    e => Errno(e),
+                };
+                self.reader.consume_complete(h.size as usize);
+                return Some(Err(ClientError::Remote {
+                    command: name,
+                    errno,
+                }));
+            }
+            let exact =
+                payload.len() == FIXED + out.len() && payload.get(..FIXED) == Some(&fixed[..]);
+            if ours && exact {
+                if let Some(d) = payload.get(FIXED..) {
+                    out.copy_from_slice(d);
+                }
+                self.reader.consume_complete(h.size as usize);
+                return Some(Ok(None));
+            }
+        }
+        Some(self.await_reply(id, command, deadline, false).map(Some))
+    }
+
     /// REGION_WRITE.
     pub fn region_write(
         &mut self,
@@ -771,7 +855,12 @@ impl Client {
         let c = cmd::REGION_WRITE;
         let count = self.check_xfer(data.len())?;
         let fixed = RegionAccess::encode_fixed(offset, region, count);
-        let m = self.transact(c, &[&fixed, data], &[])?;
+        let m = match self.access_fast(c, &fixed, data, &mut []) {
+            Some(Ok(None)) => return Ok(()),
+            Some(Ok(Some(m))) => m,
+            Some(Err(e)) => return Err(e),
+            None => self.transact(c, &[&fixed, data], &[])?,
+        };
         let (o, r, n, rest) = RegionAccess::decode_fixed("REGION_WRITE reply", &m.payload)
             .map_err(|e| bad_reply(c, e))?;
         if o != offset || r != region || n != count || !rest.is_empty() {

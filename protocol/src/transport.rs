@@ -562,14 +562,17 @@ fn recv_into(
         msg.msg_controllen = mem::size_of_val(cbuf);
     }
     // SAFETY: msg points to a valid iovec over `buf` and a valid control buffer
-    // of msg_controllen bytes, both live for the call.
+    // of msg_controllen bytes, both live for the call. The raw system call
+    // (not libc's wrapper) skips the cancellation-point bookkeeping, as in
+    // `send_bytes`.
     let n = unsafe {
-        libc::recvmsg(
+        libc::syscall(
+            libc::SYS_recvmsg,
             fd.as_raw_fd(),
-            &mut msg,
+            &mut msg as *mut libc::msghdr,
             if blocking { 0 } else { libc::MSG_DONTWAIT } | libc::MSG_CMSG_CLOEXEC,
         )
-    };
+    } as isize;
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -730,15 +733,22 @@ pub fn send_bytes(
 ) -> Result<(), TransportError> {
     let mut sent = 0usize;
     while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
-        // SAFETY: `rest` is a live buffer of `rest.len()` bytes; send only reads it.
+        // SAFETY: `rest` is a live buffer of `rest.len()` bytes; sendto only
+        // reads it; no address (NULL, 0) on a connected socket. The raw
+        // system call skips libc's cancellation-point bookkeeping (nothing
+        // here uses thread cancellation), which is most of a small send's
+        // user-space cost.
         let n = unsafe {
-            libc::send(
+            libc::syscall(
+                libc::SYS_sendto,
                 fd.as_raw_fd(),
-                rest.as_ptr().cast(),
+                rest.as_ptr(),
                 rest.len(),
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                std::ptr::null::<libc::sockaddr>(),
+                0 as libc::socklen_t,
             )
-        };
+        } as isize;
         if n >= 0 {
             sent += n as usize;
             continue;

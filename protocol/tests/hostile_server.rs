@@ -175,3 +175,150 @@ fn matching_replies_with_random_payloads() {
         let _ = cmd::VERSION;
     }
 }
+
+/// The client's fast path for small REGION_READ/WRITE takes the reply in
+/// place only when it is exactly the expected one; everything else must end
+/// as the general path ends it. A scripted server answers each access in a
+/// different way.
+#[test]
+fn region_access_fast_path_falls_back_to_the_general_path() {
+    use std::os::fd::AsRawFd;
+    use vfio_sidecar_protocol::header::command as cmd;
+    use vfio_sidecar_protocol::message::{DmaAccess, RegionAccess};
+    use vfio_sidecar_protocol::{ClientError, Errno};
+
+    fn reply(p: &common::RawPeer, req: &Header, fixed: [u8; 16], data: &[u8], fds: &[i32]) {
+        let h = Header::reply_to(req, 16 + data.len());
+        send_message(p.sock.as_fd(), &h, &[&fixed, data], fds, None).unwrap();
+    }
+    fn fixed_of(m: &vfio_sidecar_protocol::transport::Message) -> [u8; 16] {
+        m.payload[..16].try_into().unwrap()
+    }
+
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut p = common::RawPeer::new(b);
+        let v = p.recv().unwrap();
+        let payload = Version {
+            major: 0,
+            minor: 1,
+            caps: Capabilities::default(),
+        }
+        .encode();
+        let h = Header::reply_to(&v.header, payload.len());
+        send_message(p.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        // 1: a stale reply first, then the right one.
+        let m = p.recv().unwrap();
+        let mut stale = m.header;
+        stale.msg_id = stale.msg_id.wrapping_sub(7);
+        reply(&p, &stale, fixed_of(&m), &[9; 4], &[]);
+        reply(&p, &m.header, fixed_of(&m), &[1, 2, 3, 4], &[]);
+        // 2: a DMA_READ from the server first (the client serves it), then the reply.
+        let m = p.recv().unwrap();
+        let dma = DmaAccess {
+            address: 0x1000,
+            count: 4,
+            data: Vec::new(),
+        }
+        .encode();
+        send_message(
+            p.sock.as_fd(),
+            &Header::command(500, cmd::DMA_READ, dma.len()),
+            &[&dma],
+            &[],
+            None,
+        )
+        .unwrap();
+        let dma_reply = p.recv().unwrap();
+        assert_eq!(dma_reply.header.command, cmd::DMA_READ);
+        assert_eq!(&dma_reply.payload[16..], &[0xd0, 0xd1, 0xd2, 0xd3]);
+        reply(&p, &m.header, fixed_of(&m), &[5, 6, 7, 8], &[]);
+        // 3: an error reply to a write.
+        let m = p.recv().unwrap();
+        assert_eq!(m.header.command, cmd::REGION_WRITE);
+        let h = Header::error_reply(&m.header, libc::EPERM);
+        send_message(p.sock.as_fd(), &h, &[], &[], None).unwrap();
+        // 4: a reply for another offset: a bad reply.
+        let m = p.recv().unwrap();
+        reply(
+            &p,
+            &m.header,
+            RegionAccess::encode_fixed(0x40, 0, 4),
+            &[0; 4],
+            &[],
+        );
+        // 5: the reply in two pieces.
+        let m = p.recv().unwrap();
+        let mut bytes = Header::reply_to(&m.header, 20).encode().to_vec();
+        bytes.extend_from_slice(&fixed_of(&m));
+        bytes.extend_from_slice(&[0xa, 0xb, 0xc, 0xd]);
+        p.send_bytes(&bytes[..10]);
+        std::thread::sleep(Duration::from_millis(20));
+        p.send_bytes(&bytes[10..]);
+        // 6: a reply carrying an fd nobody asked for.
+        let m = p.recv().unwrap();
+        let junk = common::eventfd();
+        reply(&p, &m.header, fixed_of(&m), &[0xe; 4], &[junk.as_raw_fd()]);
+        // 7: a plain reply to a write.
+        let m = p.recv().unwrap();
+        assert_eq!(&m.payload[16..], &[0x77; 2]);
+        reply(&p, &m.header, fixed_of(&m), &[], &[]);
+        let _ = p.try_recv(Duration::from_secs(2));
+    });
+    let mut c = Client::from_stream(
+        a,
+        ClientOptions {
+            reply_timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    c.set_dma_handler(Box::new(|r| match r {
+        vfio_sidecar_protocol::client::DmaRequest::Read { buf, .. } => {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = 0xd0 + i as u8;
+            }
+            Ok(())
+        }
+        _ => Err(Errno::EINVAL),
+    }));
+    assert_eq!(
+        c.region_read(0, 0x10, 4).unwrap(),
+        [1, 2, 3, 4],
+        "after a stale reply"
+    );
+    assert_eq!(
+        c.region_read(0, 0x10, 4).unwrap(),
+        [5, 6, 7, 8],
+        "after a DMA_READ"
+    );
+    match c.region_write(0, 0x10, &[1; 4]) {
+        Err(ClientError::Remote { errno, .. }) => assert_eq!(errno, Errno::EPERM),
+        r => panic!("error reply: {r:?}"),
+    }
+    assert!(
+        matches!(c.region_read(0, 0x10, 4), Err(ClientError::BadReply { .. })),
+        "a reply for another offset is refused"
+    );
+    assert_eq!(
+        c.region_read(0, 0x10, 4).unwrap(),
+        [0xa, 0xb, 0xc, 0xd],
+        "split reply"
+    );
+    assert_eq!(
+        c.region_read(0, 0x10, 4).unwrap(),
+        [0xe; 4],
+        "reply with an fd"
+    );
+    c.region_write(0, 0x10, &[0x77; 2]).unwrap();
+    drop(c);
+    server.join().unwrap();
+    // The server closed its eventfd: if the client had kept the copy it
+    // received, it would still be open (no other test here uses eventfds).
+    let eventfds = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().contains("eventfd"))
+        .count();
+    assert_eq!(eventfds, 0, "the unasked-for fd was closed");
+}
