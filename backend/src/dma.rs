@@ -716,7 +716,35 @@ impl DmaMemory for DmaTable {
     }
 }
 
-/// Test/host helper: a memfd of `size` bytes (sealed against shrinking).
+/// Sealing flags of [`sealed_memfd`]: the size can never change again.
+pub const SIZE_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// A memfd of `size` bytes sealed with [`SIZE_SEALS`]: a [`DmaTable`] (or a
+/// model) may access it through its own mapping, since no holder of the fd
+/// can shrink it under that mapping (QEMU's `memory-backend-memfd` seals
+/// guest RAM the same way).
+pub fn sealed_memfd(name: &str, size: u64) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: memfd_create reads the NUL-terminated name we own and returns a new fd.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created descriptor nobody else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(size)?;
+    // SAFETY: F_ADD_SEALS on our own fd; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, SIZE_SEALS) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Test/host helper: a memfd of `size` bytes, not sealed (a [`DmaTable`]
+/// reaches it with checked copies; see [`sealed_memfd`]).
 pub fn memfd(name: &str, size: u64) -> std::io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
     let cname = std::ffi::CString::new(name)

@@ -57,7 +57,9 @@ impl GuestRam {
         let os = |what| move |source| MemoryError::Os { what, source };
         let name = CString::new("vmm-shim-guest-ram").map_err(|e| os("name")(e.into()))?;
         // SAFETY: name is a valid NUL-terminated string; the flags are valid.
-        let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if raw < 0 {
             return Err(os("memfd_create")(std::io::Error::last_os_error()));
         }
@@ -67,6 +69,14 @@ impl GuestRam {
         // SAFETY: fd is a valid memfd we own.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
             return Err(os("ftruncate")(std::io::Error::last_os_error()));
+        }
+        // Guest RAM never changes size: seal it (as QEMU's memory-backend-memfd
+        // does), so the backend may access it through its own mapping instead
+        // of checked copies (a sealed file cannot shrink under that mapping).
+        // SAFETY: F_ADD_SEALS on our memfd; no memory is passed.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(os("F_ADD_SEALS")(std::io::Error::last_os_error()));
         }
         let ulen = usize::try_from(size).map_err(|_| MemoryError::BadSize(size))?;
         // SAFETY: mapping a fresh shared region of a memfd of exactly `ulen` bytes;
@@ -337,5 +347,19 @@ mod tests {
         let n = unsafe { libc::pread(ram.fd().as_raw_fd(), b.as_mut_ptr().cast(), 4, 0x1ffc) };
         assert_eq!(n, 4);
         assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+    }
+
+    #[test]
+    fn ram_memfd_is_sealed_against_resizing() {
+        let ram = GuestRam::new(0x2000).unwrap();
+        let fd = ram.fd().as_raw_fd();
+        // SAFETY: F_GET_SEALS on a valid fd; no memory is passed.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        assert_eq!(
+            seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+        );
+        // SAFETY: ftruncate on a valid fd; expected to fail.
+        assert_ne!(unsafe { libc::ftruncate(fd, 0x1000) }, 0, "cannot shrink");
     }
 }

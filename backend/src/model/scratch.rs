@@ -20,7 +20,7 @@
 //! Options: `irqs=N` (1..=8 lines; line n = STATUS bit n, line 0 also any other bit).
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::FileOffset;
 use vm_memory::{VolatileMemory, VolatileSlice};
@@ -65,24 +65,7 @@ const MAX_LEN: u32 = 1 << 20;
 /// A memfd of `size` bytes sealed against shrinking and growing (and further
 /// sealing): whoever else gets the fd cannot truncate it under a mapping.
 fn sealed_memfd(name: &str, size: u64) -> std::io::Result<File> {
-    use std::os::fd::FromRawFd;
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: memfd_create reads the NUL-terminated name we own and returns a new fd.
-    let fd =
-        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly created descriptor nobody else owns.
-    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    file.set_len(size)?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS on our own fd; no memory is passed.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(file)
+    crate::dma::sealed_memfd(name, size).map(File::from)
 }
 
 /// The scratch model.
@@ -331,7 +314,7 @@ mod tests {
 
     #[test]
     fn memory_page_is_the_sealed_memfd() {
-        use std::os::fd::FromRawFd;
+        use std::os::fd::{FromRawFd, OwnedFd};
         use std::os::unix::fs::FileExt;
         let mut d = dev();
         let info = d.region_info(0).unwrap();
@@ -364,7 +347,7 @@ mod tests {
         // SAFETY: eventfd(2) returns a fresh fd.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         // SAFETY: fresh fd owned here.
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         d.set_irqs(SetIrqs {
             index: 0,
             start: 0,
