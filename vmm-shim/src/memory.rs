@@ -73,8 +73,8 @@ impl GuestRam {
         // Guest RAM never changes size: seal it (as QEMU's memory-backend-memfd
         // does), so the backend may access it through its own mapping instead
         // of checked copies (a sealed file cannot shrink under that mapping).
-        // SAFETY: F_ADD_SEALS on our memfd; no memory is passed.
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        // SAFETY: F_ADD_SEALS on our memfd; no memory is passed.
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(os("F_ADD_SEALS")(std::io::Error::last_os_error()));
         }
