@@ -37,7 +37,7 @@ pub struct MmioRow {
     pub ratio_p50: f64,
     /// sidecar p99 / raw p99.
     pub ratio_p99: f64,
-    /// Raw ping-pong with vfio-sidecar's system calls (client `sendmsg` +
+    /// Raw ping-pong with vfio-sidecar's system calls (client `send` +
     /// blocking `recvmsg`; server blocking `recvmsg` + `send`), no protocol code.
     pub raw_pattern: Summary,
     /// raw_pattern p50 / raw p50: the share of the gap that is the kind of
@@ -237,10 +237,10 @@ pub fn print(rows: &[MmioRow]) {
     println!(
         "x = vfio-sidecar / raw blocking write+read ping-pong of the same sizes (same \
          placement, interleaved blocks). calls = raw ping-pong with the system calls \
-         vfio-sidecar makes (client sendmsg + blocking recvmsg with a control buffer; server \
+         vfio-sidecar makes (client send + blocking recvmsg with a control buffer; server \
          connection thread: blocking recvmsg with a control buffer + send) and no protocol \
-         code: the rest of the gap is not system calls. lean = the same client with an epoll \
-         server (epoll_wait + recvmsg + sendmsg), what vfio-sidecar made before its \
-         connection thread."
+         code: the rest of the gap is not system calls. lean = client sendmsg + blocking \
+         recvmsg, epoll server (epoll_wait + recvmsg + sendmsg): what vfio-sidecar made \
+         before its connection thread."
     );
 }

@@ -3,12 +3,14 @@
 //! and the real one into "the calls it must make" and "everything else"
 //! (framing, dispatch, device model).
 //!
-//! * `calls` ([`calls_serve`]): what vfio-sidecar makes now. Client:
-//!   `sendmsg` + one blocking `recvmsg`; server (its connection thread): one
-//!   blocking `recvmsg` + `send`.
-//! * `lean` ([`lean_serve`]): the same with an epoll server (`epoll_wait` +
-//!   `recvmsg` + `sendmsg`), what vfio-sidecar made before the connection
-//!   thread.
+//! * `calls` ([`calls_client_round_trip`], [`calls_serve`]): what
+//!   vfio-sidecar makes now for a trapped access. Client: `send` + one
+//!   blocking `recvmsg`; server (its connection thread): one blocking
+//!   `recvmsg` + `send`.
+//! * `lean` ([`lean_client_round_trip`], [`lean_serve`]): client `sendmsg` +
+//!   one blocking `recvmsg`, an epoll server (`epoll_wait` + `recvmsg` +
+//!   `sendmsg`): what vfio-sidecar made before its connection thread and
+//!   fast paths.
 //!
 //! Every `recvmsg` passes a control buffer for 16 fds, as the transport does.
 
@@ -116,11 +118,34 @@ pub fn lean_serve(fd: RawFd, req: usize, reply: usize) -> i32 {
     }
 }
 
+/// The client of [`Pattern::Sidecar`](crate::procs::Pattern): the calls of
+/// the protocol `Client`'s trapped-access fast path: one `send` of the
+/// request, then one blocking `recvmsg` (control buffer) of the reply.
+pub fn calls_client_round_trip(fd: RawFd, req: &[u8], reply: &mut [u8]) -> bool {
+    // SAFETY: `req` is a live buffer of `req.len()` bytes.
+    let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), libc::MSG_NOSIGNAL) };
+    if sent != req.len() as isize {
+        return false;
+    }
+    let mut got = 0usize;
+    while got < reply.len() {
+        let Some(dst) = reply.get_mut(got..) else {
+            return false;
+        };
+        let n = recvmsg_flags(fd, dst, 0);
+        if n <= 0 {
+            return false;
+        }
+        got += n as usize;
+    }
+    true
+}
+
 /// The server of [`Pattern::Sidecar`](crate::procs::Pattern): the calls
 /// vfio-sidecar's connection thread makes per request, on a blocking socket:
 /// one `recvmsg` (control buffer, as fds may come with any message) of the
 /// whole request, then one `send` of the reply. The client is
-/// [`lean_client_round_trip`], the protocol `Client`'s calls.
+/// [`calls_client_round_trip`].
 pub fn calls_serve(fd: RawFd, req: usize, reply: usize) -> i32 {
     let mut rq = vec![0u8; req];
     let rp = vec![0u8; reply];

@@ -229,10 +229,11 @@ pub fn backend_main(args: Vec<String>) -> i32 {
 pub enum Pattern {
     /// Blocking `write` + `read` (the baseline).
     Plain,
-    /// vfio-sidecar's calls ([`crate::pattern::calls_serve`]): `sendmsg` +
+    /// vfio-sidecar's calls ([`crate::pattern::calls_serve`]): `send` +
     /// blocking `recvmsg` / blocking `recvmsg` + `send`.
     Sidecar,
-    /// The same client with an epoll server ([`crate::pattern::lean_serve`]).
+    /// `sendmsg` + blocking `recvmsg` / an epoll server
+    /// ([`crate::pattern::lean_serve`]): vfio-sidecar's former calls.
     Lean,
 }
 
@@ -301,7 +302,11 @@ impl EchoPeer {
         if self.pattern != Pattern::Plain {
             use std::os::fd::AsRawFd;
             let fd = self.stream.as_raw_fd();
-            let ok = crate::pattern::lean_client_round_trip(fd, &self.req, &mut self.reply);
+            let ok = if self.pattern == Pattern::Sidecar {
+                crate::pattern::calls_client_round_trip(fd, &self.req, &mut self.reply)
+            } else {
+                crate::pattern::lean_client_round_trip(fd, &self.req, &mut self.reply)
+            };
             if !ok {
                 return Err(BenchError::Io(
                     "pattern round trip".into(),
