@@ -3,7 +3,7 @@
 //! against a raw ping-pong of the same message sizes.
 
 use std::fs::File;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Instant;
 
@@ -40,21 +40,18 @@ pub struct DmaRow {
     pub unmap_ratio_p50: f64,
 }
 
-/// A memfd named `name` of `size` bytes.
+/// A memfd named `name` of `size` bytes, sealed against resizing as a VMM's
+/// guest RAM is (QEMU's `memory-backend-memfd`, the shim): the backend then
+/// reaches it through its own mapping. (Unsealed memory is served with
+/// checked copies, one `process_vm_readv`/`writev` per access, which would
+/// put that cost into every DMA the EOI rounds measure.)
 pub fn memfd_named(name: &std::ffi::CStr, size: u64) -> Result<File, BenchError> {
-    // SAFETY: memfd_create reads the NUL-terminated name; returns a new fd.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(BenchError::Io(
-            "memfd_create".into(),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: fresh fd owned here.
-    let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    f.set_len(size)
-        .map_err(|e| BenchError::Io("memfd set_len".into(), e))?;
-    Ok(f)
+    let name = name
+        .to_str()
+        .map_err(|_| BenchError::Config("memfd name".into()))?;
+    vfio_sidecar::dma::sealed_memfd(name, size)
+        .map(File::from)
+        .map_err(|e| BenchError::Io("sealed memfd".into(), e))
 }
 
 /// Message sizes: DMA_MAP request (header + 32), reply header only.

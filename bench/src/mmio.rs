@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
-use vfio_sidecar_protocol::client::{Client, ClientOptions};
+use vfio_sidecar_protocol::client::{Client, ClientOptions, NO_REPLY_TIMEOUT};
 
 use crate::harness::{interleave, Placement, Sizes};
 use crate::procs::{start_backend, EchoPeer, Pattern};
@@ -49,6 +49,13 @@ pub struct MmioRow {
     pub raw_lean: Summary,
     /// raw_lean p50 / raw p50.
     pub lean_ratio_p50: f64,
+    /// Through the backend with the client's reply timeout off
+    /// (`NO_REPLY_TIMEOUT`: the kernel arms no timer per wait).
+    pub sidecar_no_timeout: Summary,
+    /// Raw ping-pong measured alongside `sidecar_no_timeout`.
+    pub raw_no_timeout: Summary,
+    /// sidecar_no_timeout p50 / raw_no_timeout p50.
+    pub no_timeout_ratio_p50: f64,
 }
 
 #[derive(Clone, Copy)]
@@ -162,25 +169,28 @@ pub fn run(
             let data = [0u8; 8];
             let mut buf = [0u8; 8];
             let wdata = data.get(..op.len).unwrap_or_default();
-            let (side, raw) = interleave(
-                s,
-                || {
-                    let t = Instant::now();
-                    if op.write {
-                        c.region_write(0, op.offset, wdata)
-                            .map_err(|e| client_err(op.name, e))?;
-                    } else {
-                        let b = buf.get_mut(..op.len).unwrap_or_default();
-                        c.region_read_into(0, op.offset, b)
-                            .map_err(|e| client_err(op.name, e))?;
-                    }
-                    Ok(t.elapsed().as_nanos() as u64)
-                },
-                || peer.round_trip(),
-            )?;
+            let mut access = |c: &mut Client| {
+                let t = Instant::now();
+                if op.write {
+                    c.region_write(0, op.offset, wdata)
+                        .map_err(|e| client_err(op.name, e))?;
+                } else {
+                    let b = buf.get_mut(..op.len).unwrap_or_default();
+                    c.region_read_into(0, op.offset, b)
+                        .map_err(|e| client_err(op.name, e))?;
+                }
+                Ok(t.elapsed().as_nanos() as u64)
+            };
+            let (side, raw) = interleave(s, || access(c), || peer.round_trip())?;
+            // The same client with its reply timeout off, then back on.
+            c.set_reply_timeout(NO_REPLY_TIMEOUT);
+            let nt = interleave(s, || access(c), || peer.round_trip());
+            c.set_reply_timeout(ClientOptions::default().reply_timeout);
+            let (side_nt, raw_nt) = nt?;
             let (lean, pat) = interleave(s, || lpeer.round_trip(), || ppeer.round_trip())?;
             let (a, b, pt) = (Summary::of(&side), Summary::of(&raw), Summary::of(&pat));
             let ln = Summary::of(&lean);
+            let (snt, rnt) = (Summary::of(&side_nt), Summary::of(&raw_nt));
             rows.push(MmioRow {
                 placement: p.name,
                 op: op.name.to_string(),
@@ -194,6 +204,9 @@ pub fn run(
                 pattern_ratio_p50: pt.p50_ns / b.p50_ns,
                 raw_lean: ln,
                 lean_ratio_p50: ln.p50_ns / b.p50_ns,
+                sidecar_no_timeout: snt,
+                raw_no_timeout: rnt,
+                no_timeout_ratio_p50: snt.p50_ns / rnt.p50_ns,
             });
         }
     }
@@ -203,7 +216,7 @@ pub fn run(
 /// Prints the table.
 pub fn print(rows: &[MmioRow]) {
     println!(
-        "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7}",
+        "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7} {:>7}",
         "place",
         "access",
         "req/rep",
@@ -215,11 +228,12 @@ pub fn print(rows: &[MmioRow]) {
         "x p99",
         "calls p50",
         "calls x",
-        "lean x"
+        "lean x",
+        "no-to x"
     );
     for r in rows {
         println!(
-            "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2} {:>7.2} {:>9} {:>7.2} {:>7.2}",
+            "{:<8} {:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7.2} {:>7.2} {:>9} {:>7.2} {:>7.2} {:>7.2}",
             r.placement,
             r.op,
             format!("{}/{}", r.req_bytes, r.reply_bytes),
@@ -231,7 +245,8 @@ pub fn print(rows: &[MmioRow]) {
             r.ratio_p99,
             us(r.raw_pattern.p50_ns),
             r.pattern_ratio_p50,
-            r.lean_ratio_p50
+            r.lean_ratio_p50,
+            r.no_timeout_ratio_p50
         );
     }
     println!(
@@ -241,6 +256,8 @@ pub fn print(rows: &[MmioRow]) {
          connection thread: blocking recvmsg with a control buffer + send) and no protocol \
          code: the rest of the gap is not system calls. lean = client sendmsg + blocking \
          recvmsg, epoll server (epoll_wait + recvmsg + sendmsg): what vfio-sidecar made \
-         before its connection thread."
+         before its connection thread. no-to = x with the client's reply timeout off \
+         (NO_REPLY_TIMEOUT: no SO_RCVTIMEO, so no kernel timer armed per wait), against a \
+         raw ping-pong measured alongside."
     );
 }

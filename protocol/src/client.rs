@@ -21,10 +21,27 @@ use crate::transport::{send_bytes, send_message, wait_fd, Incoming, Message, Mes
 
 pub use crate::message::DmaProt;
 
+/// [`ClientOptions::reply_timeout`] value meaning "no timeout".
+pub const NO_REPLY_TIMEOUT: Duration = Duration::MAX;
+
+/// `t` as an optional bound (`None` for [`NO_REPLY_TIMEOUT`]).
+fn bound(t: Duration) -> Option<Duration> {
+    (t != NO_REPLY_TIMEOUT).then_some(t)
+}
+
+/// The deadline `t` from now (`None`: none, or too far to represent).
+fn deadline_in(t: Duration) -> Option<Instant> {
+    bound(t).and_then(|t| Instant::now().checked_add(t))
+}
+
 /// Options of [`Client::connect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientOptions {
     /// How long to wait for each reply (and for a full socket to drain).
+    /// [`NO_REPLY_TIMEOUT`] (`Duration::MAX`): wait as long as it takes — a
+    /// dead server still ends the wait (EOF), a hung one hangs the caller —
+    /// and the kernel arms no timer for each wait (measurably cheaper for
+    /// trapped MMIO on one core: `docs/benchmarks.md` §1).
     pub reply_timeout: Duration,
     /// Propose the `org.vfio-sidecar` extension in VERSION.
     pub propose_extension: bool,
@@ -119,7 +136,7 @@ pub fn proposal(opts: &ClientOptions) -> Capabilities {
 
 /// SO_RCVTIMEO = `t` (at least 1 µs: zero would mean "forever").
 fn set_rcvtimeo(sock: &UnixStream, t: Duration) -> Result<(), ClientError> {
-    sock.set_read_timeout(Some(t.max(Duration::from_micros(1))))
+    sock.set_read_timeout(bound(t).map(|t| t.max(Duration::from_micros(1))))
         .map_err(|e| ClientError::Transport(TransportError::Io(e)))
 }
 
@@ -262,12 +279,12 @@ impl Client {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let hdr = Header::command(id, command, len);
-        let timeout = self.opts.reply_timeout;
-        send_message(self.sock.as_fd(), &hdr, parts, fds, Some(timeout)).map_err(|e| match e {
+        let timeout = bound(self.opts.reply_timeout);
+        send_message(self.sock.as_fd(), &hdr, parts, fds, timeout).map_err(|e| match e {
             TransportError::Timeout => ClientError::Timeout { command: name },
             e => ClientError::from(e),
         })?;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_in(self.opts.reply_timeout);
         self.await_reply(id, command, deadline, self.blocking_recv)
     }
 
@@ -281,7 +298,7 @@ impl Client {
         &mut self,
         id: u16,
         command: u16,
-        deadline: Instant,
+        deadline: Option<Instant>,
         first_blocking: bool,
     ) -> Result<Message, ClientError> {
         let name = cmd::name(command);
@@ -294,9 +311,9 @@ impl Client {
                         first = false;
                         self.reader.fill(self.sock.as_fd(), true)
                     } else {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero()
-                            || !wait_fd(self.sock.as_fd(), libc::POLLIN, Some(left))
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        if left.is_some_and(|l| l.is_zero())
+                            || !wait_fd(self.sock.as_fd(), libc::POLLIN, left)
                                 .map_err(|e| ClientError::Transport(TransportError::Io(e)))?
                         {
                             return Err(ClientError::Timeout { command: name });
@@ -364,7 +381,7 @@ impl Client {
             &Header::error_reply(req, e.raw()),
             &[],
             &[],
-            Some(self.opts.reply_timeout),
+            bound(self.opts.reply_timeout),
         )
         .map_err(ClientError::from)
     }
@@ -425,7 +442,7 @@ impl Client {
                 &Header::reply_to(&h, payload.len()),
                 &[&payload],
                 &[],
-                Some(self.opts.reply_timeout),
+                bound(self.opts.reply_timeout),
             )
             .map_err(ClientError::from),
             Err(e) => self.send_error(&h, e),
@@ -808,9 +825,9 @@ impl Client {
             .copy_from_slice(&Header::command(id, command, FIXED + data.len()).encode());
         req[HEADER_SIZE..HEADER_SIZE + FIXED].copy_from_slice(fixed);
         req[HEADER_SIZE + FIXED..len].copy_from_slice(data);
-        let timeout = self.opts.reply_timeout;
-        let deadline = Instant::now() + timeout;
-        if let Err(e) = send_bytes(self.sock.as_fd(), &req[..len], Some(timeout)) {
+        let timeout = bound(self.opts.reply_timeout);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        if let Err(e) = send_bytes(self.sock.as_fd(), &req[..len], timeout) {
             return Some(Err(match e {
                 TransportError::Timeout => ClientError::Timeout { command: name },
                 e => ClientError::from(e),
@@ -960,7 +977,7 @@ impl Client {
 
     /// Sends raw bytes on the socket (tests and fuzzing of servers).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.opts.reply_timeout;
+        let deadline = deadline_in(self.opts.reply_timeout);
         let mut off = 0;
         while off < bytes.len() {
             let rest = bytes.get(off..).unwrap_or_default();
@@ -982,11 +999,11 @@ impl Client {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
                         return Err(ClientError::Timeout { command: "raw" });
                     }
-                    wait_fd(self.sock.as_fd(), libc::POLLOUT, Some(left))
+                    wait_fd(self.sock.as_fd(), libc::POLLOUT, left)
                         .map_err(|e| ClientError::Transport(TransportError::Io(e)))?;
                 }
                 Err(e) => return Err(ClientError::from(TransportError::Io(e))),

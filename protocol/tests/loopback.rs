@@ -934,3 +934,52 @@ fn fast_path_replies_match_the_general_path() {
     assert!(fast.2 > 0);
     assert_eq!(fast.2, general.2, "same writes reached the handler");
 }
+
+/// `NO_REPLY_TIMEOUT`: a slow reply is waited for (no Timeout), and a server
+/// that dies mid-request still ends the wait (Disconnected), never a hang.
+#[test]
+fn no_reply_timeout_waits_for_slow_replies_and_ends_on_eof() {
+    use vfio_sidecar_protocol::client::NO_REPLY_TIMEOUT;
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut p = RawPeer::new(b);
+        let v = p.recv().unwrap();
+        let payload = Version {
+            major: 0,
+            minor: 1,
+            caps: Capabilities::default(),
+        }
+        .encode();
+        let h = Header::reply_to(&v.header, payload.len());
+        send_message(p.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        // A read answered after 300 ms (longer than a short timeout would wait).
+        let m = p.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let fixed: [u8; 16] = m.payload[..16].try_into().unwrap();
+        let h = Header::reply_to(&m.header, 20);
+        send_message(p.sock.as_fd(), &h, &[&fixed, &[7, 7, 7, 7]], &[], None).unwrap();
+        // The next request: no answer, the server goes away.
+        let _ = p.recv();
+    });
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let mut c = Client::from_stream(
+            a,
+            ClientOptions {
+                reply_timeout: NO_REPLY_TIMEOUT,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        let slow = c.region_read(0, 0, 4);
+        let dead = c.region_read(0, 0, 4);
+        done_tx.send((slow, dead)).unwrap();
+    });
+    let (slow, dead) = done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the client returned (no hang)");
+    assert_eq!(slow.unwrap(), [7, 7, 7, 7], "the slow reply was waited for");
+    assert!(matches!(dead, Err(ClientError::Disconnected)), "{dead:?}");
+    client.join().unwrap();
+    server.join().unwrap();
+}
