@@ -577,11 +577,12 @@ impl EoiEngine {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::fd::FromRawFd;
 
-    fn eventfd() -> (OwnedFd, File) {
+    /// A non-blocking eventfd and a second handle to read it (test helper).
+    pub(crate) fn eventfd() -> (OwnedFd, File) {
         // SAFETY: eventfd(2) returns a new fd we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         assert!(fd >= 0);
@@ -591,7 +592,8 @@ mod tests {
         (owned, reader)
     }
 
-    fn drain(f: &File) -> u64 {
+    /// Reads (and resets) an eventfd's count; 0 if it was not signalled.
+    pub(crate) fn drain(f: &File) -> u64 {
         let mut b = [0u8; 8];
         let mut f = f;
         match f.read(&mut b) {

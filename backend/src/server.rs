@@ -1039,20 +1039,11 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(ServeError::EventLoop)?;
     let sig = SignalFd::new().map_err(ServeError::EventLoop)?;
     let epoll = Arc::new(Epoll::new().map_err(ServeError::EventLoop)?);
-    ctl(
-        &epoll,
-        ControlOperation::Add,
-        listener.as_raw_fd(),
-        TOKEN_LISTEN,
-    )
-    .map_err(ServeError::EventLoop)?;
-    ctl(
-        &epoll,
-        ControlOperation::Add,
-        sig.fd.as_raw_fd(),
-        TOKEN_SIGNAL,
-    )
-    .map_err(ServeError::EventLoop)?;
+    let watch = |fd: RawFd, token: u64| {
+        ctl(&epoll, ControlOperation::Add, fd, token).map_err(ServeError::EventLoop)
+    };
+    watch(listener.as_raw_fd(), TOKEN_LISTEN)?;
+    watch(sig.fd.as_raw_fd(), TOKEN_SIGNAL)?;
     if let Some(ug) = &args.user {
         let group = ug.group.as_deref().map(GroupSpec::from);
         let c = sandbox::drop_privileges(&UserSpec::from(ug.user.as_str()), group.as_ref())?;
@@ -1071,20 +1062,8 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         kick: EventFd::new(libc::EFD_NONBLOCK).map_err(ServeError::EventLoop)?,
         done: EventFd::new(libc::EFD_NONBLOCK).map_err(ServeError::EventLoop)?,
     });
-    ctl(
-        &epoll,
-        ControlOperation::Add,
-        shared.kick.as_raw_fd(),
-        TOKEN_KICK,
-    )
-    .map_err(ServeError::EventLoop)?;
-    ctl(
-        &epoll,
-        ControlOperation::Add,
-        shared.done.as_raw_fd(),
-        TOKEN_DONE,
-    )
-    .map_err(ServeError::EventLoop)?;
+    watch(shared.kick.as_raw_fd(), TOKEN_KICK)?;
+    watch(shared.done.as_raw_fd(), TOKEN_DONE)?;
     // The connection thread exists before the filter (which covers every
     // thread: TSYNC), so the filter need not allow creating threads; it
     // inherits the dropped privileges and the blocked SIGTERM/SIGINT.

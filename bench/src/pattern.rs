@@ -20,10 +20,6 @@ use std::os::fd::RawFd;
 #[repr(C, align(8))]
 struct Cmsg([u8; 128]);
 
-fn recvmsg(fd: RawFd, buf: &mut [u8]) -> isize {
-    recvmsg_flags(fd, buf, libc::MSG_DONTWAIT)
-}
-
 fn recvmsg_flags(fd: RawFd, buf: &mut [u8], flags: i32) -> isize {
     let mut c = Cmsg([0; 128]);
     let mut iov = libc::iovec {
@@ -57,9 +53,12 @@ fn sendmsg(fd: RawFd, buf: &[u8]) -> isize {
 /// reply (the socket is blocking; a real client would bound it with
 /// `SO_RCVTIMEO`).
 pub fn lean_client_round_trip(fd: RawFd, req: &[u8], reply: &mut [u8]) -> bool {
-    if sendmsg(fd, req) != req.len() as isize {
-        return false;
-    }
+    sendmsg(fd, req) == req.len() as isize && recv_reply(fd, reply)
+}
+
+/// Blocking `recvmsg`s (control buffer) until `reply` is full; false on EOF
+/// or error.
+fn recv_reply(fd: RawFd, reply: &mut [u8]) -> bool {
     let mut got = 0usize;
     while got < reply.len() {
         let Some(dst) = reply.get_mut(got..) else {
@@ -90,17 +89,34 @@ pub fn lean_serve(fd: RawFd, req: usize, reply: usize) -> i32 {
     if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
         return 1;
     }
+    let wait = || {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: valid epoll fd and event array of the length passed.
+        unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
+    };
+    echo_loop(fd, req, reply, wait, libc::MSG_DONTWAIT, sendmsg)
+}
+
+/// The echo servers' loop: `wait()`, one `recvmsg` (control buffer, `flags`)
+/// into what is left of the request; once it is whole, `send` the reply.
+/// Returns 0 when the peer goes away.
+fn echo_loop(
+    fd: RawFd,
+    req: usize,
+    reply: usize,
+    wait: impl Fn(),
+    flags: i32,
+    send: fn(RawFd, &[u8]) -> isize,
+) -> i32 {
     let mut rq = vec![0u8; req];
     let rp = vec![0u8; reply];
     let mut got = 0usize;
     loop {
-        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
-        // SAFETY: valid epoll fd and event array of the length passed.
-        unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, -1) };
+        wait();
         let Some(dst) = rq.get_mut(got..) else {
             return 1;
         };
-        let n = recvmsg(fd, dst);
+        let n = recvmsg_flags(fd, dst, flags);
         if n == 0 {
             return 0;
         }
@@ -112,7 +128,7 @@ pub fn lean_serve(fd: RawFd, req: usize, reply: usize) -> i32 {
             continue;
         }
         got = 0;
-        if sendmsg(fd, &rp) != reply as isize {
+        if send(fd, &rp) != reply as isize {
             return 0;
         }
     }
@@ -122,23 +138,7 @@ pub fn lean_serve(fd: RawFd, req: usize, reply: usize) -> i32 {
 /// the protocol `Client`'s trapped-access fast path: one `send` of the
 /// request, then one blocking `recvmsg` (control buffer) of the reply.
 pub fn calls_client_round_trip(fd: RawFd, req: &[u8], reply: &mut [u8]) -> bool {
-    // SAFETY: `req` is a live buffer of `req.len()` bytes.
-    let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), libc::MSG_NOSIGNAL) };
-    if sent != req.len() as isize {
-        return false;
-    }
-    let mut got = 0usize;
-    while got < reply.len() {
-        let Some(dst) = reply.get_mut(got..) else {
-            return false;
-        };
-        let n = recvmsg_flags(fd, dst, 0);
-        if n <= 0 {
-            return false;
-        }
-        got += n as usize;
-    }
-    true
+    send(fd, req) == req.len() as isize && recv_reply(fd, reply)
 }
 
 /// The server of [`Pattern::Sidecar`](crate::procs::Pattern): the calls
@@ -147,29 +147,10 @@ pub fn calls_client_round_trip(fd: RawFd, req: &[u8], reply: &mut [u8]) -> bool 
 /// whole request, then one `send` of the reply. The client is
 /// [`calls_client_round_trip`].
 pub fn calls_serve(fd: RawFd, req: usize, reply: usize) -> i32 {
-    let mut rq = vec![0u8; req];
-    let rp = vec![0u8; reply];
-    let mut got = 0usize;
-    loop {
-        let Some(dst) = rq.get_mut(got..) else {
-            return 1;
-        };
-        let n = recvmsg_flags(fd, dst, 0);
-        if n == 0 {
-            return 0;
-        }
-        if n < 0 {
-            continue;
-        }
-        got += n as usize;
-        if got < req {
-            continue;
-        }
-        got = 0;
-        // SAFETY: `rp` is a live buffer of `reply` bytes.
-        let sent = unsafe { libc::send(fd, rp.as_ptr().cast(), reply, libc::MSG_NOSIGNAL) };
-        if sent != reply as isize {
-            return 0;
-        }
-    }
+    echo_loop(fd, req, reply, || {}, 0, send)
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> isize {
+    // SAFETY: `buf` is a live buffer of `buf.len()` bytes.
+    unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) }
 }

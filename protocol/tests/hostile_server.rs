@@ -198,15 +198,7 @@ fn region_access_fast_path_falls_back_to_the_general_path() {
     let (a, b) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let mut p = common::RawPeer::new(b);
-        let v = p.recv().unwrap();
-        let payload = Version {
-            major: 0,
-            minor: 1,
-            caps: Capabilities::default(),
-        }
-        .encode();
-        let h = Header::reply_to(&v.header, payload.len());
-        send_message(p.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        p.answer_version(Capabilities::default());
         // 1: a stale reply first, then the right one.
         let m = p.recv().unwrap();
         let mut stale = m.header;

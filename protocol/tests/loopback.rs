@@ -594,22 +594,7 @@ fn client_serves_dma_and_handles_timeout_and_disconnect() {
     let (a, b) = UnixStream::pair().unwrap();
     let t = std::thread::spawn(move || {
         let mut p = RawPeer::new(b);
-        // VERSION.
-        let m = p.recv().unwrap();
-        let v = Version {
-            major: 0,
-            minor: 1,
-            caps: Capabilities::default(),
-        };
-        let payload = v.encode();
-        send_message(
-            p.sock.as_fd(),
-            &Header::reply_to(&m.header, payload.len()),
-            &[&payload],
-            &[],
-            None,
-        )
-        .unwrap();
+        p.answer_version(Capabilities::default());
         // RESET: before replying, ask the client for DMA.
         let reset = p.recv().unwrap();
         assert_eq!(reset.header.command, cmd::DEVICE_RESET);
@@ -943,15 +928,7 @@ fn no_reply_timeout_waits_for_slow_replies_and_ends_on_eof() {
     let (a, b) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let mut p = RawPeer::new(b);
-        let v = p.recv().unwrap();
-        let payload = Version {
-            major: 0,
-            minor: 1,
-            caps: Capabilities::default(),
-        }
-        .encode();
-        let h = Header::reply_to(&v.header, payload.len());
-        send_message(p.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        p.answer_version(Capabilities::default());
         // A read answered after 300 ms (longer than a short timeout would wait).
         let m = p.recv().unwrap();
         std::thread::sleep(Duration::from_millis(300));

@@ -337,27 +337,7 @@ mod tests {
 mod irq_sync_tests {
     use super::*;
     use crate::device::{IrqAction, IrqData, NoDmaMemory, SetIrqs};
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    fn eventfd() -> (OwnedFd, std::fs::File) {
-        // SAFETY: eventfd(2) returns a new fd we own; checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        assert!(fd >= 0);
-        // SAFETY: fresh fd, owned here.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let reader = std::fs::File::from(owned.try_clone().unwrap());
-        (owned, reader)
-    }
-
-    fn count(f: &std::fs::File) -> u64 {
-        use std::io::Read;
-        let mut b = [0u8; 8];
-        let mut f = f;
-        match f.read(&mut b) {
-            Ok(8) => u64::from_ne_bytes(b),
-            _ => 0,
-        }
-    }
+    use crate::irq::tests::{drain as count, eventfd};
 
     fn w(d: &mut ModelDevice, off: u64, v: u32) {
         d.region_write(0, off, &v.to_le_bytes(), &NoDmaMemory)

@@ -484,6 +484,21 @@ impl RawPeer {
     }
 
     /// VERSION with the given capabilities JSON.
+    /// Server side: receives the client's VERSION and accepts it with `caps`
+    /// (version 0.1); returns the request.
+    pub fn answer_version(&mut self, caps: Capabilities) -> Message {
+        let v = self.recv().expect("VERSION");
+        let payload = Version {
+            major: 0,
+            minor: 1,
+            caps,
+        }
+        .encode();
+        let h = Header::reply_to(&v.header, payload.len());
+        send_message(self.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        v
+    }
+
     pub fn version(&mut self, caps: &Capabilities) -> Message {
         let v = Version {
             major: 0,
