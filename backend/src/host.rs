@@ -846,147 +846,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use std::os::unix::fs::symlink;
+    use crate::testing::FakeSysfs as Fake;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A fake sysfs tree.
-    struct Fake {
-        root: PathBuf,
-    }
-
-    impl Drop for Fake {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.root);
-        }
-    }
-
-    impl Fake {
-        fn new() -> Fake {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let root = std::env::temp_dir().join(format!(
-                "vs-sysfs-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = fs::remove_dir_all(&root);
-            for bus in ["platform", "amba", "pci"] {
-                fs::create_dir_all(root.join("bus").join(bus).join("devices")).unwrap();
-                fs::create_dir_all(root.join("bus").join(bus).join("drivers")).unwrap();
-                fs::write(root.join("bus").join(bus).join("drivers_probe"), b"").unwrap();
-            }
-            fs::create_dir_all(root.join("kernel/iommu_groups")).unwrap();
-            fs::create_dir_all(root.join("module")).unwrap();
-            fs::create_dir_all(root.join("devices")).unwrap();
-            Fake { root }
-        }
-
-        fn module(&self, name: &str) {
-            fs::create_dir_all(self.root.join("module").join(name)).unwrap();
-        }
-
-        fn driver(&self, bus: &str, drv: &str) {
-            let d = self.root.join("bus").join(bus).join("drivers").join(drv);
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("bind"), b"").unwrap();
-            fs::write(d.join("unbind"), b"").unwrap();
-        }
-
-        fn device(
-            &self,
-            bus: &str,
-            name: &str,
-            driver: Option<&str>,
-            group: Option<u32>,
-            files: &[(&str, &[u8])],
-        ) -> PathBuf {
-            let real = self.root.join("devices").join(bus).join(name);
-            fs::create_dir_all(&real).unwrap();
-            fs::write(real.join("driver_override"), b"").unwrap();
-            symlink(self.root.join("bus").join(bus), real.join("subsystem")).unwrap();
-            for (f, content) in files {
-                let p = real.join(f);
-                fs::create_dir_all(p.parent().unwrap()).unwrap();
-                fs::write(p, content).unwrap();
-            }
-            if let Some(d) = driver {
-                self.driver(bus, d);
-                symlink(
-                    self.root.join("bus").join(bus).join("drivers").join(d),
-                    real.join("driver"),
-                )
-                .unwrap();
-            }
-            if let Some(g) = group {
-                let gdir = self.root.join("kernel/iommu_groups").join(g.to_string());
-                fs::create_dir_all(gdir.join("devices")).unwrap();
-                symlink(&gdir, real.join("iommu_group")).unwrap();
-                symlink(&real, gdir.join("devices").join(name)).unwrap();
-            }
-            symlink(
-                &real,
-                self.root.join("bus").join(bus).join("devices").join(name),
-            )
-            .unwrap();
-            real
-        }
-
-        fn rebind(&self, real: &Path, bus: &str, drv: &str) {
-            let _ = fs::remove_file(real.join("driver"));
-            symlink(
-                self.root.join("bus").join(bus).join("drivers").join(drv),
-                real.join("driver"),
-            )
-            .unwrap();
-        }
-    }
 
     /// The scenario from the brief: an edu bound to vfio-pci in a viable group; a
     /// group spoilt by a sibling on a host driver; a PL330 candidate bound to
     /// dma-pl330; a PL061 on vfio-platform; an unrelated PCI NIC (not listed).
     fn host() -> (Fake, PathBuf) {
         let f = Fake::new();
-        f.module("vfio");
-        f.driver("pci", "vfio-pci");
-        f.driver("amba", "vfio-amba");
-        f.driver("platform", "vfio-platform");
-        f.device(
-            "pci",
-            "0000:00:03.0",
-            Some("vfio-pci"),
-            Some(5),
-            &[("vendor", b"0x1234\n"), ("device", b"0x11e8\n")],
-        );
-        f.device(
-            "pci",
-            "0000:00:04.0",
-            Some("vfio-pci"),
-            Some(7),
-            &[("vendor", b"0x8086\n"), ("device", b"0x100e\n")],
-        );
-        f.device(
-            "pci",
-            "0000:00:04.1",
-            Some("e1000"),
-            Some(7),
-            &[("vendor", b"0x8086\n"), ("device", b"0x100f\n")],
-        );
-        f.device(
-            "pci",
-            "0000:00:1c.0",
-            Some("pcieport"),
-            Some(5),
-            &[("vendor", b"0x8086\n"), ("device", b"0x2922\n")],
-        );
-        let pl330 = f.device(
-            "amba",
-            "ff240000.dma-controller",
-            Some("dma-pl330"),
-            Some(12),
-            &[
-                ("id", b"00241330\n"),
-                ("of_node/compatible", b"arm,pl330\0arm,primecell\0"),
-            ],
-        );
+        f.vfio_drivers();
+        let pl330 = f.typical_devices();
         f.device(
             "platform",
             "9030000.gpio",
@@ -1153,7 +1022,7 @@ mod tests {
         assert_eq!(json[2]["iommu_group"], 5);
         assert_eq!(json[1]["bound_to_vfio"], false);
 
-        let status = vfio_host_status(&f.root, &f.root.join("dev"));
+        let status = vfio_host_status(&f.root, &f.dev());
         assert!(status.available());
         assert_eq!(status.iommu_groups, 4);
         assert!(status.hints.is_empty(), "{:?}", status.hints);
@@ -1350,7 +1219,7 @@ mod tests {
             None,
             &[("id", b"00041330\n")],
         );
-        let status = vfio_host_status(&f.root, &f.root.join("dev"));
+        let status = vfio_host_status(&f.root, &f.dev());
         assert!(!status.available());
         assert_eq!(status.iommu_groups, 0);
         assert_eq!(
@@ -1386,9 +1255,8 @@ mod tests {
         assert!(err.to_string().contains("modprobe vfio-amba"), "{err}");
 
         // A host with the IOMMU and VFIO: no hints.
-        fs::create_dir_all(f.root.join("dev/vfio")).unwrap();
-        fs::write(f.root.join("dev/vfio/vfio"), b"").unwrap();
-        assert!(vfio_host_status(&f.root, &f.root.join("dev")).available());
+        f.dev_vfio_container();
+        assert!(vfio_host_status(&f.root, &f.dev()).available());
 
         assert!(matches!(
             list_devices(&f.root.join("missing"), &ProfileSet::default()),

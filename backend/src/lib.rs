@@ -13,4 +13,6 @@ pub mod probe;
 pub mod profile;
 pub mod sandbox;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 pub mod vfio;

@@ -7,93 +7,30 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vfio_sidecar_tests::{workspace_bin, TempDir};
+use vfio_sidecar::testing::FakeSysfs;
+use vfio_sidecar_tests::workspace_bin;
 
-struct Tree {
-    root: PathBuf,
-    _dir: TempDir,
+/// A fake sysfs tree (and /dev) for the binary, with or without VFIO.
+struct Tree(FakeSysfs);
+
+impl std::ops::Deref for Tree {
+    type Target = FakeSysfs;
+    fn deref(&self) -> &FakeSysfs {
+        &self.0
+    }
 }
 
 impl Tree {
     fn new(with_vfio: bool) -> Tree {
-        let dir = TempDir::new("fakesys");
-        let root = dir.0.join("sys");
-        for bus in ["platform", "amba", "pci"] {
-            fs::create_dir_all(root.join("bus").join(bus).join("devices")).unwrap();
-            fs::create_dir_all(root.join("bus").join(bus).join("drivers")).unwrap();
-            fs::write(root.join("bus").join(bus).join("drivers_probe"), b"").unwrap();
-        }
-        fs::create_dir_all(root.join("kernel/iommu_groups")).unwrap();
-        fs::create_dir_all(root.join("devices")).unwrap();
-        fs::create_dir_all(root.join("module")).unwrap();
-        fs::create_dir_all(dir.0.join("dev")).unwrap();
-        let t = Tree { root, _dir: dir };
+        let t = FakeSysfs::new();
         if with_vfio {
-            fs::create_dir_all(t.root.join("module/vfio")).unwrap();
-            fs::create_dir_all(t.dev().join("vfio")).unwrap();
-            fs::write(t.dev().join("vfio/vfio"), b"").unwrap();
-            for (bus, drv) in [
-                ("pci", "vfio-pci"),
-                ("amba", "vfio-amba"),
-                ("platform", "vfio-platform"),
-            ] {
-                t.driver(bus, drv);
-            }
+            t.vfio_drivers();
+            t.dev_vfio_container();
         }
-        t
-    }
-
-    fn dev(&self) -> PathBuf {
-        self.root.parent().unwrap().join("dev")
-    }
-
-    fn driver(&self, bus: &str, drv: &str) {
-        let d = self.root.join("bus").join(bus).join("drivers").join(drv);
-        fs::create_dir_all(&d).unwrap();
-        fs::write(d.join("unbind"), b"").unwrap();
-    }
-
-    fn device(
-        &self,
-        bus: &str,
-        name: &str,
-        driver: Option<&str>,
-        group: Option<u32>,
-        files: &[(&str, &[u8])],
-    ) -> PathBuf {
-        let real = self.root.join("devices").join(bus).join(name);
-        fs::create_dir_all(&real).unwrap();
-        fs::write(real.join("driver_override"), b"").unwrap();
-        symlink(self.root.join("bus").join(bus), real.join("subsystem")).unwrap();
-        for (f, content) in files {
-            let p = real.join(f);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, content).unwrap();
-        }
-        if let Some(d) = driver {
-            self.driver(bus, d);
-            symlink(
-                self.root.join("bus").join(bus).join("drivers").join(d),
-                real.join("driver"),
-            )
-            .unwrap();
-        }
-        if let Some(g) = group {
-            let gdir = self.root.join("kernel/iommu_groups").join(g.to_string());
-            fs::create_dir_all(gdir.join("devices")).unwrap();
-            symlink(&gdir, real.join("iommu_group")).unwrap();
-            symlink(&real, gdir.join("devices").join(name)).unwrap();
-        }
-        symlink(
-            &real,
-            self.root.join("bus").join(bus).join("devices").join(name),
-        )
-        .unwrap();
-        real
+        Tree(t)
     }
 
     fn run(&self, args: &[&str]) -> (Output, String, String) {
@@ -122,44 +59,7 @@ impl Tree {
 /// on vfio-pci whose group sibling is on e1000, a PL330 candidate on dma-pl330.
 fn vfio_host() -> (Tree, PathBuf) {
     let t = Tree::new(true);
-    t.device(
-        "pci",
-        "0000:00:03.0",
-        Some("vfio-pci"),
-        Some(5),
-        &[("vendor", b"0x1234\n"), ("device", b"0x11e8\n")],
-    );
-    t.device(
-        "pci",
-        "0000:00:1c.0",
-        Some("pcieport"),
-        Some(5),
-        &[("vendor", b"0x8086\n"), ("device", b"0x2922\n")],
-    );
-    t.device(
-        "pci",
-        "0000:00:04.0",
-        Some("vfio-pci"),
-        Some(7),
-        &[("vendor", b"0x8086\n"), ("device", b"0x100e\n")],
-    );
-    t.device(
-        "pci",
-        "0000:00:04.1",
-        Some("e1000"),
-        Some(7),
-        &[("vendor", b"0x8086\n"), ("device", b"0x100f\n")],
-    );
-    let pl330 = t.device(
-        "amba",
-        "ff240000.dma-controller",
-        Some("dma-pl330"),
-        Some(12),
-        &[
-            ("id", b"00241330\n"),
-            ("of_node/compatible", b"arm,pl330\0arm,primecell\0"),
-        ],
-    );
+    let pl330 = t.typical_devices();
     (t, pl330)
 }
 
