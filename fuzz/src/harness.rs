@@ -9,22 +9,25 @@
 //!   what is left) sent in one `sendmsg` with `nfds % 20` fds attached
 //!   (alternately a memfd and an eventfd; more than 16 exercises the limit).
 //!
+//! The device behind the connection is the protocol crate's bounds-checked
+//! toy device (`vfio_sidecar_protocol::testing::ToyHandler`, also the one
+//! the protocol tests use) offering [`LIMITS`].
+//!
 //! After each record the server handles everything readable; a drain thread
 //! reads (and drops) the replies. The run ends when the input ends or the
 //! server closes the connection. Panics are the bugs looked for.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, SidecarCaps};
-use vfio_sidecar_protocol::ext::*;
 use vfio_sidecar_protocol::header::{command as cmd, Header};
 use vfio_sidecar_protocol::message::*;
+use vfio_sidecar_protocol::testing::{eventfd, memfd, sendmsg_fds, ToyHandler};
 use vfio_sidecar_protocol::transport::{recv_with_fds, wait_fd};
-use vfio_sidecar_protocol::{ConnStatus, Errno, Handler, ServerConnection};
+use vfio_sidecar_protocol::{ConnStatus, ServerConnection};
 
 /// Limits of the fuzzed server (small transfers keep executions fast).
 pub const LIMITS: Limits = Limits {
@@ -33,295 +36,27 @@ pub const LIMITS: Limits = Limits {
     max_dma_maps: 8,
 };
 
-const REG_SIZE: usize = 0x1000;
+/// The fuzzed device: the protocol crate's bounds-checked toy device
+/// offering [`LIMITS`].
+pub type FuzzDevice = ToyHandler;
 
-/// A small device with checked bounds everywhere.
-#[derive(Debug)]
-pub struct FuzzDevice {
-    regs: Vec<u8>,
-    mmap_fd: OwnedFd,
-    io_fd: OwnedFd,
-    maps: BTreeMap<u64, u64>,
-    irq_fds: [Option<OwnedFd>; 2],
+/// A fresh [`FuzzDevice`] (None when out of fds).
+pub fn device() -> Option<FuzzDevice> {
+    ToyHandler::with_limits(LIMITS).ok()
 }
 
-fn memfd(size: i64) -> Option<OwnedFd> {
-    // SAFETY: memfd_create with a static NUL-terminated name; result checked.
-    let fd = unsafe { libc::memfd_create(c"fuzz".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on a valid fd.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
-        return None;
-    }
-    Some(fd)
-}
-
-fn eventfd() -> Option<OwnedFd> {
-    // SAFETY: plain syscall; result checked.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-impl FuzzDevice {
-    /// A fresh device.
-    pub fn new() -> Option<Self> {
-        Some(FuzzDevice {
-            regs: vec![0; REG_SIZE],
-            mmap_fd: memfd(0x2000)?,
-            io_fd: eventfd()?,
-            maps: BTreeMap::new(),
-            irq_fds: [None, None],
-        })
-    }
-}
-
-fn range(offset: u64, len: usize, size: usize) -> Result<std::ops::Range<usize>, Errno> {
-    let start = usize::try_from(offset).map_err(|_| Errno::EINVAL)?;
-    let end = start.checked_add(len).ok_or(Errno::EINVAL)?;
-    if end > size {
-        return Err(Errno::EINVAL);
-    }
-    Ok(start..end)
-}
-
-impl Handler for FuzzDevice {
-    fn version(&mut self, _client: &Capabilities) -> Result<Capabilities, Errno> {
-        Ok(Capabilities {
-            write_multiple: true,
-            sidecar: Some(SidecarCaps {
-                exec_enforced: Some(true),
-                ..SidecarCaps::client_proposal()
-            }),
-            ..Capabilities::from_limits(&LIMITS)
-        })
-    }
-
-    fn dma_map(&mut self, req: &DmaMap, _fd: Option<OwnedFd>) -> Result<(), Errno> {
-        let end = req.address.checked_add(req.size).ok_or(Errno::EINVAL)?;
-        if self
-            .maps
-            .iter()
-            .any(|(&a, &s)| req.address < a.saturating_add(s) && a < end)
-        {
-            return Err(Errno::EEXIST);
-        }
-        self.maps.insert(req.address, req.size);
-        Ok(())
-    }
-
-    fn dma_unmap(&mut self, req: &DmaUnmap) -> Result<(), Errno> {
-        if req.is_all() {
-            self.maps.clear();
-            return Ok(());
-        }
-        match self.maps.get(&req.address) {
-            Some(&s) if s == req.size => {
-                self.maps.remove(&req.address);
-                Ok(())
-            }
-            _ => Err(Errno::ENOENT),
-        }
-    }
-
-    fn device_info(&mut self) -> Result<DeviceInfo, Errno> {
-        Ok(DeviceInfo {
-            argsz: 0,
-            flags: 1 | 4,
-            num_regions: 2,
-            num_irqs: 1,
-        })
-    }
-
-    fn region_info(&mut self, index: u32) -> Result<(RegionInfo, Option<RawFd>), Errno> {
-        match index {
-            0 => Ok((
-                RegionInfo {
-                    index,
-                    flags: REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE,
-                    size: REG_SIZE as u64,
-                    offset: 0,
-                    sparse: None,
-                },
-                None,
-            )),
-            1 => Ok((
-                RegionInfo {
-                    index,
-                    flags: REGION_INFO_FLAG_READ | REGION_INFO_FLAG_MMAP,
-                    size: 0x2000,
-                    offset: 0,
-                    sparse: Some(vec![SparseArea {
-                        offset: 0x1000,
-                        size: 0x1000,
-                    }]),
-                },
-                Some(self.mmap_fd.as_raw_fd()),
-            )),
-            _ => Err(Errno::EINVAL),
-        }
-    }
-
-    fn region_io_fds(&mut self, index: u32) -> Result<(Vec<SubRegionIoFd>, Vec<RawFd>), Errno> {
-        match index {
-            0 => Ok((
-                vec![SubRegionIoFd {
-                    offset: 0x10,
-                    size: 4,
-                    fd_index: 0,
-                    kind: IO_FD_TYPE_IOEVENTFD,
-                    flags: 0,
-                    data: 0,
-                }],
-                vec![self.io_fd.as_raw_fd()],
-            )),
-            1 => Ok((vec![], vec![])),
-            _ => Err(Errno::EINVAL),
-        }
-    }
-
-    fn irq_info(&mut self, index: u32) -> Result<IrqInfo, Errno> {
-        if index != 0 {
-            return Err(Errno::EINVAL);
-        }
-        Ok(IrqInfo {
-            argsz: 0,
-            flags: 1 | 2 | 4,
-            index,
-            count: 2,
-        })
-    }
-
-    fn set_irqs(&mut self, req: &SetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
-        if req.index != 0 {
-            return Err(Errno::EINVAL);
-        }
-        if req.count == 0 {
-            self.irq_fds = [None, None];
-            return Ok(());
-        }
-        let r = range(u64::from(req.start), req.count as usize, 2)?;
-        let mut it = fds.into_iter();
-        for i in r {
-            if req.data_type() == Some(IrqDataType::Eventfd) {
-                if let Some(slot) = self.irq_fds.get_mut(i) {
-                    *slot = it.next();
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn region_read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        if region != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let r = range(offset, buf.len(), REG_SIZE)?;
-        buf.copy_from_slice(self.regs.get(r).ok_or(Errno::EINVAL)?);
-        Ok(())
-    }
-
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        if region != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let r = range(offset, data.len(), REG_SIZE)?;
-        self.regs
-            .get_mut(r)
-            .ok_or(Errno::EINVAL)?
-            .copy_from_slice(data);
-        Ok(())
-    }
-
-    fn reset(&mut self) -> Result<(), Errno> {
-        self.regs.iter_mut().for_each(|b| *b = 0);
-        Ok(())
-    }
-
-    fn device_desc(&mut self) -> Result<(DeviceDescription, Vec<u8>), Errno> {
-        Ok((
-            DeviceDescription {
-                kind: DeviceKind::Platform,
-                compatible: vec!["fuzz,dev".into()],
-                clocks: vec![],
-                regions: vec![RegionDesc {
-                    index: 0,
-                    name: "regs".into(),
-                    guest_base: None,
-                }],
-                irqs: vec![IrqDesc {
-                    index: 0,
-                    name: "irq".into(),
-                    trigger: IrqTrigger::LevelHigh,
-                    eoi: EoiDesc {
-                        policy: EoiPolicy::Resample,
-                        clear: None,
-                    },
-                }],
-                dt_node_name: None,
-            },
-            vec![0xd0, 0x0d, 0xfe, 0xed],
-        ))
-    }
-
-    fn irq_stats(&mut self, index: u32, start: u32, count: u32) -> Result<Vec<IrqStats>, Errno> {
-        if index != 0 {
-            return Err(Errno::EINVAL);
-        }
-        range(u64::from(start), count as usize, 2)?;
-        Ok(vec![IrqStats::default(); count as usize])
-    }
-}
-
+/// Sends all of `bytes` (blocking), `fds` attached to the first sendmsg.
 fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> bool {
     let mut off = 0;
     let mut first = true;
     while off < bytes.len() || (first && !fds.is_empty()) {
         let rest = bytes.get(off..).unwrap_or_default();
-        let mut iov = libc::iovec {
-            iov_base: rest.as_ptr() as *mut libc::c_void,
-            iov_len: rest.len(),
-        };
-        let space = if first && !fds.is_empty() {
-            // SAFETY: pure arithmetic.
-            unsafe { libc::CMSG_SPACE((fds.len() * 4) as u32) as usize }
-        } else {
-            0
-        };
-        let mut cbuf = vec![0u64; space.div_ceil(8)];
-        // SAFETY: msghdr is plain data; all-zero is valid.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if space > 0 {
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = space;
-            // SAFETY: the control buffer holds CMSG_SPACE(n * 4) bytes.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as _;
-                let d = libc::CMSG_DATA(c).cast::<RawFd>();
-                for (i, f) in fds.iter().enumerate() {
-                    d.add(i).write_unaligned(*f);
-                }
-            }
-        }
-        // SAFETY: msg points to live iovec and control buffers.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
+        let attach = if first { fds } else { &[] };
+        let Ok(n) = sendmsg_fds(sock.as_fd(), rest, attach, 0) else {
             return false;
-        }
+        };
         first = false;
-        off += n as usize;
+        off += n;
         if rest.is_empty() {
             break;
         }
@@ -337,10 +72,10 @@ pub fn run(data: &[u8]) {
     let Ok((client, server)) = UnixStream::pair() else {
         return;
     };
-    let Some(mut dev) = FuzzDevice::new() else {
+    let Some(mut dev) = device() else {
         return;
     };
-    let (Some(mem), Some(efd)) = (memfd(0x4000), eventfd()) else {
+    let (Ok(mem), Ok(efd)) = (memfd("fuzz", 0x4000), eventfd(true)) else {
         return;
     };
     let Ok(mut conn) = ServerConnection::new(server, LIMITS) else {

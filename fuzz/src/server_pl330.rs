@@ -36,7 +36,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -49,6 +49,8 @@ use vfio_sidecar_protocol::client::{proposal, ClientOptions};
 use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
 use vfio_sidecar_protocol::message::Version;
 use vfio_sidecar_protocol::server::{ConnStatus, ServerConnection};
+use vfio_sidecar_protocol::testing;
+use vfio_sidecar_protocol::transport::recv_with_fds;
 
 /// Guest memory size per memfd.
 pub const MEM_SIZE: u64 = 0x10000;
@@ -124,131 +126,30 @@ pub fn fd_count() -> usize {
 }
 
 fn memfd(name: &str, size: u64) -> File {
-    let c = std::ffi::CString::new(name).unwrap_or_default();
-    // SAFETY: memfd_create reads the NUL-terminated name and returns a new fd.
-    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: fresh fd owned here.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(size).expect("memfd set_len");
-    f
-}
-
-fn new_eventfd() -> OwnedFd {
-    // SAFETY: eventfd(2) returns a new fd owned here.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: fresh fd.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn new_pipe() -> (OwnedFd, OwnedFd) {
-    let mut p = [0i32; 2];
-    // SAFETY: pipe2 writes two fds into the array we own.
-    let rc = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds are fresh and owned here.
-    unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    File::from(testing::memfd(name, size).expect("memfd"))
 }
 
 /// Sends `bytes` with `fds` attached to the first byte (one sendmsg per
 /// chunk); returns how many bytes went out (0 on EAGAIN).
 pub fn send_some(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8).max(1)];
-    // SAFETY: an all-zero msghdr is a valid value; fields are set below.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    if !fds.is_empty() {
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        mh.msg_controllen = space as _;
-        // SAFETY: the control buffer is `space` bytes, enough for one cmsg
-        // header plus `fds`; CMSG_FIRSTHDR/CMSG_DATA point inside it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&mh);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
-        }
+    match testing::sendmsg_fds(sock.as_fd(), bytes, fds, libc::MSG_DONTWAIT) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+        r => r,
     }
-    // SAFETY: mh points to live buffers for the duration of the call.
-    let n = unsafe {
-        libc::sendmsg(
-            sock.as_raw_fd(),
-            &mh,
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == ErrorKind::WouldBlock {
-            return Ok(0);
-        }
-        return Err(e);
-    }
-    Ok(n as usize)
 }
 
 /// Receives what is available; received fds are closed at once. Returns the
-/// bytes (empty on EAGAIN) and whether the peer closed.
+/// bytes (empty on EAGAIN), how many fds came with them and whether the peer
+/// closed.
 pub fn recv_some(sock: &UnixStream) -> (Vec<u8>, usize, bool) {
     let mut buf = vec![0u8; 1 << 16];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = [0u64; 64];
-    // SAFETY: an all-zero msghdr is valid; fields are set below.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    mh.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    // SAFETY: mh points to live buffers for the duration of the call.
-    let n = unsafe {
-        libc::recvmsg(
-            sock.as_raw_fd(),
-            &mut mh,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    let mut nfds = 0;
-    if n > 0 && mh.msg_controllen > 0 {
-        // SAFETY: walking the control messages the kernel wrote into cbuf.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&mh);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c);
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..len / 4 {
-                        let fd = std::ptr::read_unaligned(data.add(i * 4).cast::<i32>());
-                        drop(OwnedFd::from_raw_fd(fd));
-                        nfds += 1;
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&mh, c);
-            }
+    match recv_with_fds(sock.as_fd(), &mut buf, 64) {
+        Ok((0, _, _)) => (Vec::new(), 0, true),
+        Ok((n, fds, _)) => {
+            buf.truncate(n);
+            (buf, fds.len(), false)
         }
-    }
-    match n {
-        0 => (Vec::new(), 0, true),
-        n if n < 0 => {
-            let e = std::io::Error::last_os_error();
-            (Vec::new(), 0, e.kind() != ErrorKind::WouldBlock)
-        }
-        n => {
-            buf.truncate(n as usize);
-            (buf, nfds, false)
-        }
+        Err(e) => (Vec::new(), 0, e.kind() != ErrorKind::WouldBlock),
     }
 }
 
@@ -480,22 +381,18 @@ impl Harness {
                     .try_clone_to_owned()
                     .expect("dup memfd"),
                 2 => {
-                    let e = new_eventfd();
+                    let e = testing::eventfd(true).expect("eventfd");
                     self.eventfds
                         .push(File::from(e.try_clone().expect("dup eventfd")));
                     e
                 }
-                3 => new_pipe().0,
+                3 => testing::pipe().expect("pipe").0,
                 4 => {
                     let (a, _b) = UnixStream::pair().expect("socketpair");
                     OwnedFd::from(a)
                 }
                 6 => {
-                    // SAFETY: eventfd(2) returns a new (blocking) fd owned below.
-                    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-                    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-                    // SAFETY: fresh fd.
-                    let e = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let e = testing::eventfd(false).expect("blocking eventfd");
                     let mut f = File::from(e.try_clone().expect("dup eventfd"));
                     f.write_all(&(u64::MAX - 1).to_ne_bytes())
                         .expect("fill eventfd");

@@ -165,35 +165,8 @@ mod tests {
 
     #[test]
     fn json_spelling() {
-        let d = DeviceDescription {
-            kind: DeviceKind::Amba,
-            compatible: vec!["arm,pl330".into(), "arm,primecell".into()],
-            clocks: vec![ClockDesc {
-                name: "apb_pclk".into(),
-                frequency_hz: 24_000_000,
-            }],
-            regions: vec![RegionDesc {
-                index: 0,
-                name: "regs".into(),
-                guest_base: Some(0x0900_0000),
-            }],
-            irqs: vec![IrqDesc {
-                index: 0,
-                name: "irq0".into(),
-                trigger: IrqTrigger::LevelHigh,
-                eoi: EoiDesc {
-                    policy: EoiPolicy::ClearRegister,
-                    clear: Some(ClearReg {
-                        region: 0,
-                        offset: 0x2c,
-                        width: 4,
-                        mode: ClearMode::W1c,
-                        bit: Some(0),
-                    }),
-                },
-            }],
-            dt_node_name: Some("dma".into()),
-        };
+        let mut d = crate::testing::toy_desc();
+        d.clocks[0].frequency_hz = 24_000_000;
         let j = serde_json::to_string(&d).unwrap();
         for s in [
             "\"kind\":\"amba\"",

@@ -19,6 +19,8 @@ pub mod header;
 pub mod message;
 pub mod peerlog;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 
 pub use caps::{Capabilities, Limits, Negotiated, SidecarCaps};

@@ -49,7 +49,7 @@ fn seeds_exercise_every_command_successfully() {
     let (client, server) = UnixStream::pair().unwrap();
     client.set_nonblocking(true).unwrap();
     let mut conn = vfio_sidecar_protocol::ServerConnection::new(server, harness::LIMITS).unwrap();
-    let mut dev = harness::FuzzDevice::new().unwrap();
+    let mut dev = harness::device().unwrap();
     let caps = vfio_sidecar_protocol::caps::Capabilities {
         write_multiple: true,
         sidecar: Some(vfio_sidecar_protocol::caps::SidecarCaps::client_proposal()),

@@ -38,18 +38,6 @@ fn temp_sock(name: &str) -> PathBuf {
     p
 }
 
-/// Runs `f` in a thread and waits at most `WATCHDOG` for it.
-fn watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no result within {WATCHDOG:?} (peer hung)"),
-    }
-}
-
 #[test]
 fn their_client_against_our_server() {
     let path = temp_sock("ours");
@@ -72,7 +60,7 @@ fn their_client_against_our_server() {
     let irq = eventfd();
     let irq_raw = irq.as_raw_fd();
     let p = path.clone();
-    let result = watchdog("vfio_user::Client", move || {
+    let result = watchdog("vfio_user::Client", WATCHDOG, move || {
         let mut c = vfio_user::Client::new(&p).unwrap();
         // Regions were fetched in new(): region 1 and 2 have sparse areas and
         // an fd (the argsz retry path), region 0 is trapped.
@@ -285,7 +273,7 @@ fn our_client_against_their_server() {
     let p = path.clone();
     let irq = eventfd();
     let irq2 = eventfd();
-    let (irq, irq2) = watchdog("our Client", move || {
+    let (irq, irq2) = watchdog("our Client", WATCHDOG, move || {
         let opts = ClientOptions {
             reply_timeout: Duration::from_secs(5),
             ..ClientOptions::default()

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -222,14 +222,8 @@ pub struct GuestMem {
 impl GuestMem {
     /// A memfd named `name` of `size` bytes.
     pub fn new(name: &str, size: u64) -> Self {
-        let c = std::ffi::CString::new(name).expect("name");
-        // SAFETY: memfd_create reads the NUL-terminated name; returns a new fd.
-        let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh fd owned here.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size).expect("set_len");
-        GuestMem { file }
+        let fd = vfio_sidecar_protocol::testing::memfd(name, size).expect("memfd");
+        GuestMem { file: fd.into() }
     }
 
     /// The fd, for DMA_MAP.
@@ -256,11 +250,7 @@ impl GuestMem {
 
 /// A non-blocking eventfd: (fd to pass, reader).
 pub fn eventfd() -> (OwnedFd, File) {
-    // SAFETY: eventfd(2) returns a new fd owned here.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0);
-    // SAFETY: fresh fd.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = vfio_sidecar_protocol::testing::eventfd(true).expect("eventfd");
     let reader = File::from(owned.try_clone().expect("dup"));
     (owned, reader)
 }

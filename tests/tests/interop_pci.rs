@@ -19,30 +19,20 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_IRQ_SET_DATA_NONE,
 };
+use vfio_sidecar_protocol::testing::watchdog;
 use vfio_sidecar_tests::{drain, eventfd, GuestMem, Sidecar};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 const CONFIG: u32 = 7;
 const BAR0: u32 = 0;
-
-fn watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no result within {WATCHDOG:?} (peer hung or panicked)"),
-    }
-}
 
 fn rd32(c: &mut vfio_user::Client, region: u32, off: u64) -> u32 {
     let mut b = [0u8; 4];
@@ -79,7 +69,7 @@ fn their_client_drives_edu() {
     let (msi, msi_r) = eventfd();
     let (intx_raw, msi_raw) = (intx.as_raw_fd(), msi.as_raw_fd());
     let sock = srv.socket.clone();
-    let (intx_hits, msi_hits) = watchdog("vfio_user::Client", move || {
+    let (intx_hits, msi_hits) = watchdog("vfio_user::Client", WATCHDOG, move || {
         // new(): VERSION, DEVICE_GET_INFO (PCI flag required), region info of
         // every region — an error reply for any index would hang it.
         let mut c = vfio_user::Client::new(&sock).unwrap();

@@ -16,19 +16,10 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_sidecar::probe::{probe, render_text, ProbeArgs, Range, ReadSpec};
+use vfio_sidecar_protocol::testing::{memfd, watchdog};
 use vfio_sidecar_tests::TempDir;
 
 const WATCHDOG: Duration = Duration::from_secs(30);
-
-fn memfd(size: u64) -> OwnedFd {
-    // SAFETY: memfd_create with a static NUL-terminated name returns a new fd.
-    let fd = unsafe { libc::memfd_create(c"probe-bar".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: fd is a fresh descriptor we own.
-    let f = unsafe { OwnedFd::from_raw_fd(fd) };
-    File::from(f.try_clone().unwrap()).set_len(size).unwrap();
-    f
-}
 
 struct Backend {
     config: Vec<u8>,
@@ -92,7 +83,7 @@ fn region(index: u32, flags: u32, size: u64) -> vfio_region_info {
 fn probe_their_pci_server() {
     let dir = TempDir::new("probe-theirs");
     let path = dir.0.join("their.sock");
-    let bar2 = memfd(0x4000).into_raw_fd();
+    let bar2 = memfd("probe-bar", 0x4000).unwrap().into_raw_fd();
     let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     let mut regions = Vec::new();
     for index in 0..8u32 {
@@ -150,17 +141,17 @@ fn probe_their_pci_server() {
         let _ = srv_tx.send(r);
     });
 
-    let (tx, rx) = mpsc::channel();
     let p = path.clone();
-    std::thread::spawn(move || {
-        let mut args = ProbeArgs::new(p);
-        args.read = vec!["BAR0:0x10:8".parse::<ReadSpec>().unwrap()];
-        let _ = tx.send(probe(&args).map_err(|e| e.to_string()));
-    });
-    let report = rx
-        .recv_timeout(WATCHDOG)
-        .expect("probe hung against the vfio_user crate's Server")
-        .unwrap();
+    let report = watchdog(
+        "probe against the vfio_user crate's Server",
+        WATCHDOG,
+        move || {
+            let mut args = ProbeArgs::new(p);
+            args.read = vec!["BAR0:0x10:8".parse::<ReadSpec>().unwrap()];
+            probe(&args).map_err(|e| e.to_string())
+        },
+    )
+    .unwrap();
 
     assert_eq!(report.version, "0.0", "their server answers minor 0");
     assert!(report.capabilities.sidecar.is_none());

@@ -4,7 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use std::time::Duration;
 use vfio_sidecar_protocol::client::{proposal, ClientOptions};
 use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
 use vfio_sidecar_protocol::message::Version;
+use vfio_sidecar_protocol::testing;
+use vfio_sidecar_protocol::transport::{recv_with_fds, wait_fd};
 
 /// A reply as received.
 #[derive(Debug)]
@@ -43,77 +46,26 @@ pub struct Raw {
     next_id: u16,
 }
 
-/// Sends `bytes` in one sendmsg with `fds` attached (blocking).
+/// Sends `bytes` in one sendmsg with `fds` attached (blocking unless the
+/// socket is non-blocking).
 pub fn sendmsg(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8).max(1)];
-    // SAFETY: an all-zero msghdr is valid; fields are set below.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    if !fds.is_empty() {
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        mh.msg_controllen = space as _;
-        // SAFETY: the control buffer holds one cmsg with `fds`.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&mh);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), fd_bytes);
-        }
-    }
-    // SAFETY: mh points to live buffers for the duration of the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    testing::sendmsg_fds(sock.as_fd(), bytes, fds, 0)
 }
 
-/// recvmsg into `buf` (blocking with the socket's read timeout); fds owned.
+/// recvmsg into `buf`, waiting up to the socket's read timeout (then
+/// `TimedOut`); received fds owned.
 fn recvmsg(sock: &UnixStream, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = [0u64; 64];
-    // SAFETY: an all-zero msghdr is valid; fields are set below.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    mh.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    // SAFETY: mh points to live buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut mh, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut fds = Vec::new();
-    if mh.msg_controllen > 0 {
-        // SAFETY: walking the control messages the kernel wrote into cbuf.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&mh);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c);
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..len / 4 {
-                        let fd = std::ptr::read_unaligned(data.add(i * 4).cast::<i32>());
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
+    loop {
+        match recv_with_fds(sock.as_fd(), buf, 64) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if !wait_fd(sock.as_fd(), libc::POLLIN, sock.read_timeout()?)? {
+                    return Err(ErrorKind::TimedOut.into());
                 }
-                c = libc::CMSG_NXTHDR(&mh, c);
             }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            r => return r.map(|(n, fds, _)| (n, fds)),
         }
     }
-    Ok((n as usize, fds))
 }
 
 impl Raw {
@@ -342,11 +294,7 @@ pub fn argsz_index(argsz: u32, index: u32, len: usize) -> Vec<u8> {
 
 /// A pipe: (read end, write end).
 pub fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut p = [0i32; 2];
-    // SAFETY: pipe2 writes two new fds into the array.
-    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both fds are fresh and owned here.
-    unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
+    testing::pipe().unwrap()
 }
 
 /// /dev/null opened read-write.
