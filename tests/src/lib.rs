@@ -1,7 +1,10 @@
 //! Helpers for cross-process tests: start the `vfio-sidecar` binary on a socket
 //! in a temporary directory (killed on drop), guest memory in a memfd, eventfds,
-//! counting a process's open fds.
+//! counting a process's open fds, bounded waits, running a command that must
+//! succeed; [`pl330`]: the PL330 model's registers over any client.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod pl330;
 
 use std::fs::File;
 use std::io::Read;
@@ -11,7 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vfio_sidecar_protocol::client::{Client, ClientOptions};
+use vfio_sidecar_protocol::client::{Client, ClientOptions, DmaProt, IrqData};
+use vfio_sidecar_protocol::error::ClientError;
+use vfio_sidecar_protocol::message::IrqAction;
+
+/// DMA_MAP protection: read + write.
+pub const RW: DmaProt = DmaProt {
+    read: true,
+    write: true,
+    exec: false,
+};
+
+/// DMA_MAP protection: read + write + exec (the extension's EXEC bit).
+pub const RWX: DmaProt = DmaProt {
+    read: true,
+    write: true,
+    exec: true,
+};
 
 /// Path of a workspace binary, next to the test executable's `deps/` dir.
 ///
@@ -263,4 +282,43 @@ pub fn drain(f: &File) -> u64 {
         Ok(8) => u64::from_ne_bytes(b),
         _ => 0,
     }
+}
+
+/// The usual bound of a [`wait_until`].
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `cond` every 5 ms until it holds; panics naming `what` after
+/// `timeout`. (A watchdog, never a timing assertion.)
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SET_IRQS: `fd` as the `action` (trigger or unmask/resample) eventfd of
+/// vector 0 of IRQ `index`.
+pub fn set_eventfd(
+    c: &mut Client,
+    index: u32,
+    action: IrqAction,
+    fd: BorrowedFd<'_>,
+) -> Result<(), ClientError> {
+    c.set_irqs(index, action, IrqData::Eventfds(&[Some(fd)]), 0, 1)
+}
+
+/// Runs `cmd` to completion; panics (with its stderr) unless it succeeded.
+/// Returns its output.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

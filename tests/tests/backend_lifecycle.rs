@@ -5,28 +5,15 @@
 
 use std::os::fd::AsFd;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vfio_sidecar_protocol::client::{Client, ClientOptions, DmaProt, IrqData};
+use vfio_sidecar_protocol::client::{Client, ClientOptions};
 use vfio_sidecar_protocol::error::ClientError;
 use vfio_sidecar_protocol::message::IrqAction;
 use vfio_sidecar_tests::{
-    drain, eventfd, fd_count, maps_matching, workspace_bin, GuestMem, Sidecar, TempDir,
+    drain, eventfd, fd_count, maps_matching, set_eventfd, wait_until, workspace_bin, GuestMem,
+    Sidecar, TempDir, RW, WAIT,
 };
-
-const RW: DmaProt = DmaProt {
-    read: true,
-    write: true,
-    exec: false,
-};
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn use_client(srv: &Sidecar, mems: &[GuestMem]) -> Client {
     let mut c = srv.connect(true);
@@ -36,22 +23,8 @@ fn use_client(srv: &Sidecar, mems: &[GuestMem]) -> Client {
     }
     let (t, _r) = eventfd();
     let (u, _w) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(t.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
-    c.set_irqs(
-        0,
-        IrqAction::Unmask,
-        IrqData::Eventfds(&[Some(u.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Unmask, u.as_fd()).unwrap();
     c
 }
 
@@ -66,12 +39,12 @@ fn disconnect_releases_maps_and_fds_and_next_client_works() {
     // A client that disconnects cleanly.
     let c = use_client(&srv, &mems);
     // Client socket + 2 eventfds (DMA fds are closed right after mmap).
-    wait_until("fds held", || fd_count(pid) >= base_fds + 3);
+    wait_until("fds held", WAIT, || fd_count(pid) >= base_fds + 3);
     assert_eq!(maps_matching(pid, "memfd:guestmem"), 3);
     drop(c);
     srv.wait_log("client disconnected");
-    wait_until("fds released", || fd_count(pid) == base_fds);
-    wait_until("maps released", || {
+    wait_until("fds released", WAIT, || fd_count(pid) == base_fds);
+    wait_until("maps released", WAIT, || {
         maps_matching(pid, "memfd:guestmem") == 0
     });
 
@@ -84,8 +57,8 @@ fn disconnect_releases_maps_and_fds_and_next_client_works() {
     assert!(c.dma_unmap(0x10_0000, 0x4000).is_err(), "exact unmap only");
     c.send_raw(&[1, 0, 0, 0, 0x20]).unwrap();
     drop(c);
-    wait_until("fds released again", || fd_count(pid) == base_fds);
-    wait_until("maps released again", || {
+    wait_until("fds released again", WAIT, || fd_count(pid) == base_fds);
+    wait_until("maps released again", WAIT, || {
         maps_matching(pid, "memfd:guestmem") == 0
     });
     // The next client can reuse the same IOVAs (nothing left behind).
@@ -194,7 +167,7 @@ fn socket_path_errors_are_actionable() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("stale socket reused", || {
+    wait_until("stale socket reused", WAIT, || {
         Client::connect(&path, ClientOptions::default()).is_ok()
     });
     child.kill().unwrap();
@@ -249,14 +222,7 @@ fn scratch_sparse_mmap_and_dma() {
     c.dma_map(0x8000_0000, 0x2000, mem.fd(), 0, RW).unwrap();
     mem.write(0x100, &[0xab; 64]);
     let (t, r) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(t.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
     for (off, v) in [
         (0x20u64, 0x8000_0100u32),
         (0x24, 0),

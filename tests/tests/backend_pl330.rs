@@ -3,22 +3,18 @@
 //! enforcement, interrupts with clear-register vs first-access EOI).
 #![allow(clippy::unwrap_used)]
 
+use std::os::fd::AsFd;
+use std::time::Duration;
+
 use vfio_sidecar::model::pl330::asm::{
-    dbginst, linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
+    linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
 };
 use vfio_sidecar::model::pl330::insn::Insn;
-use vfio_sidecar_protocol::client::{Client, DmaProt, IrqData};
+use vfio_sidecar::model::pl330::regs::{FSRC, FSRD, INTCLR, INTEN, INT_EVENT_RIS};
+use vfio_sidecar_protocol::client::{Client, DmaProt};
 use vfio_sidecar_protocol::message::IrqAction;
-use vfio_sidecar_tests::{drain, eventfd, GuestMem, Sidecar};
-
-const INTEN: u64 = 0x20;
-const INT_EVENT_RIS: u64 = 0x24;
-const INTCLR: u64 = 0x2c;
-const FSRD: u64 = 0x30;
-const FSRC: u64 = 0x34;
-const DBGCMD: u64 = 0xd04;
-const DBGINST0: u64 = 0xd08;
-const DBGINST1: u64 = 0xd0c;
+use vfio_sidecar_tests::pl330::Regs;
+use vfio_sidecar_tests::{drain, eventfd, set_eventfd, wait_until, GuestMem, Sidecar};
 
 const IOVA: u64 = 0x4000_0000;
 const MEM: u64 = 0x10000;
@@ -26,15 +22,6 @@ const CODE: u64 = 0x0;
 const SRC: u64 = 0x1000;
 const DST: u64 = 0x4000;
 const LEN: u32 = 0x1234;
-
-fn rd(c: &mut Client, off: u64) -> u32 {
-    let v = c.region_read(0, off, 4).unwrap();
-    u32::from_le_bytes(v.try_into().unwrap())
-}
-
-fn wr(c: &mut Client, off: u64, v: u32) {
-    c.region_write(0, off, &v.to_le_bytes()).unwrap();
-}
 
 /// Writes a Linux-shaped mem-to-mem program and the source pattern into guest
 /// memory; returns the pattern.
@@ -62,33 +49,23 @@ fn prepare(mem: &GuestMem, event: u8) -> Vec<u8> {
 }
 
 /// `_start` + `_execute_DBGINSN(DMAGO)` as Linux does it.
-fn dmago(c: &mut Client, event: u8) {
-    let inten = rd(c, INTEN);
-    wr(c, INTEN, inten | (1 << event));
-    let (d0, d1) = dbginst(
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: (IOVA + CODE) as u32,
-        },
-        None,
-    );
-    wr(c, DBGINST0, d0);
-    wr(c, DBGINST1, d1);
-    wr(c, DBGCMD, 0);
+fn linux_dmago(c: &mut Client, event: u8) {
+    let inten = c.read32(INTEN);
+    c.write32(INTEN, inten | (1 << event));
+    c.dmago((IOVA + CODE) as u32);
 }
 
 /// `pl330_update`: FSRD, FSRC, ES, INTEN reads, then INTCLR per event.
 fn linux_isr(c: &mut Client) -> u32 {
-    let _fsm = rd(c, FSRD) & 1;
-    let _fsc = rd(c, FSRC);
-    let es = rd(c, INT_EVENT_RIS);
+    let _fsm = c.read32(FSRD) & 1;
+    let _fsc = c.read32(FSRC);
+    let es = c.read32(INT_EVENT_RIS);
     let mut handled = 0;
     for ev in 0..8 {
         if es & (1 << ev) != 0 {
-            let inten = rd(c, INTEN);
+            let inten = c.read32(INTEN);
             if inten & (1 << ev) != 0 {
-                wr(c, INTCLR, 1 << ev);
+                c.write32(INTCLR, 1 << ev);
                 handled |= 1 << ev;
             }
         }
@@ -121,10 +98,10 @@ fn plain_client_dma_copy_runs_microcode_from_read_mapping() {
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, false);
     let pattern = prepare(&mem, 0);
-    dmago(&mut c, 0);
+    linux_dmago(&mut c, 0);
     assert_eq!(mem.read(DST, LEN as usize), pattern, "DMA copy");
-    assert_eq!(rd(&mut c, FSRC), 0);
-    assert_eq!(rd(&mut c, INT_EVENT_RIS) & 1, 1, "DMASEV 0 raised event 0");
+    assert_eq!(c.read32(FSRC), 0);
+    assert_eq!(c.read32(INT_EVENT_RIS) & 1, 1, "DMASEV 0 raised event 0");
 }
 
 #[test]
@@ -136,8 +113,8 @@ fn extension_mapping_without_exec_faults() {
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, false);
     prepare(&mem, 0);
-    dmago(&mut c, 0);
-    assert_eq!(rd(&mut c, FSRD) & 1, 1, "manager fault (dmago gate)");
+    linux_dmago(&mut c, 0);
+    assert_eq!(c.read32(FSRD) & 1, 1, "manager fault (dmago gate)");
     assert!(
         mem.read(DST, LEN as usize).iter().all(|b| *b == 0),
         "no copy"
@@ -151,8 +128,8 @@ fn extension_mapping_without_exec_faults() {
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, false);
     prepare(&mem, 0);
-    dmago(&mut c, 0);
-    assert_eq!(rd(&mut c, FSRC) & 1, 1, "channel 0 faulting");
+    linux_dmago(&mut c, 0);
+    assert_eq!(c.read32(FSRC) & 1, 1, "channel 0 faulting");
     assert!(
         mem.read(DST, LEN as usize).iter().all(|b| *b == 0),
         "no copy"
@@ -164,12 +141,9 @@ fn extension_mapping_without_exec_faults() {
     map(&mut c, &mem2, true);
     let pattern = prepare(&mem2, 1);
     // Kill the faulting channel first (DMAKILL on channel 0, as Linux does).
-    let (d0, d1) = dbginst(Insn::Kill, Some(0));
-    wr(&mut c, DBGINST0, d0);
-    wr(&mut c, DBGINST1, d1);
-    wr(&mut c, DBGCMD, 0);
-    assert_eq!(rd(&mut c, FSRC), 0);
-    dmago(&mut c, 1);
+    c.debug_insn(Insn::Kill, Some(0));
+    assert_eq!(c.read32(FSRC), 0);
+    linux_dmago(&mut c, 1);
     assert_eq!(mem2.read(DST, LEN as usize), pattern);
 }
 
@@ -180,16 +154,11 @@ fn irq_rounds(eoi: &str, rounds: u32) -> (vfio_sidecar_protocol::ext::IrqStats, 
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, true);
     let (fd, reader) = eventfd();
-    {
-        use std::os::fd::AsFd;
-        let fds = [Some(fd.as_fd())];
-        c.set_irqs(0, IrqAction::Trigger, IrqData::Eventfds(&fds), 0, 1)
-            .unwrap();
-    }
+    set_eventfd(&mut c, 0, IrqAction::Trigger, fd.as_fd()).unwrap();
     let mut signalled = 0;
     for _ in 0..rounds {
         let pattern = prepare(&mem, 0);
-        dmago(&mut c, 0);
+        linux_dmago(&mut c, 0);
         assert_eq!(mem.read(DST, LEN as usize), pattern);
         // The guest sees the interrupt, then runs the ISR.
         let n = drain(&reader);
@@ -252,32 +221,17 @@ fn device_description_for_pl330() {
 #[test]
 fn resample_eventfd_unmasks() {
     use std::io::Write;
-    use std::os::fd::AsFd;
     let srv = Sidecar::start("model:pl330", &["--eoi", "resample"]);
     let mut c = srv.connect(true);
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, true);
     let (t, treader) = eventfd();
     let (u, uwriter) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(t.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
-    c.set_irqs(
-        0,
-        IrqAction::Unmask,
-        IrqData::Eventfds(&[Some(u.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Unmask, u.as_fd()).unwrap();
     for round in 1..=2u64 {
         prepare(&mem, 0);
-        dmago(&mut c, 0);
+        linux_dmago(&mut c, 0);
         assert_eq!(drain(&treader), 1, "round {round}: interrupt");
         // ISR clears the event; the INTCLR write is NOT an EOI under resample.
         assert_eq!(linux_isr(&mut c), 1);
@@ -289,19 +243,11 @@ fn resample_eventfd_unmasks() {
         );
         // The VMM's resample eventfd (guest EOI at the GIC) unmasks.
         (&uwriter).write_all(&1u64.to_ne_bytes()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let st = c.irq_stats(0, 0, 1).unwrap()[0];
-            if st.unmasks == round {
-                assert_eq!(st.host_interrupts, round);
-                assert_eq!(st.refires, 0);
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "unmask never happened"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("the unmask", Duration::from_secs(10), || {
+            c.irq_stats(0, 0, 1).unwrap()[0].unmasks == round
+        });
+        let st = c.irq_stats(0, 0, 1).unwrap()[0];
+        assert_eq!(st.host_interrupts, round);
+        assert_eq!(st.refires, 0);
     }
 }

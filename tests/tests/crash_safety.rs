@@ -17,37 +17,21 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vfio_sidecar::model::pl330::asm::{dbginst, Asm};
-use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
-use vfio_sidecar_protocol::client::{Client, ClientOptions, DmaProt, IrqData};
+use vfio_sidecar::model::pl330::asm::Asm;
+use vfio_sidecar::model::pl330::insn::{Cond, LoopCounter, MovReg};
+use vfio_sidecar::model::pl330::regs::{FSRC, INTCLR, INTEN};
+use vfio_sidecar_protocol::client::{Client, ClientOptions};
 use vfio_sidecar_protocol::error::ClientError;
 use vfio_sidecar_protocol::message::IrqAction;
-use vfio_sidecar_tests::{drain, eventfd, fd_count, maps_matching, GuestMem, Sidecar};
-
-const INTEN: u64 = 0x20;
-const INTCLR: u64 = 0x2c;
-const FSRC: u64 = 0x34;
-const DBGCMD: u64 = 0xd04;
-const DBGINST0: u64 = 0xd08;
-const DBGINST1: u64 = 0xd0c;
-const IOVA: u64 = 0x4000_0000;
-const MEM: u64 = 0x10000;
-const RWX: DmaProt = DmaProt {
-    read: true,
-    write: true,
-    exec: true,
+use vfio_sidecar_tests::pl330::{Regs, CCR_COPY};
+use vfio_sidecar_tests::{
+    drain, eventfd, fd_count, maps_matching, set_eventfd, wait_until, GuestMem, Sidecar, RWX, WAIT,
 };
 
-fn wr(c: &mut Client, off: u64, v: u32) -> Result<(), ClientError> {
-    c.region_write(0, off, &v.to_le_bytes())
-}
-
-fn rd(c: &mut Client, off: u64) -> Result<u32, ClientError> {
-    let v = c.region_read(0, off, 4)?;
-    Ok(u32::from_le_bytes(v.try_into().unwrap()))
-}
+const IOVA: u64 = 0x4000_0000;
+const MEM: u64 = 0x10000;
 
 /// Writes a program copying `len` bytes (multiple of 128) from IOVA+0x1000 to
 /// IOVA+0x8000 then raising event 0.
@@ -55,40 +39,15 @@ fn program(mem: &GuestMem, len: u32) {
     let mut a = Asm::new();
     a.mov(MovReg::Sar, IOVA as u32 + 0x1000)
         .mov(MovReg::Dar, IOVA as u32 + 0x8000)
-        .mov(
-            MovReg::Ccr,
-            1 | (3 << 1) | (15 << 4) | (1 << 14) | (3 << 15) | (15 << 18),
-        );
+        .mov(MovReg::Ccr, CCR_COPY);
     let start = a.offset();
-    a.lp(
-        vfio_sidecar::model::pl330::insn::LoopCounter::Lc0,
-        len / 128,
-    )
-    .unwrap();
+    a.lp(LoopCounter::Lc0, len / 128).unwrap();
     let body = a.offset();
     a.ld(Cond::Always).st(Cond::Always);
-    a.lpend(
-        vfio_sidecar::model::pl330::insn::LoopCounter::Lc0,
-        Cond::Always,
-        body,
-    );
+    a.lpend(LoopCounter::Lc0, Cond::Always, body);
     let _ = start;
     a.sev(0).end();
     mem.write(0, a.bytes());
-}
-
-fn go(c: &mut Client) -> Result<(), ClientError> {
-    let (d0, d1) = dbginst(
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: IOVA as u32,
-        },
-        None,
-    );
-    wr(c, DBGINST0, d0)?;
-    wr(c, DBGINST1, d1)?;
-    wr(c, DBGCMD, 0)
 }
 
 /// The client process: sets everything up, reports "ready", then transfers
@@ -105,38 +64,24 @@ fn child_client() {
     c.dma_map(IOVA + MEM, MEM, m2.fd(), 0, RWX).unwrap();
     let (t, tr) = eventfd();
     let (u, _uw) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(t.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
-    c.set_irqs(
-        1,
-        IrqAction::Unmask,
-        IrqData::Eventfds(&[Some(u.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
-    wr(&mut c, INTEN, 1).unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
+    set_eventfd(&mut c, 1, IrqAction::Unmask, u.as_fd()).unwrap();
+    c.write32(INTEN, 1);
     program(&m1, 0x1000);
     // The device works for this client (i.e. after the previous one was
     // killed): one checked DMA copy and its interrupt before "ready".
     let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 31 + 7) as u8).collect();
     m1.write(0x1000, &pattern);
-    go(&mut c).unwrap();
+    c.dmago(IOVA as u32);
     assert_eq!(m1.read(0x8000, 0x1000), pattern, "DMA copy");
     assert_eq!(drain(&tr), 1, "interrupt");
-    wr(&mut c, INTCLR, 1).unwrap();
+    c.write32(INTCLR, 1);
     println!("ready");
     loop {
-        go(&mut c).unwrap();
+        c.dmago(IOVA as u32);
         let _ = drain(&tr);
-        wr(&mut c, INTCLR, 1).unwrap();
-        let _ = rd(&mut c, FSRC).unwrap();
+        c.write32(INTCLR, 1);
+        let _ = c.read32(FSRC);
     }
 }
 
@@ -147,14 +92,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -210,8 +147,10 @@ fn client_sigkill_100_times_leaves_nothing_behind() {
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let st = child.wait().unwrap();
         assert!(!st.success(), "iteration {i}: child was not killed");
-        wait_until("backend back to idle fds", || fd_count(pid) == idle_fds);
-        wait_until("memfd maps released", || {
+        wait_until("backend back to idle fds", WAIT, || {
+            fd_count(pid) == idle_fds
+        });
+        wait_until("memfd maps released", WAIT, || {
             maps_matching(pid, "memfd:crashmem") == 0
         });
     }
@@ -222,19 +161,12 @@ fn client_sigkill_100_times_leaves_nothing_behind() {
     let mem = GuestMem::new("after", MEM);
     c.dma_map(IOVA, MEM, mem.fd(), 0, RWX).unwrap();
     let (t, tr) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(t.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
-    wr(&mut c, INTEN, 1).unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
+    c.write32(INTEN, 1);
     program(&mem, 0x1000);
     let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 13 + 5) as u8).collect();
     mem.write(0x1000, &pattern);
-    go(&mut c).unwrap();
+    c.dmago(IOVA as u32);
     assert_eq!(
         mem.read(0x8000, 0x1000),
         pattern,
@@ -263,7 +195,7 @@ fn backend_sigkill_mid_transfer_gives_disconnected_not_a_hang() {
             let mut n = 0u64;
             let err = loop {
                 let r = if n % 2 == 0 {
-                    go(&mut c)
+                    c.try_dmago(IOVA as u32)
                 } else {
                     c.region_read(0, FSRC, 4).map(|_| ())
                 };

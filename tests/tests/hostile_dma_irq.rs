@@ -11,26 +11,22 @@ mod hostile_util;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostile_util::*;
 use vfio_sidecar::model::pl330::asm::{dbginst, Asm};
 use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
+use vfio_sidecar::model::pl330::regs::{DBGCMD, DBGINST0, DBGINST1, FSRC, FSRD, INTCLR, INTEN};
 use vfio_sidecar_protocol::header::command as cmd;
-use vfio_sidecar_tests::{drain, eventfd, fd_count, maps_matching, GuestMem, Sidecar};
+use vfio_sidecar_tests::pl330::CCR_COPY;
+use vfio_sidecar_tests::{
+    drain, eventfd, fd_count, maps_matching, wait_until, GuestMem, Sidecar, WAIT,
+};
 
 const EINVAL: i32 = libc::EINVAL;
 const R: u32 = 1;
 const W: u32 = 2;
 const X: u32 = 1 << 16;
-
-const INTEN: u64 = 0x20;
-const INTCLR: u64 = 0x2c;
-const FSRD: u64 = 0x30;
-const FSRC: u64 = 0x34;
-const DBGCMD: u64 = 0xd04;
-const DBGINST0: u64 = 0xd08;
-const DBGINST1: u64 = 0xd0c;
 
 const IOVA: u64 = 0x4000_0000;
 const MEM: u64 = 0x10000;
@@ -42,60 +38,15 @@ const ACT_MASK: u32 = 8;
 const ACT_UNMASK: u32 = 16;
 const ACT_TRIGGER: u32 = 32;
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wr(r: &mut Raw, off: u64, v: u32) {
-    r.expect(
-        "reg write",
-        cmd::REGION_WRITE,
-        &region(off, 0, 4, &v.to_le_bytes()),
-        &[],
-        0,
-    );
-}
-
-fn rd(r: &mut Raw, off: u64) -> u32 {
-    let rep = r.expect(
-        "reg read",
-        cmd::REGION_READ,
-        &region(off, 0, 4, &[]),
-        &[],
-        0,
-    );
-    u32::from_le_bytes(rep.payload[16..20].try_into().unwrap())
-}
-
-fn go(r: &mut Raw, addr: u32) {
-    let (d0, d1) = dbginst(
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr,
-        },
-        None,
-    );
-    wr(r, DBGINST0, d0);
-    wr(r, DBGINST1, d1);
-    wr(r, DBGCMD, 0);
-}
-
 /// Copies 256 bytes inside `mem` (mapped at IOVA) with a PL330 program run
 /// from the mapping; asserts the copy happened and nothing faulted.
 fn dma_copy_works(r: &mut Raw, mem: &GuestMem, seed: u8) {
     let src = IOVA as u32 + 0x1000;
     let dst = IOVA as u32 + 0x2000;
     let mut a = Asm::new();
-    a.mov(MovReg::Sar, src).mov(MovReg::Dar, dst).mov(
-        MovReg::Ccr,
-        // 8-byte beats, 16-beat bursts, both addresses incrementing.
-        1 | (3 << 1) | (15 << 4) | (1 << 14) | (3 << 15) | (15 << 18),
-    );
+    a.mov(MovReg::Sar, src)
+        .mov(MovReg::Dar, dst)
+        .mov(MovReg::Ccr, CCR_COPY);
     // 2 × 128 bytes.
     a.ld(Cond::Always)
         .st(Cond::Always)
@@ -108,9 +59,9 @@ fn dma_copy_works(r: &mut Raw, mem: &GuestMem, seed: u8) {
         .collect();
     mem.write(0x1000, &pattern);
     mem.write(0x2000, &[0u8; 256]);
-    go(r, IOVA as u32);
-    assert_eq!(rd(r, FSRD), 0, "manager fault");
-    assert_eq!(rd(r, FSRC), 0, "channel fault");
+    r.dmago(IOVA as u32);
+    assert_eq!(r.read32(FSRD), 0, "manager fault");
+    assert_eq!(r.read32(FSRC), 0, "channel fault");
     assert_eq!(mem.read(0x2000, 256), pattern, "DMA copy");
 }
 
@@ -311,7 +262,7 @@ fn dma_map_malformations_leave_the_table_unchanged() {
     // the good mapping still works.
     assert_eq!(maps_matching(pid, "memfd:dmaevil"), 0);
     assert_eq!(maps_matching(pid, "memfd:dmagood"), 1);
-    wait_until("fds back to baseline", || fd_count(pid) == base_fds);
+    wait_until("fds back to baseline", WAIT, || fd_count(pid) == base_fds);
     dma_copy_works(&mut r, &good, 2);
 
     // A map that exactly abuts the good one is fine, and so is its unmap.
@@ -333,7 +284,9 @@ fn dma_map_malformations_leave_the_table_unchanged() {
     assert_eq!(maps_matching(pid, "memfd:dmaevil"), 0);
     drop(r);
     srv.wait_log("client disconnected");
-    wait_until("maps released", || maps_matching(pid, "memfd:dmagood") == 0);
+    wait_until("maps released", WAIT, || {
+        maps_matching(pid, "memfd:dmagood") == 0
+    });
 }
 
 #[test]
@@ -562,19 +515,19 @@ fn set_irqs_every_invalid_combination_is_einval_and_the_eventfd_stays() {
 
     // Every rejected fd was closed; the original trigger eventfd still gets
     // exactly one interrupt for one DMASEV, and the clear register EOIs it.
-    wait_until("fds back to baseline", || fd_count(pid) == base_fds);
+    wait_until("fds back to baseline", WAIT, || fd_count(pid) == base_fds);
     for e in &evs {
         assert_eq!(drain(&e.1), 0, "a rejected eventfd was signalled");
     }
     let mut a = Asm::new();
     a.sev(0).end();
     mem.write(0, a.bytes());
-    wr(&mut r, INTEN, 1);
-    go(&mut r, IOVA as u32);
+    r.write32(INTEN, 1);
+    r.dmago(IOVA as u32);
     assert_eq!(drain(&trig_reader), 1, "interrupt on the original eventfd");
-    wr(&mut r, INTCLR, 1);
+    r.write32(INTCLR, 1);
     mem.write(0, a.bytes());
-    go(&mut r, IOVA as u32);
+    r.dmago(IOVA as u32);
     assert_eq!(drain(&trig_reader), 1, "second interrupt after EOI");
     drop(trig);
 }
@@ -633,11 +586,7 @@ fn blocking_eventfd_at_the_limit_does_not_freeze_the_backend() {
     use std::io::Write;
     let srv = Sidecar::start("model:pl330", &[]);
     let mut r = Raw::negotiated(&srv.socket, true);
-    // SAFETY: eventfd(2) returns a new fd; owned below.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd, owned here.
-    let ev = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let ev = vfio_sidecar_protocol::testing::eventfd(false).unwrap();
     let mut evf = File::from(ev.try_clone().unwrap());
     evf.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();
     r.expect(
@@ -648,10 +597,10 @@ fn blocking_eventfd_at_the_limit_does_not_freeze_the_backend() {
         0,
     );
     // Raise IRQ 0: DMASEV 0 through the debug interface.
-    wr(&mut r, INTEN, 1);
+    r.write32(INTEN, 1);
     let (d0, d1) = dbginst(Insn::Sev { event: 0 }, None);
-    wr(&mut r, DBGINST0, d0);
-    wr(&mut r, DBGINST1, d1);
+    r.write32(DBGINST0, d0);
+    r.write32(DBGINST1, d1);
     // The reply to the DBGCMD write (and to the next request) must come.
     r.sock
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -12,45 +12,13 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use hostile_util::*;
-use vfio_sidecar::model::pl330::asm::{dbginst, Asm};
+use vfio_sidecar::model::pl330::asm::Asm;
 use vfio_sidecar::model::pl330::insn::Insn;
+use vfio_sidecar::model::pl330::regs::CSR0;
 use vfio_sidecar_protocol::header::command as cmd;
-use vfio_sidecar_tests::{fd_count, GuestMem, Sidecar};
+use vfio_sidecar_tests::{fd_count, wait_until, GuestMem, Sidecar};
 
-const DBGCMD: u64 = 0xd04;
-const DBGINST0: u64 = 0xd08;
-const DBGINST1: u64 = 0xd0c;
-const CSR0: u64 = 0x100;
 const IOVA: u64 = 0x4000_0000;
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn wr(r: &mut Raw, off: u64, v: u32) {
-    r.expect(
-        "reg write",
-        cmd::REGION_WRITE,
-        &region(off, 0, 4, &v.to_le_bytes()),
-        &[],
-        0,
-    );
-}
-
-fn rd(r: &mut Raw, off: u64) -> u32 {
-    let rep = r.expect(
-        "reg read",
-        cmd::REGION_READ,
-        &region(off, 0, 4, &[]),
-        &[],
-        0,
-    );
-    u32::from_le_bytes(rep.payload[16..20].try_into().unwrap())
-}
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -93,7 +61,9 @@ fn client_that_never_reads_replies_is_dropped_and_the_backend_recovers() {
     println!("sent {sent} bytes of requests before the server dropped the client");
     srv.wait_log("client disconnected");
     drop(r);
-    wait_until("fds back to idle", 10, || fd_count(pid) == idle);
+    wait_until("fds back to idle", Duration::from_secs(10), || {
+        fd_count(pid) == idle
+    });
     let mut r2 = Raw::negotiated(&srv.socket, true);
     r2.still_works();
 }
@@ -119,9 +89,13 @@ fn connection_flood_is_bounded_and_the_client_keeps_working() {
     }
     r.still_works();
     // At most one refused connection is kept (to answer its VERSION).
-    wait_until("flood not held", 10, || fd_count(pid) <= with_client + 1);
+    wait_until("flood not held", Duration::from_secs(10), || {
+        fd_count(pid) <= with_client + 1
+    });
     drop(extra);
-    wait_until("flood released", 10, || fd_count(pid) == with_client);
+    wait_until("flood released", Duration::from_secs(10), || {
+        fd_count(pid) == with_client
+    });
     r.still_works();
 }
 
@@ -184,24 +158,14 @@ fn runaway_microcode_does_not_starve_the_client_and_dmakill_stops_it() {
     let top = a.offset();
     a.nop().lpfe(top);
     mem.write(0, a.bytes());
-    let (d0, d1) = dbginst(
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: IOVA as u32,
-        },
-        None,
-    );
-    wr(&mut r, DBGINST0, d0);
-    wr(&mut r, DBGINST1, d1);
     r.sock
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    wr(&mut r, DBGCMD, 0);
+    r.dmago(IOVA as u32);
     // The channel keeps executing; the client is still served.
     let t = Instant::now();
     for _ in 0..3 {
-        let csr = rd(&mut r, CSR0);
+        let csr = r.read32(CSR0);
         assert_eq!(csr & 0xf, 1, "channel 0 executing (CSR {csr:#x})");
     }
     println!(
@@ -209,11 +173,8 @@ fn runaway_microcode_does_not_starve_the_client_and_dmakill_stops_it() {
         t.elapsed().as_secs_f64()
     );
     // DMAKILL channel 0.
-    let (k0, k1) = dbginst(Insn::Kill, Some(0));
-    wr(&mut r, DBGINST0, k0);
-    wr(&mut r, DBGINST1, k1);
-    wr(&mut r, DBGCMD, 0);
-    assert_eq!(rd(&mut r, CSR0) & 0xf, 0, "channel 0 stopped");
+    r.debug_insn(Insn::Kill, Some(0));
+    assert_eq!(r.read32(CSR0) & 0xf, 0, "channel 0 stopped");
     // Once idle, the backend stops spinning (less than 0.2 s of CPU in 1 s).
     std::thread::sleep(Duration::from_millis(200));
     let c0 = cpu_ticks(pid);

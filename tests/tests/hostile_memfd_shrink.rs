@@ -9,43 +9,13 @@ mod hostile_util;
 use std::os::fd::AsRawFd;
 
 use hostile_util::*;
-use vfio_sidecar::model::pl330::asm::{dbginst, Asm};
+use vfio_sidecar::model::pl330::asm::Asm;
 use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
+use vfio_sidecar::model::pl330::regs::{FSRC, FSRD};
 use vfio_sidecar_protocol::header::command as cmd;
 use vfio_sidecar_tests::{GuestMem, Sidecar};
 
-const FSRD: u64 = 0x30;
-const FSRC: u64 = 0x34;
 const IOVA: u32 = 0x4000_0000;
-
-fn wr(r: &mut Raw, off: u64, v: u32) {
-    r.expect(
-        "write",
-        cmd::REGION_WRITE,
-        &region(off, 0, 4, &v.to_le_bytes()),
-        &[],
-        0,
-    );
-}
-
-fn rd(r: &mut Raw, off: u64) -> u32 {
-    let rep = r.expect("read", cmd::REGION_READ, &region(off, 0, 4, &[]), &[], 0);
-    u32::from_le_bytes(rep.payload[16..20].try_into().unwrap())
-}
-
-fn go(r: &mut Raw, addr: u32) {
-    let (d0, d1) = dbginst(
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr,
-        },
-        None,
-    );
-    wr(r, 0xd08, d0);
-    wr(r, 0xd0c, d1);
-    wr(r, 0xd04, 0);
-}
 
 #[test]
 fn shrinking_a_mapped_memfd_gives_dma_faults_not_a_dead_backend() {
@@ -73,18 +43,15 @@ fn shrinking_a_mapped_memfd_gives_dma_faults_not_a_dead_backend() {
     assert_eq!(unsafe { libc::ftruncate(mem.fd().as_raw_fd(), 0x1000) }, 0);
 
     // DMAGO at a page that is gone: the gate's fetch probe faults the manager.
-    go(&mut r, IOVA + 0x9000);
-    assert_eq!(rd(&mut r, FSRD) & 1, 1, "manager fault (dmago_err)");
+    r.dmago(IOVA + 0x9000);
+    assert_eq!(r.read32(FSRD) & 1, 1, "manager fault (dmago_err)");
     r.still_works();
     // Kill the manager fault; a program whose load hits a page that is gone:
     // the channel faults (data read error).
-    let (k0, k1) = dbginst(Insn::Kill, None);
-    wr(&mut r, 0xd08, k0);
-    wr(&mut r, 0xd0c, k1);
-    wr(&mut r, 0xd04, 0);
-    assert_eq!(rd(&mut r, FSRD) & 1, 0);
-    go(&mut r, IOVA);
-    assert_eq!(rd(&mut r, FSRC) & 1, 1, "channel 0 faulting");
+    r.debug_insn(Insn::Kill, None);
+    assert_eq!(r.read32(FSRD) & 1, 0);
+    r.dmago(IOVA);
+    assert_eq!(r.read32(FSRC) & 1, 1, "channel 0 faulting");
     r.still_works();
     assert!(
         srv.log_text().contains("backing file shrunk"),

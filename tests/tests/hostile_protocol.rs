@@ -9,27 +9,19 @@
 mod hostile_util;
 
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostile_util::*;
+use vfio_sidecar::model::pl330::regs::INTEN;
 use vfio_sidecar_protocol::header::{command as cmd, flags, HEADER_SIZE};
 use vfio_sidecar_protocol::message::{
     DmaMap, DmaUnmap, IrqInfo, RegionInfoRequest, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
-use vfio_sidecar_tests::{fd_count, GuestMem, Sidecar};
+use vfio_sidecar_tests::{fd_count, wait_until, GuestMem, Sidecar, WAIT};
 
 const EINVAL: i32 = libc::EINVAL;
-const INTEN: u64 = 0x20;
 /// Largest message the server accepts: 16 + 32 + 1 MiB (default limits).
 const MAX_MSG: usize = 16 + 32 + (1 << 20);
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn irq_stats_req(index: u32, start: u32, count: u32) -> Vec<u8> {
     let mut p = Vec::new();
@@ -40,34 +32,12 @@ fn irq_stats_req(index: u32, start: u32, count: u32) -> Vec<u8> {
     p
 }
 
-fn write_inten(r: &mut Raw, v: u32) {
-    r.expect(
-        "INTEN write",
-        cmd::REGION_WRITE,
-        &region(INTEN, 0, 4, &v.to_le_bytes()),
-        &[],
-        0,
-    );
-}
-
-fn read_inten(r: &mut Raw) -> u32 {
-    let rep = r.expect(
-        "INTEN read",
-        cmd::REGION_READ,
-        &region(INTEN, 0, 4, &[]),
-        &[],
-        0,
-    );
-    assert_eq!(rep.payload.len(), 16 + 4);
-    u32::from_le_bytes(rep.payload[16..20].try_into().unwrap())
-}
-
 /// A backend, a negotiated raw client with INTEN set to a marker value, and
 /// the backend's fd count with this one client connected.
 fn setup(extension: bool) -> (Sidecar, Raw, usize) {
     let srv = Sidecar::start("model:pl330", &[]);
     let mut r = Raw::negotiated(&srv.socket, extension);
-    write_inten(&mut r, 0x5a);
+    r.write32(INTEN, 0x5a);
     let fds = fd_count(srv.pid());
     (srv, r, fds)
 }
@@ -75,8 +45,10 @@ fn setup(extension: bool) -> (Sidecar, Raw, usize) {
 /// The device and the backend's resources are as `setup` left them.
 fn unchanged(srv: &Sidecar, r: &mut Raw, fds: usize) {
     r.still_works();
-    assert_eq!(read_inten(r), 0x5a, "device state changed");
-    wait_until("fd count back to baseline", || fd_count(srv.pid()) == fds);
+    assert_eq!(r.read32(INTEN), 0x5a, "device state changed");
+    wait_until("fd count back to baseline", WAIT, || {
+        fd_count(srv.pid()) == fds
+    });
 }
 
 #[test]
@@ -202,7 +174,7 @@ fn framing_errors_get_errors_and_the_stream_stays_in_sync() {
 fn unchanged_fds_after_close(srv: &Sidecar, r: Raw, fds_with_client: usize) {
     drop(r);
     srv.wait_log("client disconnected");
-    wait_until("client fds released", || {
+    wait_until("client fds released", WAIT, || {
         fd_count(srv.pid()) == fds_with_client - 1
     });
     let mut r2 = Raw::negotiated(&srv.socket, false);
@@ -219,10 +191,10 @@ fn size_beyond_skip_limit_closes_the_connection_and_next_client_works() {
         "server kept a connection declaring 64 MiB"
     );
     srv.wait_log("client disconnected");
-    wait_until("fds released", || fd_count(srv.pid()) == fds - 1);
+    wait_until("fds released", WAIT, || fd_count(srv.pid()) == fds - 1);
     let mut r2 = Raw::negotiated(&srv.socket, false);
     r2.still_works();
-    assert_eq!(read_inten(&mut r2), 0, "device reset after the client went");
+    assert_eq!(r2.read32(INTEN), 0, "device reset after the client went");
 }
 
 #[test]
@@ -426,7 +398,7 @@ fn region_accesses_out_of_range_straddling_zero_and_oversized() {
     ];
     for (what, p) in &wcases {
         r.expect(&format!("WRITE {what}"), cmd::REGION_WRITE, p, &[], EINVAL);
-        assert_eq!(read_inten(&mut r), 0x5a, "WRITE {what} changed INTEN");
+        assert_eq!(r.read32(INTEN), 0x5a, "WRITE {what} changed INTEN");
     }
     // An oversized REGION_WRITE within the message limit: EINVAL.
     let big = region(0, 0, 0x2000, &vec![0xffu8; 0x2000]);
@@ -449,7 +421,7 @@ fn region_accesses_out_of_range_straddling_zero_and_oversized() {
         &[],
         EINVAL,
     );
-    assert_eq!(read_inten(&mut r), 0x5a);
+    assert_eq!(r.read32(INTEN), 0x5a);
     // Entries run in order: a valid first entry is applied even when a later
     // one fails (the error reply carries no count). Documented behaviour.
     let mut multi = Vec::new();
@@ -463,7 +435,7 @@ fn region_accesses_out_of_range_straddling_zero_and_oversized() {
         &[],
         EINVAL,
     );
-    assert_eq!(read_inten(&mut r), 0x77, "first entry applied");
-    write_inten(&mut r, 0x5a);
+    assert_eq!(r.read32(INTEN), 0x77, "first entry applied");
+    r.write32(INTEN, 0x5a);
     unchanged(&srv, &mut r, fds);
 }

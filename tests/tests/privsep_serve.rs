@@ -11,7 +11,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use vfio_sidecar_protocol::client::{Client, ClientOptions, IrqData};
 use vfio_sidecar_protocol::message::IrqAction;
-use vfio_sidecar_protocol::DmaProt;
-use vfio_sidecar_tests::{drain, eventfd, workspace_bin, GuestMem, Sidecar, TempDir};
+use vfio_sidecar_tests::{
+    drain, eventfd, set_eventfd, workspace_bin, GuestMem, Sidecar, TempDir, RW,
+};
 
 const NOBODY: u32 = 65534;
 const SCRATCH_ID: u32 = 0x5c2a_7c11;
@@ -58,14 +59,7 @@ fn exercise_scratch(c: &mut Client) {
     let id = c.region_read(0, 0, 4).unwrap();
     assert_eq!(u32::from_le_bytes(id[..4].try_into().unwrap()), SCRATCH_ID);
     let (efd, reader) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(std::os::fd::AsFd::as_fd(&efd))]),
-        0,
-        1,
-    )
-    .unwrap();
+    set_eventfd(c, 0, IrqAction::Trigger, efd.as_fd()).unwrap();
     c.region_write(0, 0x08, &1u32.to_le_bytes()).unwrap(); // RAISE
     c.region_write(0, 0x0c, &1u32.to_le_bytes()).unwrap(); // INTCLR (EOI)
     assert!(drain(&reader) >= 1, "IRQ eventfd not signalled");
@@ -73,12 +67,7 @@ fn exercise_scratch(c: &mut Client) {
         .unwrap();
     let mem = GuestMem::new("privsep", 0x4000);
     mem.write(0x100, b"privsep!");
-    let rw = DmaProt {
-        read: true,
-        write: true,
-        exec: false,
-    };
-    c.dma_map(0x10_0000, 0x4000, mem.fd(), 0, rw).unwrap();
+    c.dma_map(0x10_0000, 0x4000, mem.fd(), 0, RW).unwrap();
     for (off, v) in [
         (0x20u64, 0x10_0100u32),
         (0x24, 0),

@@ -22,20 +22,10 @@ use std::time::Instant;
 
 use vfio_sidecar::model::pl330::asm::dbginst;
 use vfio_sidecar::model::pl330::insn::Insn;
-use vfio_sidecar_protocol::client::{Client, DmaProt, IrqData};
+use vfio_sidecar::model::pl330::regs::{DBGCMD, DBGINST0, DBGINST1, INTCLR, INTEN};
+use vfio_sidecar_protocol::client::Client;
 use vfio_sidecar_protocol::message::{IrqAction, WriteOne};
-use vfio_sidecar_tests::{drain, eventfd, fd_count, GuestMem, Sidecar};
-
-const INTEN: u64 = 0x20;
-const INTCLR: u64 = 0x2c;
-const DBGCMD: u64 = 0xd04;
-const DBGINST0: u64 = 0xd08;
-const DBGINST1: u64 = 0xd0c;
-const RW: DmaProt = DmaProt {
-    read: true,
-    write: true,
-    exec: false,
-};
+use vfio_sidecar_tests::{drain, eventfd, fd_count, set_eventfd, GuestMem, Sidecar, RW};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -171,14 +161,7 @@ fn soak_accesses_interrupts_maps_without_growth() {
         GuestMem::new("soak1", 0x10000),
     ];
     let (t, trig) = eventfd();
-    c.set_irqs(
-        0,
-        IrqAction::Trigger,
-        IrqData::Eventfds(&[Some(t.as_fd())]),
-        0,
-        1,
-    )
-    .unwrap();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
 
     round(&mut c, &trig, &mems, &counts(true), false);
     let (rss0, fds0) = (rss_kib(pid), fd_count(pid));

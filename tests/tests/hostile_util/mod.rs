@@ -15,6 +15,7 @@ use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
 use vfio_sidecar_protocol::message::Version;
 use vfio_sidecar_protocol::testing;
 use vfio_sidecar_protocol::transport::{recv_with_fds, wait_fd};
+pub use vfio_sidecar_tests::pl330::Regs;
 
 /// A reply as received.
 #[derive(Debug)]
@@ -228,6 +229,29 @@ impl Raw {
     pub fn still_works(&mut self) {
         let r = self.call(cmd::DEVICE_GET_INFO, &di_payload(), &[]);
         assert_eq!(r.errno(), 0, "connection no longer usable: {r:?}");
+    }
+}
+
+/// Register access to region 0 (REGION_READ/WRITE of 4 bytes); the error
+/// is the reply's errno.
+impl Regs for Raw {
+    type Error = i32;
+
+    fn try_write32(&mut self, off: u64, v: u32) -> Result<(), i32> {
+        let r = self.call(cmd::REGION_WRITE, &region(off, 0, 4, &v.to_le_bytes()), &[]);
+        match r.errno() {
+            0 => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    fn try_read32(&mut self, off: u64) -> Result<u32, i32> {
+        let r = self.call(cmd::REGION_READ, &region(off, 0, 4, &[]), &[]);
+        if r.errno() != 0 {
+            return Err(r.errno());
+        }
+        assert_eq!(r.payload.len(), 16 + 4, "REGION_READ reply of 4 bytes");
+        Ok(u32::from_le_bytes(r.payload[16..20].try_into().unwrap()))
     }
 }
 
