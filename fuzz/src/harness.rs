@@ -25,7 +25,7 @@ use std::time::Duration;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, SidecarCaps};
 use vfio_sidecar_protocol::header::{command as cmd, Header};
 use vfio_sidecar_protocol::message::*;
-use vfio_sidecar_protocol::testing::{eventfd, memfd, sendmsg_fds, ToyHandler};
+use vfio_sidecar_protocol::testing::{eventfd, memfd, sendmsg_fds, version_payload, ToyHandler};
 use vfio_sidecar_protocol::transport::{recv_with_fds, wait_fd};
 use vfio_sidecar_protocol::{ConnStatus, ServerConnection};
 
@@ -110,17 +110,8 @@ pub fn run(data: &[u8]) {
             sidecar: (mode & 2 != 0).then(SidecarCaps::client_proposal),
             ..Capabilities::from_limits(&LIMITS)
         };
-        let payload = Version {
-            major: 0,
-            minor: 1,
-            caps,
-        }
-        .encode();
-        let mut msg = Header::command(0, cmd::VERSION, payload.len())
-            .encode()
-            .to_vec();
-        msg.extend_from_slice(&payload);
-        alive = send_with_fds(&client, &msg, &[]) && pump(&mut conn, &mut dev);
+        let version = msg(0, cmd::VERSION, &version_payload(caps));
+        alive = send_with_fds(&client, &version, &[]) && pump(&mut conn, &mut dev);
     }
     while alive && rest.len() >= 3 {
         let len = (usize::from(rest[0]) | usize::from(rest[1]) << 8) & 0x3fff;

@@ -45,9 +45,7 @@ use vfio_sidecar::cli::ServeArgs;
 use vfio_sidecar::irq::EoiPolicy;
 use vfio_sidecar::server::{build_backend, Backend};
 use vfio_sidecar_protocol::caps::Limits;
-use vfio_sidecar_protocol::client::{proposal, ClientOptions};
 use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
-use vfio_sidecar_protocol::message::Version;
 use vfio_sidecar_protocol::server::{ConnStatus, ServerConnection};
 use vfio_sidecar_protocol::testing;
 use vfio_sidecar_protocol::transport::recv_with_fds;
@@ -254,16 +252,7 @@ impl Harness {
         if self.setup & 1 == 0 {
             return;
         }
-        let opts = ClientOptions {
-            propose_extension: self.setup & 2 != 0,
-            ..ClientOptions::default()
-        };
-        let v = Version {
-            major: 0,
-            minor: 1,
-            caps: proposal(&opts),
-        }
-        .encode();
+        let v = testing::client_version_payload(self.setup & 2 != 0);
         self.send_msg(cmd::VERSION, 0, &v, 0, &[]);
     }
 

@@ -8,6 +8,7 @@
 //!   `sendmsg`, for hostile peers (the [`crate::transport`] senders only send
 //!   well-framed messages);
 //! * [`watchdog`]: runs a peer that may hang in a thread, bounded;
+//! * [`version_payload`], [`client_version_payload`]: VERSION payloads;
 //! * [`ToyHandler`]: a small device behind a [`crate::ServerConnection`]
 //!   (bounds-checked everywhere: the protocol fuzz target drives it too), and
 //!   its description [`toy_desc`] / [`TOY_DTB`].
@@ -20,13 +21,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::caps::{Capabilities, Limits, SidecarCaps};
+use crate::client::{proposal, ClientOptions};
 use crate::ext::{
     ClearMode, ClearReg, ClockDesc, DeviceDescription, DeviceKind, EoiDesc, EoiPolicy, IrqDesc,
     IrqStats, IrqTrigger, RegionDesc,
 };
 use crate::message::{
     DeviceInfo, DmaMap, DmaUnmap, IrqAction, IrqDataType, IrqInfo, RegionInfo, SetIrqs, SparseArea,
-    SubRegionIoFd, IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
+    SubRegionIoFd, Version, IO_FD_TYPE_IOEVENTFD, REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_READ,
     REGION_INFO_FLAG_WRITE,
 };
 use crate::{Errno, Handler, Negotiated};
@@ -135,6 +137,26 @@ pub fn sendmsg_fds(
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// A VERSION payload: version 0.1 offering `caps`.
+pub fn version_payload(caps: Capabilities) -> Vec<u8> {
+    Version {
+        major: 0,
+        minor: 1,
+        caps,
+    }
+    .encode()
+}
+
+/// The VERSION payload a [`crate::Client`] sends: 0.1 with the default
+/// proposal, the `org.vfio-sidecar` extension proposed if `extension`.
+pub fn client_version_payload(extension: bool) -> Vec<u8> {
+    let opts = ClientOptions {
+        propose_extension: extension,
+        ..ClientOptions::default()
+    };
+    version_payload(proposal(&opts))
 }
 
 /// Runs `f` in a thread and waits at most `timeout` for its result; panics

@@ -308,16 +308,17 @@ pub fn set_eventfd(
     c.set_irqs(index, action, IrqData::Eventfds(&[Some(fd)]), 0, 1)
 }
 
-/// Runs `cmd` to completion; panics (with its stderr) unless it succeeded.
-/// Returns its output.
+/// Runs `cmd` to completion; panics (showing its stdout and stderr) unless
+/// it succeeded. Returns its output.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed ({}): {}",
+        "{cmd:?} failed ({})\nstdout: {}\nstderr: {}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vfio_sidecar_tests::{workspace_bin, Sidecar, TempDir};
+use vfio_sidecar_tests::{run_ok, workspace_bin, Sidecar, TempDir};
 
 fn kvm_available() -> bool {
     match std::fs::OpenOptions::new()
@@ -210,35 +210,23 @@ fn demo_runs_end_to_end() {
     }
     let shim = workspace_bin("vmm-shim", "vmm-shim");
     let _ = workspace_bin("vfio-sidecar", "vfio-sidecar");
-    let out = Command::new(&shim)
-        .args(["demo", "--transfers", "3", "--max-size", "1024"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(&shim)
+            .args(["demo", "--transfers", "3", "--max-size", "1024"])
+            .env("RUST_LOG", "warn"),
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("verified      4/4 transfers"), "{stdout}");
     assert!(stdout.contains("result        PASS"), "{stdout}");
 
     // --compare: one fresh backend per EOI policy, then the table
-    let out = Command::new(&shim)
-        .args([
-            "demo",
-            "--compare",
-            "--transfers",
-            "3",
-            "--max-size",
-            "1024",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = run_ok(
+        Command::new(&shim)
+            .args(["demo", "--compare", "--transfers", "3"])
+            .args(["--max-size", "1024"])
+            .env("RUST_LOG", "warn"),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
     for p in ["clear-register", "resample", "first-access"] {
         let row = stdout
             .lines()
@@ -259,19 +247,14 @@ fn dtb_holds_the_backend_device_node() {
     let backend = Sidecar::start("model:pl330", &[]);
     let out_path = backend.dir().join("guest.dtb");
     let shim = workspace_bin("vmm-shim", "vmm-shim");
-    let out = Command::new(shim)
-        .arg("dtb")
-        .arg("--socket")
-        .arg(&backend.socket)
-        .arg("-o")
-        .arg(&out_path)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(shim)
+            .arg("dtb")
+            .arg("--socket")
+            .arg(&backend.socket)
+            .arg("-o")
+            .arg(&out_path)
+            .env("RUST_LOG", "warn"),
     );
     let dtb = std::fs::read(&out_path).unwrap();
     assert_eq!(&dtb[..4], &0xd00d_feedu32.to_be_bytes(), "FDT magic");
@@ -309,31 +292,17 @@ fn dt_schema_check(dir: &std::path::Path, dtb: &std::path::Path) {
         eprintln!("SKIPPED (schema part): dt-validate/dt-mk-schema or shared/dt-bindings missing");
         return;
     }
-    let out = Command::new("dt-mk-schema")
-        .arg("-j")
-        .arg(&bindings)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(Command::new("dt-mk-schema").arg("-j").arg(&bindings));
     let schema = dir.join("schema.json");
     std::fs::write(&schema, &out.stdout).unwrap();
     let report = dir.join("report.json");
-    let out = Command::new("dt-validate")
-        .arg("-s")
-        .arg(&schema)
-        .arg(dtb)
-        .arg("--json-output")
-        .arg(&report)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("dt-validate")
+            .arg("-s")
+            .arg(&schema)
+            .arg(dtb)
+            .arg("--json-output")
+            .arg(&report),
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let errors: Vec<&Value> = v

@@ -178,24 +178,14 @@ impl RawPeer {
     /// (version 0.1); returns the request.
     pub fn answer_version(&mut self, caps: Capabilities) -> Message {
         let v = self.recv().expect("VERSION");
-        let payload = Version {
-            major: 0,
-            minor: 1,
-            caps,
-        }
-        .encode();
+        let payload = testing::version_payload(caps);
         let h = Header::reply_to(&v.header, payload.len());
         send_message(self.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
         v
     }
 
     pub fn version(&mut self, caps: &Capabilities) -> Message {
-        let v = Version {
-            major: 0,
-            minor: 1,
-            caps: caps.clone(),
-        };
-        self.call(1, &v.encode(), &[])
+        self.call(1, &testing::version_payload(caps.clone()), &[])
     }
 }
 

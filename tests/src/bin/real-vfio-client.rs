@@ -23,7 +23,7 @@
 //! Every wait has a timeout (3 s for an expected event); "nothing arrives" checks
 //! wait 200-300 ms.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use vfio_sidecar::device::{
     SetIrqs,
 };
 use vfio_sidecar::vfio::{self, IommuBackend, VfioOptions};
+use vfio_sidecar_protocol::testing;
 
 const EDU_ID: u32 = 0x0100_00ed;
 const IOVA: u64 = 0x10_0000;
@@ -68,11 +69,7 @@ fn find_edu() -> Option<PathBuf> {
 }
 
 fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd has no memory arguments; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a new descriptor nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    testing::eventfd(true).expect("eventfd")
 }
 
 /// Waits up to `ms` for the eventfd; returns the counter it read (0 = timeout).
@@ -87,20 +84,11 @@ fn wait_event(fd: &OwnedFd, ms: i32) -> u64 {
     if n <= 0 {
         return 0;
     }
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into `v`.
-    let r = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    if r == 8 {
-        v
-    } else {
-        0
-    }
+    testing::eventfd_read(fd.as_raw_fd())
 }
 
 fn signal(fd: &OwnedFd) {
-    let v = 1u64;
-    // SAFETY: writes 8 bytes from `v`.
-    unsafe { libc::write(fd.as_raw_fd(), (&v as *const u64).cast(), 8) };
+    let _ = testing::eventfd_signal(fd.as_raw_fd());
 }
 
 fn rd32(d: &mut dyn Device, off: u64) -> u32 {
@@ -138,6 +126,17 @@ fn edu_dma(d: &mut dyn Device, src: u64, dst: u64, len: u64, to_ram: bool) -> bo
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// SET_IRQS of a duplicate of `fd` as the `action` eventfd of vector 0.
+fn set_eventfd(d: &mut dyn Device, index: u32, action: IrqAction, fd: &OwnedFd) -> bool {
+    set_irqs(
+        d,
+        index,
+        action,
+        IrqData::Eventfd(vec![fd.try_clone().ok()]),
+        1,
+    )
 }
 
 fn set_irqs(d: &mut dyn Device, index: u32, action: IrqAction, data: IrqData, count: u32) -> bool {
@@ -388,15 +387,8 @@ fn direct(path: &Path) -> u32 {
 
     // ---- INTx: automask, unmask, refire, counters
     let trig = eventfd();
-    let trig_dup = trig.try_clone().ok();
     c.check(
-        set_irqs(
-            d,
-            0,
-            IrqAction::Trigger,
-            IrqData::Eventfd(vec![trig_dup]),
-            1,
-        ),
+        set_eventfd(d, 0, IrqAction::Trigger, &trig),
         "INTx trigger eventfd set",
     );
     c.check(wait_event(&trig, 100) == 0, "no spurious INTx");
@@ -437,9 +429,8 @@ fn direct(path: &Path) -> u32 {
     );
     // kernel-side unmask (virqfd): signalling the resample eventfd unmasks
     let resample = eventfd();
-    let rs_dup = resample.try_clone().ok();
     c.check(
-        set_irqs(d, 0, IrqAction::Unmask, IrqData::Eventfd(vec![rs_dup]), 1),
+        set_eventfd(d, 0, IrqAction::Unmask, &resample),
         "INTx unmask eventfd (virqfd) set",
     );
     wr32(d, 0x60, 1);
@@ -468,9 +459,8 @@ fn direct(path: &Path) -> u32 {
     let msi_info = d.irq_info(1);
     if msi_info.is_ok_and(|i| i.count >= 1) {
         let msi = eventfd();
-        let dup = msi.try_clone().ok();
         c.check(
-            set_irqs(d, 1, IrqAction::Trigger, IrqData::Eventfd(vec![dup]), 1),
+            set_eventfd(d, 1, IrqAction::Trigger, &msi),
             "MSI trigger set",
         );
         wr32(d, 0x60, 1);
@@ -532,6 +522,7 @@ mod e2e {
     use vfio_sidecar_protocol::client::IrqData as PIrqData;
     use vfio_sidecar_protocol::message::IrqAction as PAction;
     use vfio_sidecar_protocol::{Client, ClientOptions, DmaProt as PProt};
+    use vfio_sidecar_tests::GuestMem;
 
     const SOCK: &str = "/tmp/real-vfio.sock";
     const IOVA2: u64 = 0x20_0000;
@@ -619,57 +610,6 @@ mod e2e {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
-    }
-
-    /// A memfd of `len` bytes mapped shared into this process.
-    struct Mem {
-        fd: OwnedFd,
-        ptr: *mut u8,
-        len: usize,
-    }
-    impl Mem {
-        fn new(len: usize) -> Mem {
-            // SAFETY: the name is a valid C string; the result is checked.
-            let fd = unsafe { libc::memfd_create(c"real-vfio-dma".as_ptr(), libc::MFD_CLOEXEC) };
-            assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-            // SAFETY: fd is new and ours.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: plain syscall on our fd.
-            assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) }, 0);
-            // SAFETY: shared mapping of our memfd; accessed only with volatile ops.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    0,
-                )
-            };
-            assert!(p != libc::MAP_FAILED, "mmap memfd");
-            Mem {
-                fd,
-                ptr: p.cast(),
-                len,
-            }
-        }
-        fn get(&self, i: usize) -> u8 {
-            assert!(i < self.len);
-            // SAFETY: i < len; volatile because the device writes by DMA.
-            unsafe { self.ptr.add(i).read_volatile() }
-        }
-        fn set(&self, i: usize, v: u8) {
-            assert!(i < self.len);
-            // SAFETY: i < len.
-            unsafe { self.ptr.add(i).write_volatile(v) }
-        }
-    }
-    impl Drop for Mem {
-        fn drop(&mut self) {
-            // SAFETY: unmapping our own mapping.
-            unsafe { libc::munmap(self.ptr.cast(), self.len) };
-        }
     }
 
     pub fn run(backend: &Path, dev: &Path) -> u32 {
@@ -790,11 +730,10 @@ mod e2e {
         }
 
         // ---- DMA through the real IOMMU, memfd from the client
-        let mem = Mem::new(0x3000);
-        for i in 0..0x1000 {
-            mem.set(i, (i * 13 + 1) as u8);
-        }
-        let m = cl.dma_map(IOVA, 0x3000, mem.fd.as_fd(), 0, RW);
+        let mem = GuestMem::new("real-vfio-dma", 0x3000);
+        let pattern: Vec<u8> = (0..0x1000usize).map(|i| (i * 13 + 1) as u8).collect();
+        mem.write(0, &pattern);
+        let m = cl.dma_map(IOVA, 0x3000, mem.fd(), 0, RW);
         if let Err(e) = &m {
             println!("  DMA_MAP: {e}");
         }
@@ -805,16 +744,14 @@ mod e2e {
         let ok = dma(&mut cl, IOVA, 0x40000, 0x200, false)
             && dma(&mut cl, 0x40000, IOVA + 0x1000, 0x200, true);
         c.check(
-            ok && (0..0x200).all(|i| mem.get(0x1000 + i) == mem.get(i)),
+            ok && mem.read(0x1000, 0x200) == mem.read(0, 0x200),
             "edu DMA RAM -> device -> RAM through the backend",
         );
         c.check(cl.dma_unmap(IOVA, 0x3000).is_ok(), "DMA_UNMAP");
-        for i in 0x2000..0x2200 {
-            mem.set(i, 0xa5);
-        }
+        mem.write(0x2000, &[0xa5; 0x200]);
         let _ = dma(&mut cl, 0x40000, IOVA + 0x2000, 0x200, true);
         c.check(
-            (0x2000..0x2200).all(|i| mem.get(i) == 0xa5),
+            mem.read(0x2000, 0x200).iter().all(|&b| b == 0xa5),
             "DMA to the unmapped IOVA does not reach memory",
         );
 
@@ -903,12 +840,10 @@ mod e2e {
         }
 
         // ---- abrupt disconnect with a mapping and an INTx trigger in place
-        let old = Mem::new(0x1000);
-        for i in 0..0x100 {
-            old.set(i, 0x3c);
-        }
+        let old = GuestMem::new("real-vfio-dma", 0x1000);
+        old.write(0, &[0x3c; 0x100]);
         c.check(
-            cl.dma_map(IOVA2, 0x1000, old.fd.as_fd(), 0, RW).is_ok(),
+            cl.dma_map(IOVA2, 0x1000, old.fd(), 0, RW).is_ok(),
             "DMA_MAP left in place",
         );
         let stale = eventfd();
@@ -934,12 +869,12 @@ mod e2e {
         c.check(rd(&mut cl, 0) == EDU_ID, "new client: edu ID");
         let _ = dma(&mut cl, 0x40000, IOVA2, 0x100, true);
         c.check(
-            (0..0x100).all(|i| old.get(i) == 0x3c),
+            old.read(0, 0x100).iter().all(|&b| b == 0x3c),
             "new client: the old client's mapping is gone (DMA does not reach it)",
         );
-        let fresh = Mem::new(0x1000);
+        let fresh = GuestMem::new("real-vfio-dma", 0x1000);
         c.check(
-            cl.dma_map(IOVA2, 0x1000, fresh.fd.as_fd(), 0, RW).is_ok(),
+            cl.dma_map(IOVA2, 0x1000, fresh.fd(), 0, RW).is_ok(),
             "new client: the same IOVA maps again (no leftover IOMMU mapping)",
         );
         wr32(&mut cl, 0x60, 1);

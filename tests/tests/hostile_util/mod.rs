@@ -10,9 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use vfio_sidecar_protocol::client::{proposal, ClientOptions};
 use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
-use vfio_sidecar_protocol::message::Version;
 use vfio_sidecar_protocol::testing;
 use vfio_sidecar_protocol::transport::{recv_with_fds, wait_fd};
 pub use vfio_sidecar_tests::pl330::Regs;
@@ -90,16 +88,7 @@ impl Raw {
 
     /// Sends a VERSION with the default proposal.
     pub fn version(&mut self, extension: bool) -> Reply {
-        let opts = ClientOptions {
-            propose_extension: extension,
-            ..ClientOptions::default()
-        };
-        let v = Version {
-            major: 0,
-            minor: 1,
-            caps: proposal(&opts),
-        }
-        .encode();
+        let v = testing::client_version_payload(extension);
         self.call(cmd::VERSION, &v, &[])
     }
 
