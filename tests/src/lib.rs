@@ -308,6 +308,23 @@ pub fn set_eventfd(
     c.set_irqs(index, action, IrqData::Eventfds(&[Some(fd)]), 0, 1)
 }
 
+/// The scratch model's DMA engine: copies `len` bytes from IOVA `src` to IOVA
+/// `dst` (SRC, DST and LEN, then GO).
+pub fn scratch_dma(c: &mut Client, src: u64, dst: u64, len: u32) {
+    use pl330::Regs;
+    use vfio_sidecar::model::scratch::regs::{DST_HI, DST_LO, GO, LEN, SRC_HI, SRC_LO};
+    for (off, v) in [
+        (SRC_LO, src as u32),
+        (SRC_HI, (src >> 32) as u32),
+        (DST_LO, dst as u32),
+        (DST_HI, (dst >> 32) as u32),
+        (LEN, len),
+        (GO, 1),
+    ] {
+        c.write32(off, v);
+    }
+}
+
 /// Runs `cmd` to completion; panics (showing its stdout and stderr) unless
 /// it succeeded. Returns its output.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {

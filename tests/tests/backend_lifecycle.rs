@@ -11,8 +11,8 @@ use vfio_sidecar_protocol::client::{Client, ClientOptions};
 use vfio_sidecar_protocol::error::ClientError;
 use vfio_sidecar_protocol::message::IrqAction;
 use vfio_sidecar_tests::{
-    drain, eventfd, fd_count, maps_matching, set_eventfd, wait_until, workspace_bin, GuestMem,
-    Sidecar, TempDir, RW, WAIT,
+    drain, eventfd, fd_count, maps_matching, scratch_dma, set_eventfd, wait_until, workspace_bin,
+    GuestMem, Sidecar, TempDir, RW, WAIT,
 };
 
 fn use_client(srv: &Sidecar, mems: &[GuestMem]) -> Client {
@@ -223,16 +223,7 @@ fn scratch_sparse_mmap_and_dma() {
     mem.write(0x100, &[0xab; 64]);
     let (t, r) = eventfd();
     set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
-    for (off, v) in [
-        (0x20u64, 0x8000_0100u32),
-        (0x24, 0),
-        (0x28, 0x8000_1000),
-        (0x2c, 0),
-        (0x30, 64),
-        (0x34, 1),
-    ] {
-        c.region_write(0, off, &v.to_le_bytes()).unwrap();
-    }
+    scratch_dma(&mut c, 0x8000_0100, 0x8000_1000, 64);
     assert_eq!(mem.read(0x1000, 64), vec![0xab; 64]);
     assert_eq!(drain(&r), 1);
     // Clear-register EOI at INTCLR 0x0c.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use vfio_sidecar_protocol::client::{Client, ClientOptions, IrqData};
 use vfio_sidecar_protocol::message::IrqAction;
 use vfio_sidecar_tests::{
-    drain, eventfd, set_eventfd, workspace_bin, GuestMem, Sidecar, TempDir, RW,
+    drain, eventfd, scratch_dma, set_eventfd, workspace_bin, GuestMem, Sidecar, TempDir, RW,
 };
 
 const NOBODY: u32 = 65534;
@@ -68,16 +68,7 @@ fn exercise_scratch(c: &mut Client) {
     let mem = GuestMem::new("privsep", 0x4000);
     mem.write(0x100, b"privsep!");
     c.dma_map(0x10_0000, 0x4000, mem.fd(), 0, RW).unwrap();
-    for (off, v) in [
-        (0x20u64, 0x10_0100u32),
-        (0x24, 0),
-        (0x28, 0x10_2000),
-        (0x2c, 0),
-        (0x30, 8),
-        (0x34, 1),
-    ] {
-        c.region_write(0, off, &v.to_le_bytes()).unwrap();
-    }
+    scratch_dma(c, 0x10_0100, 0x10_2000, 8);
     let st = c.region_read(0, 0x10, 4).unwrap();
     assert_eq!(u32::from_le_bytes(st[..4].try_into().unwrap()) & 3, 1);
     assert_eq!(mem.read(0x2000, 8), b"privsep!");
