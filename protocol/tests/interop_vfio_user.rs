@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/vfio_user_server.rs"]
+mod vfio_user_server;
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
@@ -19,14 +21,14 @@ use std::time::Duration;
 
 use common::*;
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_SET_ACTION_TRIGGER,
-    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_sidecar_protocol::caps::Limits;
 use vfio_sidecar_protocol::client::IrqData;
 use vfio_sidecar_protocol::message::{IrqAction, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE};
 use vfio_sidecar_protocol::{Client, ClientError, ClientOptions, ConnStatus, DmaProt, Errno};
+use vfio_user_server::server_region;
 
 const WATCHDOG: Duration = Duration::from_secs(20);
 
@@ -208,48 +210,16 @@ fn our_client_against_their_server() {
     let mmap = memfd(0x2000);
     pwrite(mmap.as_raw_fd(), 0x10, b"their-bar");
     let mmap_raw = mmap.into_raw_fd();
-    let region = |index: u32, flags: u32, size: u64| vfio_region_info {
-        argsz: 32,
-        flags,
-        index,
-        cap_offset: 0,
-        size,
-        offset: 0,
-    };
+    let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
     let regions = vec![
-        vfio_user::ServerRegion {
-            region_info: region(
-                0,
-                VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
-                0x100,
-            ),
-            sparse_areas: vec![],
-            mmap_fd: None,
-        },
-        vfio_user::ServerRegion {
-            region_info: region(
-                1,
-                VFIO_REGION_INFO_FLAG_READ
-                    | VFIO_REGION_INFO_FLAG_WRITE
-                    | VFIO_REGION_INFO_FLAG_MMAP,
-                0x2000,
-            ),
-            sparse_areas: vec![
-                vfio_user::SparseArea {
-                    area: vfio_region_sparse_mmap_area {
-                        offset: 0,
-                        size: 0x1000,
-                    },
-                },
-                vfio_user::SparseArea {
-                    area: vfio_region_sparse_mmap_area {
-                        offset: 0x1000,
-                        size: 0x1000,
-                    },
-                },
-            ],
-            mmap_fd: Some(mmap_raw),
-        },
+        server_region(0, rw, 0x100, &[], None),
+        server_region(
+            1,
+            rw | VFIO_REGION_INFO_FLAG_MMAP,
+            0x2000,
+            &[(0, 0x1000), (0x1000, 0x1000)],
+            Some(mmap_raw),
+        ),
     ];
     let irqs = vec![vfio_user::IrqInfo {
         index: 0,

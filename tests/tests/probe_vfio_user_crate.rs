@@ -12,12 +12,15 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, vfio_region_sparse_mmap_area, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_sidecar::probe::{probe, render_text, ProbeArgs, Range, ReadSpec};
 use vfio_sidecar_protocol::testing::{memfd, watchdog};
 use vfio_sidecar_tests::TempDir;
+
+#[path = "../../protocol/tests/common/vfio_user_server.rs"]
+mod vfio_user_server;
+use vfio_user_server::server_region;
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -68,54 +71,26 @@ impl vfio_user::ServerBackend for Backend {
     }
 }
 
-fn region(index: u32, flags: u32, size: u64) -> vfio_region_info {
-    vfio_region_info {
-        argsz: 32,
-        flags,
-        index,
-        cap_offset: 0,
-        size,
-        offset: 0,
-    }
-}
-
 #[test]
 fn probe_their_pci_server() {
     let dir = TempDir::new("probe-theirs");
     let path = dir.0.join("their.sock");
     let bar2 = memfd("probe-bar", 0x4000).unwrap().into_raw_fd();
     let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-    let mut regions = Vec::new();
-    for index in 0..8u32 {
-        let (info, sparse, fd) = match index {
-            0 => (region(0, rw, 0x1000), vec![], None),
-            2 => (
-                region(2, rw | VFIO_REGION_INFO_FLAG_MMAP, 0x4000),
-                vec![
-                    vfio_user::SparseArea {
-                        area: vfio_region_sparse_mmap_area {
-                            offset: 0,
-                            size: 0x1000,
-                        },
-                    },
-                    vfio_user::SparseArea {
-                        area: vfio_region_sparse_mmap_area {
-                            offset: 0x2000,
-                            size: 0x2000,
-                        },
-                    },
-                ],
+    let regions = (0..8u32)
+        .map(|index| match index {
+            0 => server_region(0, rw, 0x1000, &[], None),
+            2 => server_region(
+                2,
+                rw | VFIO_REGION_INFO_FLAG_MMAP,
+                0x4000,
+                &[(0, 0x1000), (0x2000, 0x2000)],
                 Some(bar2),
             ),
-            7 => (region(7, rw, 256), vec![], None),
-            i => (region(i, 0, 0), vec![], None),
-        };
-        regions.push(vfio_user::ServerRegion {
-            region_info: info,
-            sparse_areas: sparse,
-            mmap_fd: fd,
-        });
-    }
+            7 => server_region(7, rw, 256, &[], None),
+            i => server_region(i, 0, 0, &[], None),
+        })
+        .collect();
     let irqs = vec![
         vfio_user::IrqInfo {
             index: 0,
