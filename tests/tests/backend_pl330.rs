@@ -104,36 +104,34 @@ fn plain_client_dma_copy_runs_microcode_from_read_mapping() {
     assert_eq!(c.read32(INT_EVENT_RIS) & 1, 1, "DMASEV 0 raised event 0");
 }
 
-#[test]
-fn extension_mapping_without_exec_faults() {
-    // With the DMAGO gate (default): the manager refuses the DMAGO.
-    let srv = Sidecar::start("model:pl330", &[]);
+/// A backend started with `extra`, an extension client, the copy program in
+/// a mapping without EXEC and DMAGO: asserts bit 0 of `fault_reg` (`what`)
+/// is set and nothing was copied.
+fn dmago_from_noexec_mapping(extra: &[&str], fault_reg: u64, what: &str) -> (Sidecar, Client) {
+    let srv = Sidecar::start("model:pl330", extra);
     let mut c = srv.connect(true);
     assert!(c.negotiated().exec_enforced(), "model enforces EXEC");
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, false);
     prepare(&mem, 0);
     linux_dmago(&mut c, 0);
-    assert_eq!(c.read32(FSRD) & 1, 1, "manager fault (dmago gate)");
+    assert_eq!(c.read32(fault_reg) & 1, 1, "{what}");
     assert!(
         mem.read(DST, LEN as usize).iter().all(|b| *b == 0),
         "no copy"
     );
+    (srv, c)
+}
+
+#[test]
+fn extension_mapping_without_exec_faults() {
+    // With the DMAGO gate (default): the manager refuses the DMAGO.
+    let (srv, c) = dmago_from_noexec_mapping(&[], FSRD, "manager fault (dmago gate)");
     drop(c);
     drop(srv);
 
     // Without the gate: the channel faults on the instruction fetch.
-    let srv = Sidecar::start("model:pl330", &["--no-dmago-gate"]);
-    let mut c = srv.connect(true);
-    let mem = GuestMem::new("guest", MEM);
-    map(&mut c, &mem, false);
-    prepare(&mem, 0);
-    linux_dmago(&mut c, 0);
-    assert_eq!(c.read32(FSRC) & 1, 1, "channel 0 faulting");
-    assert!(
-        mem.read(DST, LEN as usize).iter().all(|b| *b == 0),
-        "no copy"
-    );
+    let (_srv, mut c) = dmago_from_noexec_mapping(&["--no-dmago-gate"], FSRC, "channel 0 faulting");
 
     // The same program from an EXEC mapping works.
     c.dma_unmap(IOVA, MEM).unwrap();

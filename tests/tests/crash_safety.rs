@@ -50,6 +50,26 @@ fn program(mem: &GuestMem, len: u32) {
     mem.write(0, a.bytes());
 }
 
+/// With `mem` mapped at IOVA and a trigger eventfd (`trigger`) on IRQ 0:
+/// enables the interrupt, copies 4 KiB of the pattern `i * mul + add` with
+/// [`program`] and asserts the copy and exactly one interrupt (`when` ends
+/// the messages).
+fn copy_and_interrupt(
+    c: &mut Client,
+    mem: &GuestMem,
+    trigger: &std::fs::File,
+    (mul, add): (u32, u32),
+    when: &str,
+) {
+    c.write32(INTEN, 1);
+    program(mem, 0x1000);
+    let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * mul + add) as u8).collect();
+    mem.write(0x1000, &pattern);
+    c.dmago(IOVA as u32);
+    assert_eq!(mem.read(0x8000, 0x1000), pattern, "DMA copy{when}");
+    assert_eq!(drain(trigger), 1, "interrupt{when}");
+}
+
 /// The client process: sets everything up, reports "ready", then transfers
 /// until killed.
 #[test]
@@ -66,15 +86,9 @@ fn child_client() {
     let (u, _uw) = eventfd();
     set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
     set_eventfd(&mut c, 1, IrqAction::Unmask, u.as_fd()).unwrap();
-    c.write32(INTEN, 1);
-    program(&m1, 0x1000);
     // The device works for this client (i.e. after the previous one was
     // killed): one checked DMA copy and its interrupt before "ready".
-    let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 31 + 7) as u8).collect();
-    m1.write(0x1000, &pattern);
-    c.dmago(IOVA as u32);
-    assert_eq!(m1.read(0x8000, 0x1000), pattern, "DMA copy");
-    assert_eq!(drain(&tr), 1, "interrupt");
+    copy_and_interrupt(&mut c, &m1, &tr, (31, 7), "");
     c.write32(INTCLR, 1);
     println!("ready");
     loop {
@@ -162,17 +176,7 @@ fn client_sigkill_100_times_leaves_nothing_behind() {
     c.dma_map(IOVA, MEM, mem.fd(), 0, RWX).unwrap();
     let (t, tr) = eventfd();
     set_eventfd(&mut c, 0, IrqAction::Trigger, t.as_fd()).unwrap();
-    c.write32(INTEN, 1);
-    program(&mem, 0x1000);
-    let pattern: Vec<u8> = (0..0x1000u32).map(|i| (i * 13 + 5) as u8).collect();
-    mem.write(0x1000, &pattern);
-    c.dmago(IOVA as u32);
-    assert_eq!(
-        mem.read(0x8000, 0x1000),
-        pattern,
-        "DMA copy after 100 kills"
-    );
-    assert_eq!(drain(&tr), 1, "interrupt after 100 kills");
+    copy_and_interrupt(&mut c, &mem, &tr, (13, 5), " after 100 kills");
     assert!(srv.log_text().matches("client disconnected").count() >= 100);
 }
 

@@ -89,152 +89,55 @@ fn dma_map_malformations_leave_the_table_unchanged() {
     let (evfd, _evr) = eventfd();
     let null = devnull();
     let top = !0xfffu64;
-    let cases: Vec<(&str, Vec<u8>, Vec<RawFd>, i32)> = vec![
-        (
-            "exact overlap",
-            dma_map(R | W, 0, IOVA, MEM),
-            vec![efd],
-            libc::EEXIST,
-        ),
-        (
-            "overlap start",
-            dma_map(R, 0, IOVA - 0x1000, 0x2000),
-            vec![efd],
-            libc::EEXIST,
-        ),
-        (
-            "overlap end",
-            dma_map(R, 0, IOVA + MEM - 0x1000, 0x2000),
-            vec![efd],
-            libc::EEXIST,
-        ),
-        (
-            "inside",
-            dma_map(R, 0, IOVA + 0x1000, 0x1000),
-            vec![efd],
-            libc::EEXIST,
-        ),
-        (
-            "covering",
-            dma_map(R, 0, IOVA - 0x1000, MEM + 0x2000),
-            vec![efd],
-            libc::EEXIST,
-        ),
-        (
-            "unaligned iova",
-            dma_map(R, 0, 0x5000_0001, 0x1000),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "unaligned size",
-            dma_map(R, 0, 0x5000_0000, 0x1001),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "unaligned offset",
-            dma_map(R, 0x10, 0x5000_0000, 0x1000),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "zero size",
-            dma_map(R, 0, 0x5000_0000, 0),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "iova + size = 2^64",
-            dma_map(R, 0, top, 0x1000),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "iova + size wraps",
-            dma_map(R, 0, top, 0x2000),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "size 2^64 - 4K",
-            dma_map(R, 0, 0x1000, top),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "offset + size wraps",
-            dma_map(R, top, 0x5000_0000, 0x2000),
-            vec![efd],
-            EINVAL,
-        ),
+    // Bad maps with the evil memfd: overlapping the good one (EEXIST), or
+    // malformed (EINVAL).
+    let mut cases: Vec<(&str, Vec<u8>, Vec<RawFd>, i32)> = Vec::new();
+    for (what, p) in [
+        ("exact overlap", dma_map(R | W, 0, IOVA, MEM)),
+        ("overlap start", dma_map(R, 0, IOVA - 0x1000, 0x2000)),
+        ("overlap end", dma_map(R, 0, IOVA + MEM - 0x1000, 0x2000)),
+        ("inside", dma_map(R, 0, IOVA + 0x1000, 0x1000)),
+        ("covering", dma_map(R, 0, IOVA - 0x1000, MEM + 0x2000)),
+    ] {
+        cases.push((what, p, vec![efd], libc::EEXIST));
+    }
+    for (what, p) in [
+        ("unaligned iova", dma_map(R, 0, 0x5000_0001, 0x1000)),
+        ("unaligned size", dma_map(R, 0, 0x5000_0000, 0x1001)),
+        ("unaligned offset", dma_map(R, 0x10, 0x5000_0000, 0x1000)),
+        ("zero size", dma_map(R, 0, 0x5000_0000, 0)),
+        ("iova + size = 2^64", dma_map(R, 0, top, 0x1000)),
+        ("iova + size wraps", dma_map(R, 0, top, 0x2000)),
+        ("size 2^64 - 4K", dma_map(R, 0, 0x1000, top)),
+        ("offset + size wraps", dma_map(R, top, 0x5000_0000, 0x2000)),
         (
             "offset beyond the file",
             dma_map(R, 2 * MEM, 0x5000_0000, 0x1000),
-            vec![efd],
-            EINVAL,
         ),
         (
             "size beyond the file",
             dma_map(R, 0, 0x5000_0000, 2 * MEM + 0x1000),
-            vec![efd],
-            EINVAL,
         ),
-        (
-            "no permission",
-            dma_map(0, 0, 0x5000_0000, 0x1000),
-            vec![efd],
-            EINVAL,
-        ),
-        (
-            "VADDR flag (bit 2)",
-            dma_map(R | 4, 0, 0x5000_0000, 0x1000),
-            vec![efd],
-            EINVAL,
-        ),
+        ("no permission", dma_map(0, 0, 0x5000_0000, 0x1000)),
+        ("VADDR flag (bit 2)", dma_map(R | 4, 0, 0x5000_0000, 0x1000)),
         (
             "unknown flag bit 31",
             dma_map(R | (1 << 31), 0, 0x5000_0000, 0x1000),
-            vec![efd],
-            EINVAL,
         ),
-        (
-            "no fd (DMA_READ/WRITE mode)",
-            dma_map(R, 0, 0x5000_0000, 0x1000),
-            vec![],
-            EINVAL,
-        ),
-        (
-            "two fds",
-            dma_map(R, 0, 0x5000_0000, 0x1000),
-            vec![efd, efd],
-            EINVAL,
-        ),
-        (
-            "socket fd",
-            dma_map(R, 0, 0x5000_0000, 0x1000),
-            vec![sock_a.as_raw_fd()],
-            EINVAL,
-        ),
-        (
-            "pipe fd",
-            dma_map(R, 0, 0x5000_0000, 0x1000),
-            vec![pipe_r.as_raw_fd()],
-            EINVAL,
-        ),
-        (
-            "eventfd",
-            dma_map(R, 0, 0x5000_0000, 0x1000),
-            vec![evfd.as_raw_fd()],
-            EINVAL,
-        ),
-        (
-            "/dev/null",
-            dma_map(R, 0, 0x5000_0000, 0x1000),
-            vec![null.as_raw_fd()],
-            EINVAL,
-        ),
-    ];
+    ] {
+        cases.push((what, p, vec![efd], EINVAL));
+    }
+    // A valid map with fds that cannot back it: EINVAL.
+    for (what, fds) in [
+        ("no fd (DMA_READ/WRITE mode)", vec![]),
+        ("two fds", vec![efd, efd]),
+        ("socket fd", vec![sock_a.as_raw_fd()]),
+        ("pipe fd", vec![pipe_r.as_raw_fd()]),
+        ("eventfd", vec![evfd.as_raw_fd()]),
+        ("/dev/null", vec![null.as_raw_fd()]),
+    ] {
+        cases.push((what, dma_map(R, 0, 0x5000_0000, 0x1000), fds, EINVAL));
+    }
     for (what, p, fds, errno) in &cases {
         r.expect(what, cmd::DMA_MAP, p, fds, *errno);
         r.still_works();
@@ -617,9 +520,6 @@ fn blocking_eventfd_at_the_limit_does_not_freeze_the_backend() {
     r.still_works();
     // The interrupt was counted as delivered (the eventfd was full: the
     // signal is lost, as with a saturated counter) and the backend goes on.
-    let mut p = Vec::new();
-    for x in [48u32, 0, 0, 1] {
-        p.extend_from_slice(&x.to_ne_bytes());
-    }
+    let p = ne32(&[48u32, 0, 0, 1]);
     r.expect("irq stats", cmd::SIDECAR_GET_IRQ_STATS, &p, &[], 0);
 }

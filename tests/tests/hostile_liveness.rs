@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use hostile_util::*;
 use vfio_sidecar::model::pl330::asm::Asm;
 use vfio_sidecar::model::pl330::insn::Insn;
-use vfio_sidecar::model::pl330::regs::CSR0;
+use vfio_sidecar::model::pl330::regs::{CSR0, INTEN};
 use vfio_sidecar_protocol::header::command as cmd;
 use vfio_sidecar_tests::{fd_count, wait_until, GuestMem, Sidecar};
 
@@ -28,6 +28,18 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// `n` pipelined 4-byte REGION_READs of INTEN (36-byte replies), ids 0..n.
+fn inten_reads(n: u16) -> Vec<u8> {
+    let p = region(INTEN, 0, 4, &[]);
+    let mut msg = Vec::new();
+    for i in 0..n {
+        let h = vfio_sidecar_protocol::header::Header::command(i, cmd::REGION_READ, p.len());
+        msg.extend_from_slice(&h.encode());
+        msg.extend_from_slice(&p);
+    }
+    msg
+}
+
 #[test]
 fn client_that_never_reads_replies_is_dropped_and_the_backend_recovers() {
     let srv = Sidecar::start("model:pl330", &[]);
@@ -37,13 +49,7 @@ fn client_that_never_reads_replies_is_dropped_and_the_backend_recovers() {
     r.sock.set_nonblocking(true).unwrap();
     // Pipeline REGION_READs of 4 bytes (36-byte replies) without reading:
     // the reply direction fills up, then the server's write times out.
-    let mut msg = Vec::new();
-    for i in 0..64u16 {
-        let p = region(0x20, 0, 4, &[]);
-        let h = vfio_sidecar_protocol::header::Header::command(i, cmd::REGION_READ, p.len());
-        msg.extend_from_slice(&h.encode());
-        msg.extend_from_slice(&p);
-    }
+    let msg = inten_reads(64);
     let start = Instant::now();
     let mut sent = 0usize;
     while start.elapsed() < Duration::from_secs(30) {
@@ -113,10 +119,7 @@ fn huge_argsz_does_not_inflate_replies() {
         0,
     );
     assert!(rep.payload.len() <= 4096, "{} bytes", rep.payload.len());
-    let mut p = Vec::new();
-    for x in [u32::MAX, 0, 0, 1] {
-        p.extend_from_slice(&x.to_ne_bytes());
-    }
+    let p = ne32(&[u32::MAX, 0, 0, 1]);
     let rep = r.expect(
         "irq stats argsz max",
         cmd::SIDECAR_GET_IRQ_STATS,
@@ -125,16 +128,10 @@ fn huge_argsz_does_not_inflate_replies() {
         0,
     );
     assert_eq!(rep.payload.len(), 16 + 32);
-    let mut p = Vec::new();
-    for x in [u32::MAX, 0] {
-        p.extend_from_slice(&x.to_ne_bytes());
-    }
+    let p = ne32(&[u32::MAX, 0]);
     let rep = r.expect("desc argsz max", cmd::SIDECAR_GET_DEVICE_DESC, &p, &[], 0);
     assert!(rep.payload.len() < 64 * 1024, "{} bytes", rep.payload.len());
-    let mut p = Vec::new();
-    for x in [u32::MAX, 0, 0, 0] {
-        p.extend_from_slice(&x.to_ne_bytes());
-    }
+    let p = ne32(&[u32::MAX, 0, 0, 0]);
     let rep = r.call(cmd::DEVICE_GET_REGION_IO_FDS, &p, &[]);
     assert!(rep.payload.len() < 4096, "{} bytes", rep.payload.len());
     r.still_works();
@@ -199,13 +196,7 @@ fn flooding_client_does_not_starve_sigterm() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_w = stop.clone();
     let w = std::thread::spawn(move || {
-        let mut batch = Vec::new();
-        for i in 0..256u16 {
-            let p = region(0x20, 0, 4, &[]);
-            let h = vfio_sidecar_protocol::header::Header::command(i, cmd::REGION_READ, p.len());
-            batch.extend_from_slice(&h.encode());
-            batch.extend_from_slice(&p);
-        }
+        let batch = inten_reads(256);
         let mut sent = 0u64;
         while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
             match sendmsg(&writer, &batch, &[]) {

@@ -17,7 +17,7 @@ use vfio_sidecar_protocol::header::{command as cmd, flags, HEADER_SIZE};
 use vfio_sidecar_protocol::message::{
     DmaMap, DmaUnmap, IrqInfo, RegionInfoRequest, DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE,
 };
-use vfio_sidecar_tests::{fd_count, wait_until, GuestMem, Sidecar, WAIT};
+use vfio_sidecar_tests::{fd_count, maps_matching, wait_until, GuestMem, Sidecar, WAIT};
 
 const EINVAL: i32 = libc::EINVAL;
 /// Largest message the server accepts: 16 + 32 + 1 MiB (default limits).
@@ -322,10 +322,7 @@ fn every_fixed_size_command_rejects_short_and_long_payloads() {
     }
     // None of the malformed DEVICE_RESETs reset the device (INTEN keeps its
     // marker, checked by `unchanged`), and no malformed DMA_MAP mapped memory.
-    assert_eq!(
-        vfio_sidecar_tests::maps_matching(srv.pid(), "memfd:fixedsz"),
-        0
-    );
+    assert_eq!(maps_matching(srv.pid(), "memfd:fixedsz"), 0);
     unchanged(&srv, &mut r, fds);
 }
 
@@ -349,10 +346,7 @@ fn too_many_fds_are_refused_and_closed() {
     );
     // Unknown command with fds: ENOSYS, fds closed.
     r.expect("unknown + fds", 0x4242, &[], &many[..3], libc::ENOSYS);
-    assert_eq!(
-        vfio_sidecar_tests::maps_matching(srv.pid(), "memfd:manyfds"),
-        0
-    );
+    assert_eq!(maps_matching(srv.pid(), "memfd:manyfds"), 0);
     unchanged(&srv, &mut r, fds);
 }
 

@@ -48,10 +48,11 @@ fn wr64(c: &mut vfio_user::Client, off: u64, v: u64) {
     c.region_write(BAR0, off, &v.to_le_bytes()).unwrap();
 }
 
-/// Waits (bounded) for the edu DMA RUN bit to clear.
-fn wait_dma(c: &mut vfio_user::Client) {
+/// Waits (bounded) for the edu DMA RUN bit (bit 0 of the DMA command
+/// register, as `read_cmd` reads it) to clear.
+fn wait_dma(mut read_cmd: impl FnMut() -> u32) {
     for _ in 0..1000 {
-        if rd32(c, BAR0, 0x98) & 1 == 0 {
+        if read_cmd() & 1 == 0 {
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -142,7 +143,7 @@ fn their_client_drives_edu() {
         wr64(&mut c, 0x88, 0x4_0000);
         wr64(&mut c, 0x90, 33);
         wr64(&mut c, 0x98, 0x1 | 0x4);
-        wait_dma(&mut c);
+        wait_dma(|| rd32(&mut c, BAR0, 0x98));
         assert_eq!(rd32(&mut c, BAR0, 0x24), 0x100);
         intx_hits.push(drain(&intx_r));
         wr32(&mut c, BAR0, 0x64, 0x100);
@@ -168,7 +169,7 @@ fn their_client_drives_edu() {
         wr64(&mut c, 0x80, 0x4_0000);
         wr64(&mut c, 0x88, 0x10_8000);
         wr64(&mut c, 0x98, 0x1 | 0x2 | 0x4);
-        wait_dma(&mut c);
+        wait_dma(|| rd32(&mut c, BAR0, 0x98));
         let mut msi_hits = vec![drain(&msi_r)];
         wr32(&mut c, BAR0, 0x64, 0x100);
         wr32(&mut c, BAR0, 0x60, 0x1);
@@ -292,18 +293,6 @@ fn dma_map(flags: u32, offset: u64, iova: u64, size: u64) -> Vec<u8> {
     p
 }
 
-/// Polls the edu DMA command register until RUN clears (bounded).
-fn wait_dma_raw(q: &mut Raw) {
-    for _ in 0..1000 {
-        let r = q.ok(9, &region_rw(0x98, BAR0, 8, &[]), &[]);
-        if r[16] & 1 == 0 {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    panic!("edu DMA never finished");
-}
-
 #[test]
 fn qemu_shaped_session() {
     let srv = Sidecar::start("model:edu", &[]);
@@ -420,7 +409,7 @@ fn qemu_shaped_session() {
     // DMA RAM -> device, IRQ on completion. Like QEMU's edu (a timer), the
     // transfer completes after the command write: the guest polls RUN.
     q.ok(10, &region_rw(0x98, BAR0, 8, &5u64.to_le_bytes()), &[]);
-    wait_dma_raw(&mut q);
+    wait_dma(|| u32::from(q.ok(9, &region_rw(0x98, BAR0, 8, &[]), &[])[16]));
     let r = q.ok(9, &region_rw(0x24, BAR0, 4, &[]), &[]);
     assert_eq!(&r[16..20], &0x100u32.to_le_bytes());
     assert_eq!(drain(&trig_r), 1);
@@ -445,7 +434,7 @@ fn qemu_shaped_session() {
     );
     q.ok(10, &region_rw(0x88, BAR0, 8, &0x5000u64.to_le_bytes()), &[]);
     q.ok(10, &region_rw(0x98, BAR0, 8, &3u64.to_le_bytes()), &[]);
-    wait_dma_raw(&mut q);
+    wait_dma(|| u32::from(q.ok(9, &region_rw(0x98, BAR0, 8, &[]), &[])[16]));
     assert_eq!(
         ram.read(0x5000, 15),
         b"qemu-shaped DMA",

@@ -244,6 +244,11 @@ impl Regs for Raw {
     }
 }
 
+/// `words` as native-endian bytes (a payload of u32 fields).
+pub fn ne32(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
 /// DEVICE_GET_INFO request payload.
 pub fn di_payload() -> Vec<u8> {
     let mut p = Vec::new();
