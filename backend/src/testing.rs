@@ -195,3 +195,29 @@ impl FakeSysfs {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_links_and_cleanup() {
+        let f = FakeSysfs::new();
+        let base = f.root.parent().map(Path::to_path_buf).unwrap_or_default();
+        f.vfio_drivers();
+        f.dev_vfio_container();
+        assert!(f.dev().join("vfio/vfio").is_file());
+        assert!(f.root.join("module/vfio").is_dir());
+        let pl330 = f.typical_devices();
+        let group = fs::read_link(pl330.join("iommu_group")).unwrap_or_default();
+        assert!(group.ends_with("kernel/iommu_groups/12"), "{group:?}");
+        let by_bus = f.root.join("bus/amba/devices/ff240000.dma-controller");
+        assert_eq!(fs::canonicalize(&by_bus).ok(), fs::canonicalize(&pl330).ok());
+        assert!(pl330.join("driver/unbind").is_file());
+        f.rebind(&pl330, "amba", "vfio-amba");
+        let drv = fs::read_link(pl330.join("driver")).unwrap_or_default();
+        assert!(drv.ends_with("drivers/vfio-amba"), "{drv:?}");
+        drop(f);
+        assert!(!base.exists(), "tree removed on drop");
+    }
+}

@@ -94,6 +94,27 @@ pub fn eventfd_signal(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// A control buffer (8-byte aligned) holding one `SCM_RIGHTS` message with
+/// `fds`, and its length in bytes.
+fn rights(fds: &[RawFd]) -> io::Result<(Vec<u64>, usize)> {
+    let len = u32::try_from(std::mem::size_of_val(fds)).map_err(io::Error::other)?;
+    // SAFETY: CMSG_SPACE and CMSG_LEN are pure arithmetic.
+    let (space, cmsg_len) = unsafe { (libc::CMSG_SPACE(len) as usize, libc::CMSG_LEN(len)) };
+    let mut buf = vec![0u64; space.div_ceil(8)];
+    let hdr = buf.as_mut_ptr().cast::<libc::cmsghdr>();
+    // SAFETY: `buf` is CMSG_SPACE(len) bytes, 8-byte aligned: the header at
+    // its start (where CMSG_FIRSTHDR puts it) and `len` bytes of data at
+    // CMSG_DATA fit inside it.
+    unsafe {
+        (*hdr).cmsg_len = cmsg_len as _;
+        (*hdr).cmsg_level = libc::SOL_SOCKET;
+        (*hdr).cmsg_type = libc::SCM_RIGHTS;
+        let data = libc::CMSG_DATA(hdr);
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, len as usize);
+    }
+    Ok((buf, space))
+}
+
 /// One `sendmsg(MSG_NOSIGNAL | flags)` of `bytes` with `fds` attached
 /// (`SCM_RIGHTS`, none if empty); returns how many bytes went out. `flags`:
 /// e.g. `MSG_DONTWAIT`; the socket's own blocking mode and timeouts apply.
@@ -107,29 +128,14 @@ pub fn sendmsg_fds(
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
     };
-    let fd_bytes = u32::try_from(std::mem::size_of_val(fds)).map_err(io::Error::other)?;
-    // SAFETY: CMSG_SPACE is pure arithmetic.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
     // SAFETY: an all-zero msghdr is a valid value; the fields are set below.
     let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
     mh.msg_iov = &mut iov;
     mh.msg_iovlen = 1;
+    let mut control = rights(fds)?;
     if !fds.is_empty() {
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        mh.msg_controllen = space as _;
-        // SAFETY: the control buffer is CMSG_SPACE(fd_bytes) bytes: one cmsg
-        // header and `fds` fit; CMSG_FIRSTHDR/CMSG_DATA point inside it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&mh);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
-            let data = libc::CMSG_DATA(c).cast::<RawFd>();
-            for (i, f) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(*f);
-            }
-        }
+        mh.msg_control = control.0.as_mut_ptr().cast();
+        mh.msg_controllen = control.1 as _;
     }
     // SAFETY: mh points to live iovec and control buffers for the call.
     let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &mh, libc::MSG_NOSIGNAL | flags) };
@@ -226,6 +232,15 @@ fn range(start: u64, len: usize, size: usize) -> Result<std::ops::Range<usize>, 
         Some(end) if end <= size => Ok(start..end),
         _ => Err(Errno::EINVAL),
     }
+}
+
+/// The bytes of [`ToyHandler`]'s region 0 an access of `len` at `offset`
+/// of `region` touches (only region 0 is trapped).
+fn regs_range(region: u32, offset: u64, len: usize) -> Result<std::ops::Range<usize>, Errno> {
+    if region != 0 {
+        return Err(Errno::EINVAL);
+    }
+    range(offset, len, REG_SIZE)
 }
 
 /// A toy device: region 0 = 4 KiB RAM (trapped), region 1 = 8 KiB memfd with
@@ -454,26 +469,14 @@ impl Handler for ToyHandler {
     }
 
     fn region_read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        if region != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let src = self
-            .regs
-            .get(range(offset, buf.len(), REG_SIZE)?)
-            .ok_or(Errno::EINVAL)?;
-        buf.copy_from_slice(src);
+        let src = self.regs.get(regs_range(region, offset, buf.len())?);
+        buf.copy_from_slice(src.ok_or(Errno::EINVAL)?);
         Ok(())
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        if region != 0 {
-            return Err(Errno::EINVAL);
-        }
-        let dst = self
-            .regs
-            .get_mut(range(offset, data.len(), REG_SIZE)?)
-            .ok_or(Errno::EINVAL)?;
-        dst.copy_from_slice(data);
+        let dst = self.regs.get_mut(regs_range(region, offset, data.len())?);
+        dst.ok_or(Errno::EINVAL)?.copy_from_slice(data);
         self.writes.push((region, offset, data.to_vec()));
         Ok(())
     }
@@ -500,5 +503,93 @@ impl Handler for ToyHandler {
                 refires: 40,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::recv_with_fds;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn sendmsg_fds_passes_bytes_and_fds() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = pipe().unwrap();
+        let e = eventfd(true).unwrap();
+        let fds = [w.as_raw_fd(), e.as_raw_fd()];
+        assert_eq!(sendmsg_fds(a.as_fd(), b"abc", &fds, 0).unwrap(), 3);
+        assert_eq!(sendmsg_fds(a.as_fd(), b"de", &[], 0).unwrap(), 2);
+        let mut buf = [0u8; 8];
+        let (n, got, truncated) = recv_with_fds(b.as_fd(), &mut buf, 4).unwrap();
+        assert_eq!((&buf[..n], got.len(), truncated), (&b"abc"[..], 2, false));
+        // The received fds are the pipe's write end and the eventfd.
+        let mut f = File::from(got.into_iter().next().unwrap());
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        let mut one = [0u8; 1];
+        std::io::Read::read_exact(&mut File::from(r), &mut one).unwrap();
+        assert_eq!(&one, b"x");
+        let (n, got, _) = recv_with_fds(b.as_fd(), &mut buf, 4).unwrap();
+        assert_eq!((&buf[..n], got.len()), (&b"de"[..], 0));
+        // Signal/read round trip on the eventfd.
+        eventfd_signal(e.as_raw_fd()).unwrap();
+        assert_eq!(eventfd_read(e.as_raw_fd()), 1);
+        assert_eq!(eventfd_read(e.as_raw_fd()), 0);
+    }
+
+    #[test]
+    fn toy_handler_refuses_out_of_range_requests() {
+        let mut h = ToyHandler::default();
+        let mut b = [0u8; 4];
+        assert_eq!(h.region_read(0, u64::MAX, &mut b), Err(Errno::EINVAL));
+        assert_eq!(
+            h.region_read(0, REG_SIZE as u64 - 2, &mut b),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(h.region_write(1, 0, &b), Err(Errno::EINVAL));
+        h.region_write(0, 4, &[1, 2, 3, 4]).unwrap();
+        h.region_read(0, 4, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(
+            h.dma_map(&DmaMap::new(1, 0, u64::MAX - 0xfff, 0x2000), None),
+            Err(Errno::EINVAL)
+        );
+        let wrap = SetIrqs::new(0, IrqAction::Mask, IrqDataType::None, u32::MAX, 2, vec![]);
+        assert_eq!(h.set_irqs(&wrap, vec![]), Err(Errno::EINVAL));
+        let mask = SetIrqs::new(0, IrqAction::Mask, IrqDataType::None, 1, 1, vec![]);
+        h.set_irqs(&mask, vec![]).unwrap();
+        assert_eq!(h.masked, [false, true]);
+        assert!(h.irq_stats(0, u32::MAX, 2).is_err());
+        assert_eq!(h.irq_stats(0, 1, 1).unwrap()[0].device_events, 11);
+    }
+
+    #[test]
+    fn memfd_has_its_size_and_name() {
+        let m = memfd("testing-memfd", 0x3000).unwrap();
+        assert_eq!(
+            File::from(m.try_clone().unwrap()).metadata().unwrap().len(),
+            0x3000
+        );
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", m.as_raw_fd())).unwrap();
+        assert!(
+            link.to_string_lossy().contains("memfd:testing-memfd"),
+            "{link:?}"
+        );
+        assert!(memfd("nul\0inside", 1).is_err());
+    }
+
+    #[test]
+    fn version_payloads() {
+        let v = Version::decode(&client_version_payload(true)).unwrap();
+        assert_eq!((v.major, v.minor), (0, 1));
+        assert!(v.caps.sidecar.is_some());
+        let v = Version::decode(&client_version_payload(false)).unwrap();
+        assert!(v.caps.sidecar.is_none());
+    }
+
+    #[test]
+    fn watchdog_returns_the_result() {
+        assert_eq!(watchdog("adder", Duration::from_secs(10), || 2 + 2), 4);
     }
 }
