@@ -23,7 +23,7 @@
 //! Every wait has a timeout (3 s for an expected event); "nothing arrives" checks
 //! wait 200-300 ms.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,6 +66,57 @@ fn find_edu() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// A shared read-write mapping of device memory (a region of a VFIO device
+/// fd or an fd a vfio-user server sent), unmapped on drop; accessed with
+/// volatile 32-bit reads and writes only.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` at `offset`; None if mmap fails.
+    fn shared(fd: RawFd, len: usize, offset: u64) -> Option<Mapping> {
+        let offset = libc::off_t::try_from(offset).ok()?;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a new mapping chosen by the kernel; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                offset,
+            )
+        };
+        (p != libc::MAP_FAILED).then(|| Mapping { ptr: p.cast(), len })
+    }
+
+    /// The word at `off`, or None if it is outside the mapping.
+    fn read32(&self, off: usize) -> Option<u32> {
+        (off.checked_add(4)? <= self.len).then(|| {
+            // SAFETY: off + 4 <= len: inside the mapping; device memory needs volatile.
+            unsafe { self.ptr.add(off).cast::<u32>().read_volatile() }
+        })
+    }
+
+    /// Writes the word at `off` (ignored outside the mapping).
+    fn write32(&self, off: usize, v: u32) {
+        if off.checked_add(4).is_some_and(|end| end <= self.len) {
+            // SAFETY: off + 4 <= len: inside the mapping; device memory needs volatile.
+            unsafe { self.ptr.add(off).cast::<u32>().write_volatile(v) }
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping `shared` made; nothing refers to it after drop.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }
 
 fn eventfd() -> OwnedFd {
@@ -290,32 +341,15 @@ fn direct(path: &Path) -> u32 {
 
     // ---- BAR0 by mmap
     if let Some(m) = &bar0.mmap {
-        // SAFETY: maps the VFIO device fd at the region offset the kernel reported; the
-        // mapping is only accessed with volatile reads/writes and unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bar0.size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                m.fd,
-                m.fd_offset as i64,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            c.check(false, "mmap BAR0");
-        } else {
-            let r = p.cast::<u32>();
-            // SAFETY: offsets 0 and 4 are inside the 1 MiB mapping; MMIO needs volatile access.
-            let (id, live) = unsafe {
-                let id = r.read_volatile();
-                r.add(1).write_volatile(0x0f0f_0000);
-                (id, r.add(1).read_volatile())
-            };
-            c.check(id == EDU_ID, "edu ID via mmap");
-            c.check(live == !0x0f0f_0000, "edu liveness via mmap");
-            // SAFETY: unmapping what we mapped above.
-            unsafe { libc::munmap(p, bar0.size as usize) };
+        // The VFIO device fd at the region offset the kernel reported.
+        match Mapping::shared(m.fd, bar0.size as usize, m.fd_offset) {
+            None => c.check(false, "mmap BAR0"),
+            Some(map) => {
+                let id = map.read32(0);
+                map.write32(4, 0x0f0f_0000);
+                c.check(id == Some(EDU_ID), "edu ID via mmap");
+                c.check(map.read32(4) == Some(!0x0f0f_0000), "edu liveness via mmap");
+            }
         }
     }
 
@@ -684,34 +718,15 @@ mod e2e {
         );
         if let (Some(fd), Some(a)) = (&r0fd, areas.first()) {
             let len = a.size.min(0x1000) as usize;
-            // SAFETY: maps the fd the server sent at the region's mmap offset plus the
-            // sparse area's offset; accessed with volatile reads only, unmapped below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    (r0.offset + a.offset) as i64,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                c.check(false, "mmap of the first sparse area");
-            } else {
+            // The fd the server sent, at the region's mmap offset plus the sparse
+            // area's offset.
+            let map = Mapping::shared(fd.as_raw_fd(), len, r0.offset + a.offset);
+            if let Some(map) = map {
                 // edu decodes only its first 0x100 bytes; elsewhere it reads all-ones. The
                 // mmap and REGION_READ must agree on every probed word.
                 let mut agree = true;
                 for off in [0u64, 4, 0x80, 0x800] {
-                    let m = if (off as usize) + 4 <= len {
-                        // SAFETY: off + 4 <= len, inside the mapping; MMIO needs volatile.
-                        unsafe {
-                            p.cast::<u8>()
-                                .add(off as usize)
-                                .cast::<u32>()
-                                .read_volatile()
-                        }
-                    } else {
+                    let Some(m) = map.read32(off as usize) else {
                         continue;
                     };
                     let r = rd(&mut cl, a.offset + off);
@@ -724,8 +739,8 @@ mod e2e {
                     }
                 }
                 c.check(agree, "sparse-area mmap reads agree with REGION_READ");
-                // SAFETY: unmapping the mapping made above.
-                unsafe { libc::munmap(p, len) };
+            } else {
+                c.check(false, "mmap of the first sparse area");
             }
         }
 
