@@ -19,9 +19,7 @@ use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
 use vfio_sidecar::model::pl330::regs::{DBGCMD, DBGINST0, DBGINST1, FSRC, FSRD, INTCLR, INTEN};
 use vfio_sidecar_protocol::header::command as cmd;
 use vfio_sidecar_tests::pl330::CCR_COPY;
-use vfio_sidecar_tests::{
-    drain, eventfd, fd_count, maps_matching, wait_until, GuestMem, Sidecar, WAIT,
-};
+use vfio_sidecar_tests::{drain, eventfd, fd_count, maps_matching, wait_until, GuestMem, WAIT};
 
 const EINVAL: i32 = libc::EINVAL;
 const R: u32 = 1;
@@ -67,17 +65,10 @@ fn dma_copy_works(r: &mut Raw, mem: &GuestMem, seed: u8) {
 
 #[test]
 fn dma_map_malformations_leave_the_table_unchanged() {
-    let srv = Sidecar::start("model:pl330", &[]);
+    let (srv, mut r) = pl330_peer(&[], true);
     let pid = srv.pid();
-    let mut r = Raw::negotiated(&srv.socket, true);
     let good = GuestMem::new("dmagood", MEM);
-    r.expect(
-        "valid map",
-        cmd::DMA_MAP,
-        &dma_map(R | W | X, 0, IOVA, MEM),
-        &[good.fd().as_raw_fd()],
-        0,
-    );
+    r.map("valid map", &good, R | W | X, IOVA, MEM);
     dma_copy_works(&mut r, &good, 1);
     let base_fds = fd_count(pid);
     assert_eq!(maps_matching(pid, "memfd:dmagood"), 1);
@@ -194,8 +185,7 @@ fn dma_map_malformations_leave_the_table_unchanged() {
 
 #[test]
 fn exec_flag_needs_the_extension() {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, false);
+    let (srv, mut r) = pl330_peer(&[], false);
     let mem = GuestMem::new("plainx", MEM);
     r.expect(
         "EXEC without extension",
@@ -206,20 +196,13 @@ fn exec_flag_needs_the_extension() {
     );
     assert_eq!(maps_matching(srv.pid(), "memfd:plainx"), 0);
     // Plain READ mapping: executable (upstream semantics), the copy works.
-    r.expect(
-        "plain RW map",
-        cmd::DMA_MAP,
-        &dma_map(R | W, 0, IOVA, MEM),
-        &[mem.fd().as_raw_fd()],
-        0,
-    );
+    r.map("plain RW map", &mem, R | W, IOVA, MEM);
     dma_copy_works(&mut r, &mem, 3);
 }
 
 #[test]
 fn dma_map_limit_gives_enospc() {
-    let srv = Sidecar::start("model:pl330", &["--max-dma-maps", "4"]);
-    let mut r = Raw::negotiated(&srv.socket, true);
+    let (srv, mut r) = pl330_peer(&["--max-dma-maps", "4"], true);
     let mem = GuestMem::new("limit", 0x8000);
     let fd = mem.fd().as_raw_fd();
     for i in 0..4u64 {
@@ -302,17 +285,10 @@ fn valid_shape(action: u32, data: u32, start: u32, count: u32, bytes: usize, nfd
 
 #[test]
 fn set_irqs_every_invalid_combination_is_einval_and_the_eventfd_stays() {
-    let srv = Sidecar::start("model:pl330", &[]);
+    let (srv, mut r) = pl330_peer(&[], true);
     let pid = srv.pid();
-    let mut r = Raw::negotiated(&srv.socket, true);
     let mem = GuestMem::new("irqmem", MEM);
-    r.expect(
-        "map",
-        cmd::DMA_MAP,
-        &dma_map(R | W | X, 0, IOVA, MEM),
-        &[mem.fd().as_raw_fd()],
-        0,
-    );
+    r.map("map", &mem, R | W | X, IOVA, MEM);
     let (trig, trig_reader) = eventfd();
     r.expect(
         "trigger eventfd",
@@ -437,8 +413,7 @@ fn set_irqs_every_invalid_combination_is_einval_and_the_eventfd_stays() {
 
 #[test]
 fn region_info_and_irq_info_bad_indices() {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, true);
+    let (_srv, mut r) = pl330_peer(&[], true);
     for index in [1u32, 2, u32::MAX] {
         let mut p = vec![0u8; 32];
         p[0..4].copy_from_slice(&32u32.to_ne_bytes());
@@ -487,8 +462,7 @@ fn region_info_and_irq_info_bad_indices() {
 #[test]
 fn blocking_eventfd_at_the_limit_does_not_freeze_the_backend() {
     use std::io::Write;
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, true);
+    let (_srv, mut r) = pl330_peer(&[], true);
     let ev = vfio_sidecar_protocol::testing::eventfd(false).unwrap();
     let mut evf = File::from(ev.try_clone().unwrap());
     evf.write_all(&(u64::MAX - 1).to_ne_bytes()).unwrap();

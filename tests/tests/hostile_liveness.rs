@@ -7,7 +7,6 @@
 
 mod hostile_util;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -28,18 +27,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
-/// `n` pipelined 4-byte REGION_READs of INTEN (36-byte replies), ids 0..n.
-fn inten_reads(n: u16) -> Vec<u8> {
-    let p = region(INTEN, 0, 4, &[]);
-    let mut msg = Vec::new();
-    for i in 0..n {
-        let h = vfio_sidecar_protocol::header::Header::command(i, cmd::REGION_READ, p.len());
-        msg.extend_from_slice(&h.encode());
-        msg.extend_from_slice(&p);
-    }
-    msg
-}
-
 #[test]
 fn client_that_never_reads_replies_is_dropped_and_the_backend_recovers() {
     let srv = Sidecar::start("model:pl330", &[]);
@@ -49,7 +36,7 @@ fn client_that_never_reads_replies_is_dropped_and_the_backend_recovers() {
     r.sock.set_nonblocking(true).unwrap();
     // Pipeline REGION_READs of 4 bytes (36-byte replies) without reading:
     // the reply direction fills up, then the server's write times out.
-    let msg = inten_reads(64);
+    let msg = pipelined_reads(INTEN, 0, 64);
     let start = Instant::now();
     let mut sent = 0usize;
     while start.elapsed() < Duration::from_secs(30) {
@@ -76,9 +63,8 @@ fn client_that_never_reads_replies_is_dropped_and_the_backend_recovers() {
 
 #[test]
 fn connection_flood_is_bounded_and_the_client_keeps_working() {
-    let srv = Sidecar::start("model:pl330", &[]);
+    let (srv, mut r) = pl330_peer(&[], true);
     let pid = srv.pid();
-    let mut r = Raw::negotiated(&srv.socket, true);
     let with_client = fd_count(pid);
     let mut extra = Vec::new();
     for i in 0..300 {
@@ -107,8 +93,7 @@ fn connection_flood_is_bounded_and_the_client_keeps_working() {
 
 #[test]
 fn huge_argsz_does_not_inflate_replies() {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, true);
+    let (_srv, mut r) = pl330_peer(&[], true);
     let mut p = vec![0u8; 32];
     p[0..4].copy_from_slice(&u32::MAX.to_ne_bytes());
     let rep = r.expect(
@@ -139,17 +124,10 @@ fn huge_argsz_does_not_inflate_replies() {
 
 #[test]
 fn runaway_microcode_does_not_starve_the_client_and_dmakill_stops_it() {
-    let srv = Sidecar::start("model:pl330", &[]);
+    let (srv, mut r) = pl330_peer(&[], true);
     let pid = srv.pid();
-    let mut r = Raw::negotiated(&srv.socket, true);
     let mem = GuestMem::new("runaway", 0x10000);
-    r.expect(
-        "map",
-        cmd::DMA_MAP,
-        &dma_map(1 | 2 | (1 << 16), 0, IOVA, 0x10000),
-        &[mem.fd().as_raw_fd()],
-        0,
-    );
+    r.map("map", &mem, 1 | 2 | (1 << 16), IOVA, 0x10000);
     // DMANOP; DMALPFE back to it: loops forever without touching memory.
     let mut a = Asm::new();
     let top = a.offset();
@@ -189,14 +167,13 @@ fn runaway_microcode_does_not_starve_the_client_and_dmakill_stops_it() {
 /// rest of the event loop: SIGTERM still shuts the backend down.
 #[test]
 fn flooding_client_does_not_starve_sigterm() {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let r = Raw::negotiated(&srv.socket, true);
+    let (srv, r) = pl330_peer(&[], true);
     let writer = r.sock.try_clone().unwrap();
     let reader = r.sock.try_clone().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_w = stop.clone();
     let w = std::thread::spawn(move || {
-        let batch = inten_reads(256);
+        let batch = pipelined_reads(INTEN, 0, 256);
         let mut sent = 0u64;
         while !stop_w.load(std::sync::atomic::Ordering::Relaxed) {
             match sendmsg(&writer, &batch, &[]) {

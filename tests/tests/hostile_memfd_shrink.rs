@@ -12,15 +12,13 @@ use hostile_util::*;
 use vfio_sidecar::model::pl330::asm::Asm;
 use vfio_sidecar::model::pl330::insn::{Cond, Insn, MovReg};
 use vfio_sidecar::model::pl330::regs::{FSRC, FSRD};
-use vfio_sidecar_protocol::header::command as cmd;
-use vfio_sidecar_tests::{GuestMem, Sidecar};
+use vfio_sidecar_tests::GuestMem;
 
 const IOVA: u32 = 0x4000_0000;
 
 #[test]
 fn shrinking_a_mapped_memfd_gives_dma_faults_not_a_dead_backend() {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, true);
+    let (srv, mut r) = pl330_peer(&[], true);
     let mem = GuestMem::new("shrink", 0x10000);
     // Program at 0 (stays backed): load from 0x8000 (will not be), store at 0x100.
     let mut a = Asm::new();
@@ -32,13 +30,7 @@ fn shrinking_a_mapped_memfd_gives_dma_faults_not_a_dead_backend() {
         .end();
     mem.write(0, a.bytes());
     mem.write(0x9000, &[0u8; 16]);
-    r.expect(
-        "map",
-        cmd::DMA_MAP,
-        &dma_map(1 | 2 | (1 << 16), 0, u64::from(IOVA), 0x10000),
-        &[mem.fd().as_raw_fd()],
-        0,
-    );
+    r.map("map", &mem, 1 | 2 | (1 << 16), u64::from(IOVA), 0x10000);
     // SAFETY: ftruncate on our own memfd.
     assert_eq!(unsafe { libc::ftruncate(mem.fd().as_raw_fd(), 0x1000) }, 0);
 

@@ -35,8 +35,7 @@ fn irq_stats_req(index: u32, start: u32, count: u32) -> Vec<u8> {
 /// A backend, a negotiated raw client with INTEN set to a marker value, and
 /// the backend's fd count with this one client connected.
 fn setup(extension: bool) -> (Sidecar, Raw, usize) {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, extension);
+    let (srv, mut r) = pl330_peer(&[], extension);
     r.write32(INTEN, 0x5a);
     let fds = fd_count(srv.pid());
     (srv, r, fds)

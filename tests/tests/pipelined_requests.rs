@@ -10,33 +10,18 @@ mod hostile_util;
 use std::time::Duration;
 
 use hostile_util::*;
-use vfio_sidecar_protocol::header::{command as cmd, Header};
-use vfio_sidecar_tests::Sidecar;
-
-const INTEN: u64 = 0x20;
+use vfio_sidecar::model::pl330::regs::INTEN;
 
 #[test]
 fn pipelined_requests_beyond_the_batch_limit_are_all_answered() {
-    let srv = Sidecar::start("model:pl330", &[]);
-    let mut r = Raw::negotiated(&srv.socket, true);
+    let (_srv, mut r) = pl330_peer(&[], true);
     r.sock
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     // INTEN = 0x5a, then 300 reads of it (32 bytes each) in one write.
     let v: u32 = 0x5a;
-    r.expect(
-        "INTEN write",
-        cmd::REGION_WRITE,
-        &region(INTEN, 0, 4, &v.to_le_bytes()),
-        &[],
-        0,
-    );
-    let mut msg = Vec::new();
-    for i in 0..300u16 {
-        let p = region(INTEN, 0, 4, &[]);
-        msg.extend_from_slice(&Header::command(1000 + i, cmd::REGION_READ, p.len()).encode());
-        msg.extend_from_slice(&p);
-    }
+    r.write32(INTEN, v);
+    let msg = pipelined_reads(INTEN, 1000, 300);
     assert!(msg.len() < 64 << 10, "fits one receive buffer");
     assert_eq!(sendmsg(&r.sock, &msg, &[]).unwrap(), msg.len());
     for i in 0..300u16 {

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use vfio_sidecar_protocol::header::{command as cmd, flags, Header, HEADER_SIZE};
 use vfio_sidecar_protocol::testing;
 use vfio_sidecar_protocol::transport::{recv_with_fds, wait_fd};
 pub use vfio_sidecar_tests::pl330::Regs;
+use vfio_sidecar_tests::{GuestMem, Sidecar};
 
 /// A reply as received.
 #[derive(Debug)]
@@ -43,6 +44,27 @@ pub struct Raw {
     /// The socket.
     pub sock: UnixStream,
     next_id: u16,
+}
+
+/// `vfio-sidecar serve --device model:pl330 EXTRA...` and a raw peer that
+/// negotiated (proposing the extension if `extension`).
+pub fn pl330_peer(extra: &[&str], extension: bool) -> (Sidecar, Raw) {
+    let srv = Sidecar::start("model:pl330", extra);
+    let r = Raw::negotiated(&srv.socket, extension);
+    (srv, r)
+}
+
+/// `n` pipelined 4-byte REGION_READs of register `off` (36-byte replies) in
+/// one buffer, ids `first_id..`.
+pub fn pipelined_reads(off: u64, first_id: u16, n: u16) -> Vec<u8> {
+    let p = region(off, 0, 4, &[]);
+    let mut msg = Vec::new();
+    for i in 0..n {
+        let id = first_id.wrapping_add(i);
+        msg.extend_from_slice(&Header::command(id, cmd::REGION_READ, p.len()).encode());
+        msg.extend_from_slice(&p);
+    }
+    msg
 }
 
 /// Sends `bytes` in one sendmsg with `fds` attached (blocking unless the
@@ -194,6 +216,13 @@ impl Raw {
             );
         }
         r
+    }
+
+    /// DMA_MAP of `mem` from offset 0, `size` bytes at `iova` with `flags`;
+    /// asserts success (`what` names it).
+    pub fn map(&mut self, what: &str, mem: &GuestMem, flags: u32, iova: u64, size: u64) {
+        let p = dma_map(flags, 0, iova, size);
+        self.expect(what, cmd::DMA_MAP, &p, &[mem.fd().as_raw_fd()], 0);
     }
 
     /// True if the server closed the connection (EOF within the timeout).
