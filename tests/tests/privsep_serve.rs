@@ -33,6 +33,15 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// True when running as root; otherwise prints that the test is skipped
+/// (it needs root `why`) and the test returns early.
+fn root_or_skip(why: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipped: needs root {why}");
+    }
+    is_root()
+}
+
 fn backend() -> PathBuf {
     workspace_bin("vfio-sidecar", "vfio-sidecar")
 }
@@ -116,8 +125,7 @@ fn socket_is_created_0600_by_default() {
 
 #[test]
 fn socket_mode_owner_group() {
-    if !is_root() {
-        eprintln!("skipped: needs root to chown the socket");
+    if !root_or_skip("to chown the socket") {
         return;
     }
     let srv = Sidecar::start(
@@ -179,8 +187,7 @@ fn bad_socket_options_are_refused() {
 
 #[test]
 fn allow_uid_refuses_another_uid() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run a client as nobody");
+    if !root_or_skip("to run a client as nobody") {
         return;
     }
     // Mode 0666: only the SO_PEERCRED policy keeps nobody out.
@@ -243,8 +250,7 @@ fn allow_uid_refuses_another_uid() {
 
 #[test]
 fn user_nobody_drops_and_device_works() {
-    if !is_root() {
-        eprintln!("skipped: needs root to switch users");
+    if !root_or_skip("to switch users") {
         return;
     }
     let mut srv = Sidecar::start("model:scratch", &["--user", "nobody"]);
