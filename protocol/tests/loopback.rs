@@ -37,6 +37,11 @@ const RW: DmaProt = DmaProt {
     write: true,
     exec: false,
 };
+const RX: DmaProt = DmaProt {
+    read: true,
+    write: false,
+    exec: true,
+};
 
 #[test]
 fn every_command_with_extension() {
@@ -145,18 +150,7 @@ fn every_command_with_extension() {
     pwrite(mem.as_raw_fd(), 0x1000, b"guest-ram");
     c.dma_map(0x10_0000, 0x2000, mem.as_fd(), 0x1000, RW)
         .unwrap();
-    c.dma_map(
-        0x20_0000,
-        0x1000,
-        mem.as_fd(),
-        0,
-        DmaProt {
-            read: true,
-            write: false,
-            exec: true,
-        },
-    )
-    .unwrap();
+    c.dma_map(0x20_0000, 0x1000, mem.as_fd(), 0, RX).unwrap();
     assert_eq!(
         remote_errno(
             c.dma_map(0x10_1000, 0x1000, mem.as_fd(), 0, RW)
@@ -249,18 +243,7 @@ fn plain_client_sees_plain_device() {
     ));
     // EXEC is silently implied by READ for a plain client: no bit 16 on the wire.
     let mem = memfd(0x1000);
-    c.dma_map(
-        0x1000,
-        0x1000,
-        mem.as_fd(),
-        0,
-        DmaProt {
-            read: true,
-            write: false,
-            exec: true,
-        },
-    )
-    .unwrap();
+    c.dma_map(0x1000, 0x1000, mem.as_fd(), 0, RX).unwrap();
     drop(c);
     let (h, _) = server.join().unwrap();
     assert_eq!(h.maps[&0x1000].1, DMA_MAP_FLAG_READ);
