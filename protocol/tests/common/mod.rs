@@ -13,6 +13,7 @@ use vfio_sidecar_protocol::ext::*;
 use vfio_sidecar_protocol::header::Header;
 use vfio_sidecar_protocol::message::*;
 use vfio_sidecar_protocol::transport::{send_message, wait_fd, Incoming, Message, MessageReader};
+use vfio_sidecar_protocol::TransportError;
 use vfio_sidecar_protocol::{ConnStatus, Errno, Handler, Negotiated, ServerConnection};
 
 pub fn memfd(size: usize) -> OwnedFd {
@@ -494,9 +495,20 @@ impl RawPeer {
             caps,
         }
         .encode();
-        let h = Header::reply_to(&v.header, payload.len());
-        send_message(self.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        self.reply(&v.header, &[&payload]).unwrap();
         v
+    }
+
+    /// Sends the reply to `req` made of `parts` (no fds).
+    pub fn reply(&self, req: &Header, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        send_message(
+            self.sock.as_fd(),
+            &Header::reply_to(req, len),
+            parts,
+            &[],
+            None,
+        )
     }
 
     pub fn version(&mut self, caps: &Capabilities) -> Message {
