@@ -40,6 +40,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Serialize};
+use vfio_sidecar_protocol::ext;
 
 use crate::device::{DeviceError, IrqAction, IrqCounters, IrqData, SetIrqs};
 
@@ -247,63 +248,42 @@ impl EmulatedIrqs {
                 "start {start} count {count}: only start 0, count 1 is valid"
             )));
         }
-        let flag = |data: &IrqData| match data {
-            IrqData::None => true,
-            IrqData::Bool(b) => b.first().copied().unwrap_or(false),
-            IrqData::Eventfd(_) => false,
-        };
-        match action {
-            IrqAction::Mask => match data {
-                IrqData::Eventfd(_) => Err(DeviceError::Invalid(
-                    "MASK with DATA_EVENTFD is not supported (as in Linux)".into(),
-                )),
-                d => {
-                    if flag(&d) {
-                        self.mask(index)?;
-                    }
-                    Ok(())
+        match (action, data) {
+            (IrqAction::Mask, IrqData::Eventfd(_)) => Err(DeviceError::Invalid(
+                "MASK with DATA_EVENTFD is not supported (as in Linux)".into(),
+            )),
+            (IrqAction::Unmask, IrqData::Eventfd(fds)) => {
+                let file = Self::eventfd_file(fds)?;
+                self.vector(index)?.unmask_fd = file;
+                Ok(())
+            }
+            (IrqAction::Trigger, IrqData::Eventfd(fds)) => {
+                let file = Self::eventfd_file(fds)?;
+                let v = self.vector(index)?;
+                v.trigger = file;
+                // Like vfio_set_trigger enabling the line: a pending level fires.
+                v.evaluate_level();
+                Ok(())
+            }
+            // DATA_NONE acts; DATA_BOOL acts when its flag is true.
+            (_, IrqData::Bool(b)) if !b.first().copied().unwrap_or(false) => Ok(()),
+            (IrqAction::Mask, _) => self.mask(index),
+            (IrqAction::Unmask, _) => self.unmask(index),
+            (IrqAction::Trigger, _) => {
+                // Loopback: as if the device raised the vector.
+                let v = self.vector(index)?;
+                if !v.masked {
+                    v.fire();
                 }
-            },
-            IrqAction::Unmask => match data {
-                IrqData::Eventfd(mut fds) => {
-                    let fd = fds.pop().flatten();
-                    let file = Self::eventfd_file(fd)?;
-                    self.vector(index)?.unmask_fd = file;
-                    Ok(())
-                }
-                d => {
-                    if flag(&d) {
-                        self.unmask(index)?;
-                    }
-                    Ok(())
-                }
-            },
-            IrqAction::Trigger => match data {
-                IrqData::Eventfd(mut fds) => {
-                    let fd = fds.pop().flatten();
-                    let file = Self::eventfd_file(fd)?;
-                    let v = self.vector(index)?;
-                    v.trigger = file;
-                    // Like vfio_set_trigger enabling the line: a pending level fires.
-                    v.evaluate_level();
-                    Ok(())
-                }
-                d => {
-                    if flag(&d) {
-                        // Loopback: as if the device raised the vector.
-                        let v = self.vector(index)?;
-                        if !v.masked {
-                            v.fire();
-                        }
-                    }
-                    Ok(())
-                }
-            },
+                Ok(())
+            }
         }
     }
 
-    fn eventfd_file(fd: Option<OwnedFd>) -> Result<Option<File>, DeviceError> {
-        match fd {
+    /// The (single) fd of a `DATA_EVENTFD` payload as a checked, non-blocking
+    /// eventfd; `None` (fd -1) de-assigns.
+    fn eventfd_file(mut fds: Vec<Option<OwnedFd>>) -> Result<Option<File>, DeviceError> {
+        match fds.pop().flatten() {
             None => Ok(None),
             Some(fd) => {
                 check_eventfd(&fd)?;
@@ -369,7 +349,10 @@ impl EmulatedIrqs {
     }
 }
 
-/// When the server unmasks an IRQ.
+/// When the server unmasks an IRQ: the policies a server can be told to use
+/// (`--eoi`, a profile's `default-eoi`). The device description reports them
+/// as the protocol's [`ext::EoiPolicy`] (which adds `none` for IRQs without a
+/// rule), converted by `From`; the spelling is the same everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EoiPolicy {
@@ -381,39 +364,56 @@ pub enum EoiPolicy {
     FirstAccess,
 }
 
-impl std::fmt::Display for EoiPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl EoiPolicy {
+    /// Every policy, in the order the CLI lists them.
+    pub const ALL: [EoiPolicy; 3] = [
+        EoiPolicy::ClearRegister,
+        EoiPolicy::Resample,
+        EoiPolicy::FirstAccess,
+    ];
+
+    /// The name `--eoi`, profiles and the device description use.
+    pub fn as_str(self) -> &'static str {
+        match self {
             EoiPolicy::ClearRegister => "clear-register",
             EoiPolicy::Resample => "resample",
             EoiPolicy::FirstAccess => "first-access",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for EoiPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 impl std::str::FromStr for EoiPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "clear-register" => Ok(EoiPolicy::ClearRegister),
-            "resample" => Ok(EoiPolicy::Resample),
-            "first-access" => Ok(EoiPolicy::FirstAccess),
-            o => Err(format!(
-                "unknown EOI policy {o:?} (clear-register, resample, first-access)"
-            )),
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.map(Self::as_str).into();
+                format!("unknown EOI policy {s:?} ({})", known.join(", "))
+            })
+    }
+}
+
+impl From<EoiPolicy> for ext::EoiPolicy {
+    fn from(p: EoiPolicy) -> Self {
+        match p {
+            EoiPolicy::ClearRegister => ext::EoiPolicy::ClearRegister,
+            EoiPolicy::Resample => ext::EoiPolicy::Resample,
+            EoiPolicy::FirstAccess => ext::EoiPolicy::FirstAccess,
         }
     }
 }
 
-/// How a clear register clears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClearMode {
-    /// Write 1 to clear: a write clears the IRQ if it has a 1 in the IRQ's mask.
-    W1c,
-    /// Any write clears.
-    WriteAny,
-}
+/// How a clear register clears (W1C or write-any): the protocol's type, as
+/// the device description reports it.
+pub use vfio_sidecar_protocol::ext::ClearMode;
 
 /// The clear register of one IRQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -958,6 +958,24 @@ pub(crate) mod tests {
         assert_eq!(
             "first-access".parse::<EoiPolicy>(),
             Ok(EoiPolicy::FirstAccess)
+        );
+    }
+
+    #[test]
+    fn policy_names_are_one_spelling() {
+        for p in EoiPolicy::ALL {
+            let quoted = format!("\"{p}\"");
+            assert_eq!(serde_json::to_string(&p).unwrap(), quoted);
+            assert_eq!(
+                serde_json::to_string(&ext::EoiPolicy::from(p)).unwrap(),
+                quoted,
+                "the description reports {p:?} under the same name"
+            );
+            assert_eq!(p.as_str().parse::<EoiPolicy>(), Ok(p));
+        }
+        assert_eq!(
+            "none".parse::<EoiPolicy>(),
+            Err("unknown EOI policy \"none\" (clear-register, resample, first-access)".into())
         );
     }
 }
