@@ -53,6 +53,16 @@ impl Node {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// The first child called `name`, with or without a unit address
+    /// (`"memory"` finds `memory@40000000`).
+    pub fn child(&self, name: &str) -> Option<&Node> {
+        self.children.iter().find(|c| {
+            c.name
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+        })
+    }
+
     fn any(&self, f: &dyn Fn(&Node) -> bool) -> bool {
         f(self) || self.children.iter().any(|c| c.any(f))
     }
@@ -223,12 +233,7 @@ pub fn wrap(partial: &Node) -> Result<Vec<u8>, DtbError> {
     for (k, v) in &partial.props {
         w.property(k, v)?;
     }
-    let child = |name: &str| {
-        partial
-            .children
-            .iter()
-            .any(|c| c.name == name || c.name.starts_with(&format!("{name}@")))
-    };
+    let child = |name: &str| partial.child(name).is_some();
     if !child("chosen") {
         let c = w.begin_node("chosen")?;
         w.end_node(c)?;
@@ -449,20 +454,17 @@ mod tests {
         assert!(how.contains("wrapped"));
         let root = parse(&out).unwrap();
         assert!(is_complete(&root));
-        let dma = root
-            .children
-            .iter()
-            .find(|c| c.name == "dma-controller@c000000")
-            .unwrap();
+        let dma = root.child("dma-controller@c000000").unwrap();
+        assert_eq!(root.child("dma-controller"), Some(dma));
+        assert!(
+            root.child("dma").is_none(),
+            "a prefix of the name is not the name"
+        );
         assert_eq!(
             dma.prop("interrupts").unwrap(),
             &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 4]
         );
-        let gic = root
-            .children
-            .iter()
-            .find(|c| c.name.starts_with("interrupt-controller"))
-            .unwrap();
+        let gic = root.child("interrupt-controller").unwrap();
         // phandle chosen above the existing ones, and the root points at it
         assert_eq!(gic.prop("phandle").unwrap(), &8u32.to_be_bytes());
         assert_eq!(root.prop("interrupt-parent").unwrap(), &8u32.to_be_bytes());
@@ -490,11 +492,7 @@ mod tests {
         let dtb = from_description(&desc, &[(0, 0x1000)], Placement::default()).unwrap();
         let root = parse(&dtb).unwrap();
         assert!(is_complete(&root));
-        let dev = root
-            .children
-            .iter()
-            .find(|c| c.name == "dma-controller@c000000")
-            .unwrap();
+        let dev = root.child("dma-controller@c000000").unwrap();
         assert_eq!(
             dev.prop("compatible").unwrap(),
             b"arm,pl330\0arm,primecell\0"
@@ -512,11 +510,7 @@ mod tests {
             .collect();
         assert_eq!(dev.prop("reg").unwrap(), reg.as_slice());
         assert_eq!(dev.prop("clock-names").unwrap(), b"apb_pclk\0");
-        let clk = root
-            .children
-            .iter()
-            .find(|c| c.name == "clk-apb-pclk")
-            .unwrap();
+        let clk = root.child("clk-apb-pclk").unwrap();
         assert_eq!(dev.prop("clocks").unwrap(), clk.prop("phandle").unwrap());
         assert_eq!(dev.prop("#dma-cells").unwrap(), &1u32.to_be_bytes());
     }
