@@ -602,13 +602,22 @@ pub(crate) mod tests {
         }
     }
 
-    fn set_trigger(irqs: &mut EmulatedIrqs, index: u32, fd: OwnedFd) {
-        irqs.set_irqs(SetIrqs {
-            index,
+    /// A `SET_IRQS` of vector 0 of index 0.
+    fn req(action: IrqAction, data: IrqData) -> SetIrqs {
+        SetIrqs {
+            index: 0,
             start: 0,
             count: 1,
-            action: IrqAction::Trigger,
-            data: IrqData::Eventfd(vec![Some(fd)]),
+            action,
+            data,
+        }
+    }
+
+    fn set_trigger(irqs: &mut EmulatedIrqs, index: u32, fd: OwnedFd) {
+        let data = IrqData::Eventfd(vec![Some(fd)]);
+        irqs.set_irqs(SetIrqs {
+            index,
+            ..req(IrqAction::Trigger, data)
         })
         .unwrap();
     }
@@ -630,14 +639,8 @@ pub(crate) mod tests {
         let unmask = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut irqs = EmulatedIrqs::new(1, true);
         set_trigger(&mut irqs, 0, trig);
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::Eventfd(vec![Some(unmask)]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Eventfd(vec![Some(unmask)])))
+            .unwrap();
         // Would block forever on a blocking write of 1 to a counter at max-1.
         irqs.update(&[true]);
         assert_eq!(irqs.counters(0).unwrap().host_interrupts, 1);
@@ -704,87 +707,52 @@ pub(crate) mod tests {
         let (fd, rd) = eventfd();
         set_trigger(&mut irqs, 0, fd);
         // Loopback trigger.
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Trigger,
-            data: IrqData::Bool(vec![true]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Trigger, IrqData::Bool(vec![true])))
+            .unwrap();
         assert_eq!(drain(&rd), 1);
         assert!(irqs.is_masked(0));
         // Unmask via BOOL false: nothing; via NONE: unmasks.
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::Bool(vec![false]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Bool(vec![false])))
+            .unwrap();
         assert!(irqs.is_masked(0));
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::None,
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::None))
+            .unwrap();
         assert!(!irqs.is_masked(0));
         // Bad ranges.
         for (start, count) in [(1, 1), (0, 2)] {
             assert!(irqs
                 .set_irqs(SetIrqs {
-                    index: 0,
                     start,
                     count,
-                    action: IrqAction::Mask,
-                    data: IrqData::None,
+                    ..req(IrqAction::Mask, IrqData::None)
                 })
                 .is_err());
         }
         // MASK + eventfd refused.
         let (fd2, _) = eventfd();
         assert!(irqs
-            .set_irqs(SetIrqs {
-                index: 0,
-                start: 0,
-                count: 1,
-                action: IrqAction::Mask,
-                data: IrqData::Eventfd(vec![Some(fd2)]),
-            })
+            .set_irqs(req(IrqAction::Mask, IrqData::Eventfd(vec![Some(fd2)])))
             .is_err());
         // Non-eventfd refused.
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(irqs
-            .set_irqs(SetIrqs {
-                index: 0,
-                start: 0,
-                count: 1,
-                action: IrqAction::Trigger,
-                data: IrqData::Eventfd(vec![Some(OwnedFd::from(a))]),
-            })
+            .set_irqs(req(
+                IrqAction::Trigger,
+                IrqData::Eventfd(vec![Some(OwnedFd::from(a))])
+            ))
             .is_err());
         // Disable: count 0 + NONE.
         assert_eq!(irqs.held_fds(), 1);
         irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
             count: 0,
-            action: IrqAction::Trigger,
-            data: IrqData::None,
+            ..req(IrqAction::Trigger, IrqData::None)
         })
         .unwrap();
         assert_eq!(irqs.held_fds(), 0);
         assert!(irqs
             .set_irqs(SetIrqs {
                 index: 5,
-                start: 0,
-                count: 1,
-                action: IrqAction::Mask,
-                data: IrqData::None,
+                ..req(IrqAction::Mask, IrqData::None)
             })
             .is_err());
     }
@@ -795,14 +763,8 @@ pub(crate) mod tests {
         let (fd, rd) = eventfd();
         set_trigger(&mut irqs, 0, fd);
         let (ufd, uw) = eventfd();
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::Eventfd(vec![Some(ufd)]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Eventfd(vec![Some(ufd)])))
+            .unwrap();
         let fds = irqs.poll_fds();
         assert_eq!(fds.len(), 1);
         let token = fds[0].1;

@@ -204,6 +204,28 @@ pub const WRAP_MEMORY: (u64, u64) = (0x4000_0000, 0x800_0000);
 /// GICv2 distributor and CPU interface of the wrapped tree (QEMU virt's).
 pub const WRAP_GIC: [u64; 4] = [0x800_0000, 0x1_0000, 0x801_0000, 0x1_0000];
 
+/// The guest's RAM node ([`WRAP_MEMORY`]).
+fn memory_node(w: &mut FdtWriter) -> Result<(), DtbError> {
+    let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
+    w.end_node(m)?;
+    Ok(())
+}
+
+/// The guest's interrupt controller ([`WRAP_GIC`]) with `phandle`.
+fn gic_node(w: &mut FdtWriter, phandle: u32) -> Result<(), DtbError> {
+    let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
+    w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_u32("#address-cells", 0)?;
+    w.property_array_u64("reg", &WRAP_GIC)?;
+    w.property_u32("phandle", phandle)?;
+    w.end_node(g)?;
+    Ok(())
+}
+
 /// Wraps the nodes of `partial` (a tree without the guest's basics) in a
 /// minimal ARM guest tree.
 pub fn wrap(partial: &Node) -> Result<Vec<u8>, DtbError> {
@@ -239,20 +261,10 @@ pub fn wrap(partial: &Node) -> Result<Vec<u8>, DtbError> {
         w.end_node(c)?;
     }
     if !child("memory") {
-        let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
-        w.property_string("device_type", "memory")?;
-        w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
-        w.end_node(m)?;
+        memory_node(&mut w)?;
     }
     if need_gic {
-        let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
-        w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
-        w.property_null("interrupt-controller")?;
-        w.property_u32("#interrupt-cells", 3)?;
-        w.property_u32("#address-cells", 0)?;
-        w.property_array_u64("reg", &WRAP_GIC)?;
-        w.property_u32("phandle", gic_phandle)?;
-        w.end_node(g)?;
+        gic_node(&mut w, gic_phandle)?;
     }
     for c in &partial.children {
         write_node(&mut w, c)?;
@@ -324,18 +336,8 @@ pub fn from_description(
     w.property_u32("interrupt-parent", GIC)?;
     let c = w.begin_node("chosen")?;
     w.end_node(c)?;
-    let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
-    w.property_string("device_type", "memory")?;
-    w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
-    w.end_node(m)?;
-    let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
-    w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
-    w.property_null("interrupt-controller")?;
-    w.property_u32("#interrupt-cells", 3)?;
-    w.property_u32("#address-cells", 0)?;
-    w.property_array_u64("reg", &WRAP_GIC)?;
-    w.property_u32("phandle", GIC)?;
-    w.end_node(g)?;
+    memory_node(&mut w)?;
+    gic_node(&mut w, GIC)?;
     let mut clock_phandles = Vec::new();
     for (i, clk) in desc.clocks.iter().enumerate() {
         let ph = GIC + 1 + i as u32;
