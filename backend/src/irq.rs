@@ -40,6 +40,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Serialize};
+use vfio_sidecar_protocol::ext;
 
 use crate::device::{DeviceError, IrqAction, IrqCounters, IrqData, SetIrqs};
 
@@ -247,63 +248,42 @@ impl EmulatedIrqs {
                 "start {start} count {count}: only start 0, count 1 is valid"
             )));
         }
-        let flag = |data: &IrqData| match data {
-            IrqData::None => true,
-            IrqData::Bool(b) => b.first().copied().unwrap_or(false),
-            IrqData::Eventfd(_) => false,
-        };
-        match action {
-            IrqAction::Mask => match data {
-                IrqData::Eventfd(_) => Err(DeviceError::Invalid(
-                    "MASK with DATA_EVENTFD is not supported (as in Linux)".into(),
-                )),
-                d => {
-                    if flag(&d) {
-                        self.mask(index)?;
-                    }
-                    Ok(())
+        match (action, data) {
+            (IrqAction::Mask, IrqData::Eventfd(_)) => Err(DeviceError::Invalid(
+                "MASK with DATA_EVENTFD is not supported (as in Linux)".into(),
+            )),
+            (IrqAction::Unmask, IrqData::Eventfd(fds)) => {
+                let file = Self::eventfd_file(fds)?;
+                self.vector(index)?.unmask_fd = file;
+                Ok(())
+            }
+            (IrqAction::Trigger, IrqData::Eventfd(fds)) => {
+                let file = Self::eventfd_file(fds)?;
+                let v = self.vector(index)?;
+                v.trigger = file;
+                // Like vfio_set_trigger enabling the line: a pending level fires.
+                v.evaluate_level();
+                Ok(())
+            }
+            // DATA_NONE acts; DATA_BOOL acts when its flag is true.
+            (_, IrqData::Bool(b)) if !b.first().copied().unwrap_or(false) => Ok(()),
+            (IrqAction::Mask, _) => self.mask(index),
+            (IrqAction::Unmask, _) => self.unmask(index),
+            (IrqAction::Trigger, _) => {
+                // Loopback: as if the device raised the vector.
+                let v = self.vector(index)?;
+                if !v.masked {
+                    v.fire();
                 }
-            },
-            IrqAction::Unmask => match data {
-                IrqData::Eventfd(mut fds) => {
-                    let fd = fds.pop().flatten();
-                    let file = Self::eventfd_file(fd)?;
-                    self.vector(index)?.unmask_fd = file;
-                    Ok(())
-                }
-                d => {
-                    if flag(&d) {
-                        self.unmask(index)?;
-                    }
-                    Ok(())
-                }
-            },
-            IrqAction::Trigger => match data {
-                IrqData::Eventfd(mut fds) => {
-                    let fd = fds.pop().flatten();
-                    let file = Self::eventfd_file(fd)?;
-                    let v = self.vector(index)?;
-                    v.trigger = file;
-                    // Like vfio_set_trigger enabling the line: a pending level fires.
-                    v.evaluate_level();
-                    Ok(())
-                }
-                d => {
-                    if flag(&d) {
-                        // Loopback: as if the device raised the vector.
-                        let v = self.vector(index)?;
-                        if !v.masked {
-                            v.fire();
-                        }
-                    }
-                    Ok(())
-                }
-            },
+                Ok(())
+            }
         }
     }
 
-    fn eventfd_file(fd: Option<OwnedFd>) -> Result<Option<File>, DeviceError> {
-        match fd {
+    /// The (single) fd of a `DATA_EVENTFD` payload as a checked, non-blocking
+    /// eventfd; `None` (fd -1) de-assigns.
+    fn eventfd_file(mut fds: Vec<Option<OwnedFd>>) -> Result<Option<File>, DeviceError> {
+        match fds.pop().flatten() {
             None => Ok(None),
             Some(fd) => {
                 check_eventfd(&fd)?;
@@ -369,7 +349,10 @@ impl EmulatedIrqs {
     }
 }
 
-/// When the server unmasks an IRQ.
+/// When the server unmasks an IRQ: the policies a server can be told to use
+/// (`--eoi`, a profile's `default-eoi`). The device description reports them
+/// as the protocol's [`ext::EoiPolicy`] (which adds `none` for IRQs without a
+/// rule), converted by `From`; the spelling is the same everywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EoiPolicy {
@@ -381,39 +364,56 @@ pub enum EoiPolicy {
     FirstAccess,
 }
 
-impl std::fmt::Display for EoiPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl EoiPolicy {
+    /// Every policy, in the order the CLI lists them.
+    pub const ALL: [EoiPolicy; 3] = [
+        EoiPolicy::ClearRegister,
+        EoiPolicy::Resample,
+        EoiPolicy::FirstAccess,
+    ];
+
+    /// The name `--eoi`, profiles and the device description use.
+    pub fn as_str(self) -> &'static str {
+        match self {
             EoiPolicy::ClearRegister => "clear-register",
             EoiPolicy::Resample => "resample",
             EoiPolicy::FirstAccess => "first-access",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for EoiPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 impl std::str::FromStr for EoiPolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "clear-register" => Ok(EoiPolicy::ClearRegister),
-            "resample" => Ok(EoiPolicy::Resample),
-            "first-access" => Ok(EoiPolicy::FirstAccess),
-            o => Err(format!(
-                "unknown EOI policy {o:?} (clear-register, resample, first-access)"
-            )),
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.map(Self::as_str).into();
+                format!("unknown EOI policy {s:?} ({})", known.join(", "))
+            })
+    }
+}
+
+impl From<EoiPolicy> for ext::EoiPolicy {
+    fn from(p: EoiPolicy) -> Self {
+        match p {
+            EoiPolicy::ClearRegister => ext::EoiPolicy::ClearRegister,
+            EoiPolicy::Resample => ext::EoiPolicy::Resample,
+            EoiPolicy::FirstAccess => ext::EoiPolicy::FirstAccess,
         }
     }
 }
 
-/// How a clear register clears.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClearMode {
-    /// Write 1 to clear: a write clears the IRQ if it has a 1 in the IRQ's mask.
-    W1c,
-    /// Any write clears.
-    WriteAny,
-}
+/// How a clear register clears (W1C or write-any): the protocol's type, as
+/// the device description reports it.
+pub use vfio_sidecar_protocol::ext::ClearMode;
 
 /// The clear register of one IRQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -602,13 +602,22 @@ pub(crate) mod tests {
         }
     }
 
-    fn set_trigger(irqs: &mut EmulatedIrqs, index: u32, fd: OwnedFd) {
-        irqs.set_irqs(SetIrqs {
-            index,
+    /// A `SET_IRQS` of vector 0 of index 0.
+    fn req(action: IrqAction, data: IrqData) -> SetIrqs {
+        SetIrqs {
+            index: 0,
             start: 0,
             count: 1,
-            action: IrqAction::Trigger,
-            data: IrqData::Eventfd(vec![Some(fd)]),
+            action,
+            data,
+        }
+    }
+
+    fn set_trigger(irqs: &mut EmulatedIrqs, index: u32, fd: OwnedFd) {
+        let data = IrqData::Eventfd(vec![Some(fd)]);
+        irqs.set_irqs(SetIrqs {
+            index,
+            ..req(IrqAction::Trigger, data)
         })
         .unwrap();
     }
@@ -630,14 +639,8 @@ pub(crate) mod tests {
         let unmask = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut irqs = EmulatedIrqs::new(1, true);
         set_trigger(&mut irqs, 0, trig);
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::Eventfd(vec![Some(unmask)]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Eventfd(vec![Some(unmask)])))
+            .unwrap();
         // Would block forever on a blocking write of 1 to a counter at max-1.
         irqs.update(&[true]);
         assert_eq!(irqs.counters(0).unwrap().host_interrupts, 1);
@@ -704,87 +707,52 @@ pub(crate) mod tests {
         let (fd, rd) = eventfd();
         set_trigger(&mut irqs, 0, fd);
         // Loopback trigger.
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Trigger,
-            data: IrqData::Bool(vec![true]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Trigger, IrqData::Bool(vec![true])))
+            .unwrap();
         assert_eq!(drain(&rd), 1);
         assert!(irqs.is_masked(0));
         // Unmask via BOOL false: nothing; via NONE: unmasks.
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::Bool(vec![false]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Bool(vec![false])))
+            .unwrap();
         assert!(irqs.is_masked(0));
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::None,
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::None))
+            .unwrap();
         assert!(!irqs.is_masked(0));
         // Bad ranges.
         for (start, count) in [(1, 1), (0, 2)] {
             assert!(irqs
                 .set_irqs(SetIrqs {
-                    index: 0,
                     start,
                     count,
-                    action: IrqAction::Mask,
-                    data: IrqData::None,
+                    ..req(IrqAction::Mask, IrqData::None)
                 })
                 .is_err());
         }
         // MASK + eventfd refused.
         let (fd2, _) = eventfd();
         assert!(irqs
-            .set_irqs(SetIrqs {
-                index: 0,
-                start: 0,
-                count: 1,
-                action: IrqAction::Mask,
-                data: IrqData::Eventfd(vec![Some(fd2)]),
-            })
+            .set_irqs(req(IrqAction::Mask, IrqData::Eventfd(vec![Some(fd2)])))
             .is_err());
         // Non-eventfd refused.
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(irqs
-            .set_irqs(SetIrqs {
-                index: 0,
-                start: 0,
-                count: 1,
-                action: IrqAction::Trigger,
-                data: IrqData::Eventfd(vec![Some(OwnedFd::from(a))]),
-            })
+            .set_irqs(req(
+                IrqAction::Trigger,
+                IrqData::Eventfd(vec![Some(OwnedFd::from(a))])
+            ))
             .is_err());
         // Disable: count 0 + NONE.
         assert_eq!(irqs.held_fds(), 1);
         irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
             count: 0,
-            action: IrqAction::Trigger,
-            data: IrqData::None,
+            ..req(IrqAction::Trigger, IrqData::None)
         })
         .unwrap();
         assert_eq!(irqs.held_fds(), 0);
         assert!(irqs
             .set_irqs(SetIrqs {
                 index: 5,
-                start: 0,
-                count: 1,
-                action: IrqAction::Mask,
-                data: IrqData::None,
+                ..req(IrqAction::Mask, IrqData::None)
             })
             .is_err());
     }
@@ -795,14 +763,8 @@ pub(crate) mod tests {
         let (fd, rd) = eventfd();
         set_trigger(&mut irqs, 0, fd);
         let (ufd, uw) = eventfd();
-        irqs.set_irqs(SetIrqs {
-            index: 0,
-            start: 0,
-            count: 1,
-            action: IrqAction::Unmask,
-            data: IrqData::Eventfd(vec![Some(ufd)]),
-        })
-        .unwrap();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Eventfd(vec![Some(ufd)])))
+            .unwrap();
         let fds = irqs.poll_fds();
         assert_eq!(fds.len(), 1);
         let token = fds[0].1;
@@ -958,6 +920,24 @@ pub(crate) mod tests {
         assert_eq!(
             "first-access".parse::<EoiPolicy>(),
             Ok(EoiPolicy::FirstAccess)
+        );
+    }
+
+    #[test]
+    fn policy_names_are_one_spelling() {
+        for p in EoiPolicy::ALL {
+            let quoted = format!("\"{p}\"");
+            assert_eq!(serde_json::to_string(&p).unwrap(), quoted);
+            assert_eq!(
+                serde_json::to_string(&ext::EoiPolicy::from(p)).unwrap(),
+                quoted,
+                "the description reports {p:?} under the same name"
+            );
+            assert_eq!(p.as_str().parse::<EoiPolicy>(), Ok(p));
+        }
+        assert_eq!(
+            "none".parse::<EoiPolicy>(),
+            Err("unknown EOI policy \"none\" (clear-register, resample, first-access)".into())
         );
     }
 }

@@ -239,7 +239,7 @@ pub struct Range {
 }
 
 /// One region.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RegionReport {
     /// Index.
     pub index: u32,
@@ -263,7 +263,7 @@ pub struct RegionReport {
 }
 
 /// One IRQ index.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct IrqReport {
     /// Index.
     pub index: u32,
@@ -496,11 +496,7 @@ fn map_connect_error(path: &Path, e: ClientError, secs: u64) -> ProbeError {
                 detail: io.to_string(),
             },
         },
-        ClientError::Timeout { command } => ProbeError::Timeout {
-            path: path.into(),
-            command,
-            secs,
-        },
+        e @ ClientError::Timeout { .. } => later(path, secs, e),
         ClientError::Remote { errno, .. } if errno == Errno::EBUSY => ProbeError::Busy(path.into()),
         ClientError::Remote { errno, .. } => ProbeError::NotVfioUser {
             path: path.into(),
@@ -525,6 +521,15 @@ fn later(path: &Path, secs: u64, e: ClientError) -> ProbeError {
             secs,
         },
         e => ProbeError::Protocol(e.to_string()),
+    }
+}
+
+/// A query about one region or IRQ index failed: a timeout ends the probe,
+/// any other error is reported on that entry.
+fn entry_error(path: &Path, secs: u64, e: ClientError) -> Result<String, ProbeError> {
+    match e {
+        ClientError::Timeout { .. } => Err(later(path, secs, e)),
+        e => Ok(e.to_string()),
     }
 }
 
@@ -759,23 +764,11 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
                     error: None,
                 });
             }
-            Err(ClientError::Timeout { command }) => {
-                return Err(ProbeError::Timeout {
-                    path: path.into(),
-                    command,
-                    secs,
-                })
-            }
             Err(e) => regions.push(RegionReport {
                 index,
                 name,
-                size: 0,
-                flags: 0,
-                flag_names: Vec::new(),
-                mmap_offset: None,
-                sparse: None,
-                trapped: Vec::new(),
-                error: Some(e.to_string()),
+                error: Some(entry_error(path, secs, e)?),
+                ..RegionReport::default()
             }),
         }
     }
@@ -811,23 +804,11 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
                     error: None,
                 });
             }
-            Err(ClientError::Timeout { command }) => {
-                return Err(ProbeError::Timeout {
-                    path: path.into(),
-                    command,
-                    secs,
-                })
-            }
             Err(e) => irqs.push(IrqReport {
                 index,
                 name,
-                count: 0,
-                flags: 0,
-                flag_names: Vec::new(),
-                trigger: None,
-                eoi: None,
-                stats: None,
-                error: Some(e.to_string()),
+                error: Some(entry_error(path, secs, e)?),
+                ..IrqReport::default()
             }),
         }
     }

@@ -52,7 +52,7 @@ use crate::device::{
     MappedRegion, SetIrqs, SparseArea,
 };
 use crate::dma::DmaTable;
-use crate::irq::{ClearMode, EoiEngine, EoiPolicy};
+use crate::irq::{EoiEngine, EoiPolicy};
 use crate::profile::Profile;
 use crate::sandbox::{
     self, GroupSpec, PeerPolicy, SandboxError, SeccompProfile, SocketOpts, UserSpec,
@@ -458,19 +458,12 @@ impl Backend {
                         clear: None,
                     },
                     Some(r) => EoiDesc {
-                        policy: match r.policy {
-                            EoiPolicy::ClearRegister => ext::EoiPolicy::ClearRegister,
-                            EoiPolicy::Resample => ext::EoiPolicy::Resample,
-                            EoiPolicy::FirstAccess => ext::EoiPolicy::FirstAccess,
-                        },
+                        policy: r.policy.into(),
                         clear: r.clear.map(|c| ext::ClearReg {
                             region: c.region,
                             offset: c.offset,
                             width: c.width,
-                            mode: match c.mode {
-                                ClearMode::W1c => ext::ClearMode::W1c,
-                                ClearMode::WriteAny => ext::ClearMode::WriteAny,
-                            },
+                            mode: c.mode,
                             bit: (c.mask.count_ones() == 1).then(|| c.mask.trailing_zeros()),
                         }),
                     },

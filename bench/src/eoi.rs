@@ -18,10 +18,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use vfio_sidecar::irq::EoiPolicy;
 use vfio_sidecar::model::pl330::asm::{
-    dbginst, linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
+    linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
 };
-use vfio_sidecar::model::pl330::insn::Insn;
 use vfio_sidecar::model::pl330::regs;
 use vfio_sidecar_protocol::client::{Client, DmaProt, IrqData};
 use vfio_sidecar_protocol::message::{IrqAction, REGION_INFO_FLAG_MMAP};
@@ -38,9 +38,6 @@ const CODE: u64 = 0;
 const SRC: u64 = 0x1000;
 const DST: u64 = 0x8000;
 const LEN: u32 = 0x1000;
-
-/// The three policies.
-pub const POLICIES: [&str; 3] = ["clear-register", "resample", "first-access"];
 
 /// One policy in one placement.
 #[derive(Debug, Clone, Serialize)]
@@ -165,13 +162,13 @@ pub fn run(
 ) -> Result<Vec<EoiRow>, BenchError> {
     let mut peer = EchoPeer::start(HDR + ACCESS + 4, HDR + ACCESS)?;
     let mut rows = Vec::new();
-    for policy in POLICIES {
+    for policy in EoiPolicy::ALL {
         let scratch_frac = {
-            let b = start_backend(backend_bin, "model:scratch", &["--eoi", policy])?;
+            let b = start_backend(backend_bin, "model:scratch", &["--eoi", policy.as_str()])?;
             let mut c = connect(&b.socket)?;
             mapped_fraction(&mut c)?
         };
-        let backend = start_backend(backend_bin, "model:pl330", &["--eoi", policy])?;
+        let backend = start_backend(backend_bin, "model:pl330", &["--eoi", policy.as_str()])?;
         let mut c = connect(&backend.socket)?;
         let frac = mapped_fraction(&mut c)?;
         // Guest memory with a Linux-shaped 4 KiB copy that ends in DMASEV 0.
@@ -214,7 +211,7 @@ pub fn run(
         let fds = [Some(trigger.as_fd())];
         c.set_irqs(0, IrqAction::Trigger, IrqData::Eventfds(&fds), 0, 1)
             .map_err(|e| client_err("SET_IRQS trigger", e))?;
-        let resample = if policy == "resample" {
+        let resample = if policy == EoiPolicy::Resample {
             let r = eventfd()?;
             let fds = [Some(r.as_fd())];
             c.set_irqs(0, IrqAction::Unmask, IrqData::Eventfds(&fds), 0, 1)
@@ -225,14 +222,7 @@ pub fn run(
         };
         let inten = rd(&mut c, regs::INTEN)?;
         wr(&mut c, regs::INTEN, inten | 1)?;
-        let (d0, d1) = dbginst(
-            Insn::Go {
-                chan: 0,
-                ns: false,
-                addr: (IOVA + CODE) as u32,
-            },
-            None,
-        );
+        let (d0, d1) = crate::throughput::dmago((IOVA + CODE) as u32);
         for p in placements {
             p.apply(&[backend.pid(), peer.process().pid()])?;
             let before = stats(&mut c)?;
@@ -268,7 +258,7 @@ pub fn run(
             let (l, rw) = (Summary::of(&lat), Summary::of(&raw));
             rows.push(EoiRow {
                 placement: p.name,
-                policy,
+                policy: policy.as_str(),
                 device_events: ev,
                 host_interrupts_per_event: per(after.host_interrupts, before.host_interrupts),
                 unmasks_per_event: per(after.unmasks, before.unmasks),

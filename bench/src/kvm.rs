@@ -21,6 +21,9 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use serde::Serialize;
 use vfio_sidecar_protocol::client::Client;
 
+use vmm_shim::memory::SharedMapping;
+use vmm_shim::vm::flat_segment;
+
 use crate::harness::Placement;
 use crate::mmio::{connect, ACCESS, HDR};
 use crate::procs::{start_backend, EchoPeer};
@@ -56,75 +59,10 @@ pub struct KvmRow {
     pub ratio_to_raw_rtt: Option<f64>,
 }
 
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn anon(len: usize) -> Result<Mapping, BenchError> {
-        // SAFETY: a fresh anonymous mapping chosen by the kernel.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_ANONYMOUS | libc::MAP_SHARED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(BenchError::Io(
-                "mmap".into(),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Mapping { ptr: p, len })
-    }
-
-    fn file(fd: i32, offset: u64, len: usize) -> Result<Mapping, BenchError> {
-        let off =
-            libc::off_t::try_from(offset).map_err(|_| BenchError::Check("mmap offset".into()))?;
-        // SAFETY: a fresh shared mapping of the backend's region fd chosen by the kernel.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(BenchError::Io(
-                "mmap sparse area".into(),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Mapping { ptr: p, len })
-    }
-
-    fn write(&self, off: usize, data: &[u8]) -> Result<(), BenchError> {
-        if off.checked_add(data.len()).is_none_or(|e| e > self.len) {
-            return Err(BenchError::Check("write past mapping".into()));
-        }
-        // SAFETY: in bounds of our live mapping; volatile-free plain copy of
-        // bytes no Rust reference aliases.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.cast::<u8>().add(off), data.len())
-        };
-        Ok(())
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; KVM slots using it are gone first
-        // (the VM is dropped before, see `run`'s declaration order).
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
+/// Copies `data` into `m` at `off` (a check failure if it does not fit).
+fn put(m: &SharedMapping, off: u64, data: &[u8]) -> Result<(), BenchError> {
+    m.write(off, data)
+        .map_err(|_| BenchError::Check("write past mapping".into()))
 }
 
 fn kerr(what: &str, e: kvm_ioctls::Error) -> BenchError {
@@ -143,24 +81,6 @@ const CODE: [u8; 10] = [
     0xf4, // hlt
 ];
 
-fn segment(base: u64, selector: u16, type_: u8) -> kvm_bindings::kvm_segment {
-    kvm_bindings::kvm_segment {
-        base,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db: 1,
-        s: 1,
-        l: 0,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// Runs the guest loop with DS at `gpa`; returns (ns, exits, eax).
 fn guest_run(
     vcpu: &mut VcpuFd,
@@ -171,10 +91,10 @@ fn guest_run(
     let mut sregs = vcpu.get_sregs().map_err(|e| kerr("KVM_GET_SREGS", e))?;
     // Hidden segment state is set directly: the guest never reloads a
     // segment register, so no GDT is needed.
-    sregs.cs = segment(0, 0x8, 0xb);
-    sregs.ds = segment(gpa, 0x10, 0x3);
-    sregs.es = segment(0, 0x10, 0x3);
-    sregs.ss = segment(0, 0x10, 0x3);
+    sregs.cs = flat_segment(0, 0x8, 0xb);
+    sregs.ds = flat_segment(gpa, 0x10, 0x3);
+    sregs.es = flat_segment(0, 0x10, 0x3);
+    sregs.ss = flat_segment(0, 0x10, 0x3);
     sregs.cr0 |= 1;
     sregs.cr0 &= !(1 << 31);
     vcpu.set_sregs(&sregs)
@@ -242,25 +162,22 @@ pub fn run(
         .and_then(|a| a.first().copied())
         .ok_or_else(|| BenchError::Check("scratch region 0 has no sparse area".into()))?;
     let shared = {
-        use std::os::fd::AsRawFd;
-        Mapping::file(
-            fd.as_raw_fd(),
-            info.offset + area.offset,
-            area.size as usize,
-        )?
+        use std::os::fd::AsFd;
+        SharedMapping::of_fd(fd.as_fd(), info.offset + area.offset, area.size as usize)
+            .map_err(|e| BenchError::Io("mmap sparse area".into(), e))?
     };
-    shared.write(0, &SHARED_MAGIC.to_le_bytes())?;
-    let ram = Mapping::anon(RAM_SIZE)?;
-    ram.write(CODE_GPA as usize, &CODE)?;
-    ram.write(RAM_DATA_GPA as usize, &0x1111_2222u32.to_le_bytes())?;
+    put(&shared, 0, &SHARED_MAGIC.to_le_bytes())?;
+    let ram = SharedMapping::anon(RAM_SIZE).map_err(|e| BenchError::Io("mmap".into(), e))?;
+    put(&ram, CODE_GPA, &CODE)?;
+    put(&ram, RAM_DATA_GPA, &0x1111_2222u32.to_le_bytes())?;
     let vm = kvm.create_vm().map_err(|e| kerr("KVM_CREATE_VM", e))?;
     for (slot, gpa, m) in [(0u32, 0u64, &ram), (1, SHARED_GPA, &shared)] {
         let r = kvm_userspace_memory_region {
             slot,
             flags: 0,
             guest_phys_addr: gpa,
-            memory_size: m.len as u64,
-            userspace_addr: m.ptr as u64,
+            memory_size: m.len() as u64,
+            userspace_addr: m.host_addr(),
         };
         // SAFETY: the mappings outlive the VM (declared before it, dropped after).
         unsafe { vm.set_user_memory_region(r) }

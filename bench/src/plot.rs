@@ -36,6 +36,48 @@ fn color(i: usize) -> RGBColor {
     COLORS.get(i % COLORS.len()).copied().unwrap_or(BLACK)
 }
 
+/// A chart of either figure.
+type Chart<'a, X, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>;
+
+/// Draws one labelled series: a line `width` pixels wide with a dot on
+/// every point.
+fn line<X, Y>(
+    ch: &mut Chart<'_, X, Y>,
+    name: &str,
+    pts: Vec<(X::ValueType, Y::ValueType)>,
+    c: RGBColor,
+    width: u32,
+) -> Result<(), BenchError>
+where
+    X: Ranged,
+    Y: Ranged,
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(width)))
+        .map_err(perr)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    ch.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
+        .map_err(perr)?;
+    Ok(())
+}
+
+/// The legend box of a chart.
+fn legend<X: Ranged, Y: Ranged>(
+    ch: &mut Chart<'_, X, Y>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> Result<(), BenchError> {
+    ch.configure_series_labels()
+        .position(position)
+        .label_font((FONT, font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(perr)
+}
+
 /// Item 4: per-call p50 vs maps present, one panel per placement.
 pub fn dma_map(dir: &Path, rows: &[DmaRow]) -> Result<PathBuf, BenchError> {
     fonts()?;
@@ -103,30 +145,13 @@ pub fn dma_map(dir: &Path, rows: &[DmaRow]) -> Result<PathBuf, BenchError> {
             ("raw ping-pong 40/40", |r| r.raw_unmap.p50_ns),
         ];
         for (i, (name, f)) in series.iter().enumerate() {
-            let c = color(i);
             let pts: Vec<(f64, f64)> = mine
                 .iter()
                 .map(|r| ((r.maps_present as f64).log10(), f(r) / 1000.0))
                 .collect();
-            let style = if i >= 2 {
-                ShapeStyle::from(&c).stroke_width(1)
-            } else {
-                ShapeStyle::from(&c).stroke_width(3)
-            };
-            ch.draw_series(LineSeries::new(pts.clone(), style))
-                .map_err(perr)?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-            ch.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
-                .map_err(perr)?;
+            line(&mut ch, name, pts, color(i), if i >= 2 { 1 } else { 3 })?;
         }
-        ch.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(perr)?;
+        legend(&mut ch, SeriesLabelPosition::LowerRight, 13)?;
     }
     root.present().map_err(perr)?;
     Ok(path.clone())
@@ -194,21 +219,9 @@ pub fn throughput(dir: &Path, rows: &[ThroughputRow]) -> Result<PathBuf, BenchEr
         ("host memcpy", pick("burst", true)),
     ];
     for (i, (name, pts)) in series.into_iter().enumerate() {
-        let c = color(i);
-        ch.draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))
-            .map_err(perr)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-        ch.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
-            .map_err(perr)?;
+        line(&mut ch, name, pts, color(i), 3)?;
     }
-    ch.configure_series_labels()
-        .position(SeriesLabelPosition::MiddleRight)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(perr)?;
+    legend(&mut ch, SeriesLabelPosition::MiddleRight, 14)?;
     root.present().map_err(perr)?;
     Ok(path.clone())
 }

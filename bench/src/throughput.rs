@@ -4,7 +4,7 @@
 //! (`copy_from_slice`) of the same buffers.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -15,6 +15,8 @@ use vfio_sidecar::model::pl330::asm::{
 };
 use vfio_sidecar::model::pl330::insn::Insn;
 use vfio_sidecar::model::pl330::{regs, Pl330, Pl330Config};
+
+use vmm_shim::memory::SharedMapping;
 
 use crate::BenchError;
 
@@ -48,8 +50,7 @@ pub struct ThroughputRow {
 }
 
 struct Mem {
-    ptr: *mut u8,
-    len: usize,
+    map: SharedMapping,
     _file: File,
 }
 
@@ -63,27 +64,11 @@ impl Mem {
         let dup = fd
             .try_clone()
             .map_err(|e| BenchError::Io("dup memfd".into(), e))?;
-        // SAFETY: a fresh shared mapping chosen by the kernel over our own memfd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(BenchError::Io(
-                "mmap memfd".into(),
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let map = SharedMapping::of_fd(fd.as_fd(), 0, len)
+            .map_err(|e| BenchError::Io("mmap memfd".into(), e))?;
         Ok((
             Mem {
-                ptr: p.cast(),
-                len,
+                map,
                 _file: File::from(fd),
             },
             dup,
@@ -96,36 +81,33 @@ impl Mem {
     fn view(&mut self, off: u64, n: usize) -> Result<&mut [u8], BenchError> {
         let end = (off as usize)
             .checked_add(n)
-            .filter(|&e| e <= self.len)
+            .filter(|&e| e <= self.map.len())
             .ok_or_else(|| BenchError::Check(format!("view {off:#x}+{n} out of range")))?;
         let _ = end;
         // SAFETY: in bounds (checked above) of a live mapping we own; see the
         // method docs for aliasing.
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off as usize), n) })
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(off as usize), n) })
     }
 
     /// `dst` ← `src` (disjoint ranges) with `copy_from_slice`.
     fn memcpy(&mut self, src: u64, dst: u64, n: usize) -> Result<(), BenchError> {
-        let ok = |o: u64| (o as usize).checked_add(n).is_some_and(|e| e <= self.len);
+        let ok = |o: u64| {
+            (o as usize)
+                .checked_add(n)
+                .is_some_and(|e| e <= self.map.len())
+        };
         if !ok(src) || !ok(dst) || src.abs_diff(dst) < n as u64 {
             return Err(BenchError::Check("memcpy ranges".into()));
         }
         // SAFETY: both ranges are in bounds and disjoint (checked above).
         let (s, d) = unsafe {
             (
-                std::slice::from_raw_parts(self.ptr.add(src as usize), n),
-                std::slice::from_raw_parts_mut(self.ptr.add(dst as usize), n),
+                std::slice::from_raw_parts(self.map.as_ptr().add(src as usize), n),
+                std::slice::from_raw_parts_mut(self.map.as_ptr().add(dst as usize), n),
             )
         };
         d.copy_from_slice(s);
         Ok(())
-    }
-}
-
-impl Drop for Mem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping created in `new`; no view outlives `&mut self`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -198,19 +180,25 @@ fn job(size: u64, dst_off: u64, burst: bool) -> Result<Job, BenchError> {
     }
 }
 
+/// DBGINST0/1 of a DMAGO of channel 0 (secure) at `addr`: how Linux's
+/// driver starts a program through the debug registers.
+pub fn dmago(addr: u32) -> (u32, u32) {
+    dbginst(
+        Insn::Go {
+            chan: 0,
+            ns: false,
+            addr,
+        },
+        None,
+    )
+}
+
 /// Runs one copy through the model (every chunk: microcode into memory,
 /// DMAGO through the debug registers, run to completion, check, INTCLR).
 fn model_copy(dev: &mut Pl330, t: &DmaTable, mem: &mut Mem, j: &Job) -> Result<(), BenchError> {
     for p in &j.programs {
         mem.view(CODE_OFF, p.len())?.copy_from_slice(p);
-        let (d0, d1) = dbginst(
-            Insn::Go {
-                chan: 0,
-                ns: false,
-                addr: (IOVA + CODE_OFF) as u32,
-            },
-            None,
-        );
+        let (d0, d1) = dmago((IOVA + CODE_OFF) as u32);
         wr(dev, t, regs::DBGINST0, d0)?;
         wr(dev, t, regs::DBGINST1, d1)?;
         wr(dev, t, regs::DBGCMD, 0)?;

@@ -156,31 +156,60 @@ impl Default for Capabilities {
     }
 }
 
-fn get_u64(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, DecodeError> {
+/// A capability error: the VERSION payload is invalid (EINVAL).
+fn bad_caps(reason: impl Into<String>) -> DecodeError {
+    DecodeError::invalid("VERSION", reason)
+}
+
+type Object = Map<String, Value>;
+
+fn get_object<'a>(obj: &'a Object, key: &'static str) -> Result<Option<&'a Object>, DecodeError> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            DecodeError::invalid("VERSION", format!("{key} is not an unsigned integer"))
-        }),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(bad_caps(format!("{key} is not an object"))),
     }
 }
 
-fn get_u32(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u32>, DecodeError> {
+/// `get`, where a value of 0 is an error.
+fn get_nonzero<T: Default + PartialEq>(
+    obj: &Object,
+    key: &'static str,
+    get: fn(&Object, &'static str) -> Result<Option<T>, DecodeError>,
+) -> Result<Option<T>, DecodeError> {
+    let v = get(obj, key)?;
+    if v == Some(T::default()) {
+        return Err(bad_caps(format!("{key} is 0")));
+    }
+    Ok(v)
+}
+
+fn get_u64(obj: &Object, key: &'static str) -> Result<Option<u64>, DecodeError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad_caps(format!("{key} is not an unsigned integer"))),
+    }
+}
+
+fn get_u32(obj: &Object, key: &'static str) -> Result<Option<u32>, DecodeError> {
     match get_u64(obj, key)? {
         None => Ok(None),
         Some(v) => u32::try_from(v)
             .map(Some)
-            .map_err(|_| DecodeError::invalid("VERSION", format!("{key} out of range"))),
+            .map_err(|_| bad_caps(format!("{key} out of range"))),
     }
 }
 
-fn get_bool(obj: &Map<String, Value>, key: &'static str) -> Result<Option<bool>, DecodeError> {
+fn get_bool(obj: &Object, key: &'static str) -> Result<Option<bool>, DecodeError> {
     match obj.get(key) {
         None => Ok(None),
         Some(v) => v
             .as_bool()
             .map(Some)
-            .ok_or_else(|| DecodeError::invalid("VERSION", format!("{key} is not a boolean"))),
+            .ok_or_else(|| bad_caps(format!("{key} is not a boolean"))),
     }
 }
 
@@ -227,76 +256,49 @@ impl Capabilities {
             return Ok(Capabilities::default());
         }
         let Some((&0, json)) = data.split_last() else {
-            return Err(DecodeError::invalid(
-                "VERSION",
-                "version data is not NUL-terminated",
-            ));
+            return Err(bad_caps("version data is not NUL-terminated"));
         };
         if json.contains(&0) {
-            return Err(DecodeError::invalid("VERSION", "NUL inside version data"));
+            return Err(bad_caps("NUL inside version data"));
         }
         Self::from_json(json)
     }
 
     /// Parses the JSON text (without NUL).
     pub fn from_json(json: &[u8]) -> Result<Self, DecodeError> {
-        let v: Value = serde_json::from_slice(json)
-            .map_err(|e| DecodeError::invalid("VERSION", format!("bad JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(json).map_err(|e| bad_caps(format!("bad JSON: {e}")))?;
         let Value::Object(top) = v else {
-            return Err(DecodeError::invalid("VERSION", "JSON is not an object"));
+            return Err(bad_caps("JSON is not an object"));
         };
         let mut c = Capabilities::default();
-        let caps = match top.get("capabilities") {
-            None => return Ok(c),
-            Some(Value::Object(m)) => m,
-            Some(_) => {
-                return Err(DecodeError::invalid(
-                    "VERSION",
-                    "capabilities is not an object",
-                ))
-            }
+        let Some(caps) = get_object(&top, "capabilities")? else {
+            return Ok(c);
         };
         if let Some(v) = get_u32(caps, "max_msg_fds")? {
             c.max_msg_fds = v;
         }
-        if let Some(v) = get_u32(caps, "max_data_xfer_size")? {
-            if v == 0 {
-                return Err(DecodeError::invalid("VERSION", "max_data_xfer_size is 0"));
-            }
+        if let Some(v) = get_nonzero(caps, "max_data_xfer_size", get_u32)? {
             c.max_data_xfer_size = v;
         }
         if let Some(v) = get_u32(caps, "max_dma_maps")? {
             c.max_dma_maps = v;
         }
-        if let Some(v) = get_u64(caps, "pgsizes")? {
-            if v == 0 {
-                return Err(DecodeError::invalid("VERSION", "pgsizes is 0"));
-            }
+        if let Some(v) = get_nonzero(caps, "pgsizes", get_u64)? {
             c.pgsizes = v;
         }
         if let Some(v) = get_bool(caps, "write_multiple")? {
             c.write_multiple = v;
         }
-        match caps.get("twin_socket") {
-            None => {}
-            Some(Value::Object(t)) => c.twin_socket = get_bool(t, "supported")?.unwrap_or(false),
-            Some(_) => {
-                return Err(DecodeError::invalid(
-                    "VERSION",
-                    "twin_socket is not an object",
-                ))
-            }
+        if let Some(t) = get_object(caps, "twin_socket")? {
+            c.twin_socket = get_bool(t, "supported")?.unwrap_or(false);
         }
         c.migration = caps.contains_key("migration");
         if let Some(v) = caps.get(SIDECAR_CAP_KEY) {
-            let s: SidecarCaps = serde_json::from_value(v.clone()).map_err(|e| {
-                DecodeError::invalid("VERSION", format!("bad {SIDECAR_CAP_KEY} value: {e}"))
-            })?;
+            let s: SidecarCaps = serde_json::from_value(v.clone())
+                .map_err(|e| bad_caps(format!("bad {SIDECAR_CAP_KEY} value: {e}")))?;
             if s.version == 0 {
-                return Err(DecodeError::invalid(
-                    "VERSION",
-                    format!("{SIDECAR_CAP_KEY} version 0"),
-                ));
+                return Err(bad_caps(format!("{SIDECAR_CAP_KEY} version 0")));
             }
             c.sidecar = Some(s);
         }
@@ -486,6 +488,53 @@ mod tests {
             let e = Capabilities::from_version_data(&nul(j)).unwrap_err();
             assert_eq!(e.errno(), Errno::EINVAL, "{j}");
         }
+    }
+
+    #[test]
+    fn error_texts() {
+        for (j, text) in [
+            ("[1]", "VERSION: JSON is not an object"),
+            (
+                r#"{"capabilities":3}"#,
+                "VERSION: capabilities is not an object",
+            ),
+            (
+                r#"{"capabilities":{"max_msg_fds":"1"}}"#,
+                "VERSION: max_msg_fds is not an unsigned integer",
+            ),
+            (
+                r#"{"capabilities":{"max_dma_maps":4294967296}}"#,
+                "VERSION: max_dma_maps out of range",
+            ),
+            (
+                r#"{"capabilities":{"max_data_xfer_size":0}}"#,
+                "VERSION: max_data_xfer_size is 0",
+            ),
+            (r#"{"capabilities":{"pgsizes":0}}"#, "VERSION: pgsizes is 0"),
+            (
+                r#"{"capabilities":{"write_multiple":1}}"#,
+                "VERSION: write_multiple is not a boolean",
+            ),
+            (
+                r#"{"capabilities":{"twin_socket":true}}"#,
+                "VERSION: twin_socket is not an object",
+            ),
+            (
+                r#"{"capabilities":{"twin_socket":{"supported":2}}}"#,
+                "VERSION: supported is not a boolean",
+            ),
+            (
+                r#"{"capabilities":{"org.vfio-sidecar":{"version":0}}}"#,
+                "VERSION: org.vfio-sidecar version 0",
+            ),
+        ] {
+            let e = Capabilities::from_version_data(&nul(j)).unwrap_err();
+            assert_eq!(e.to_string(), text, "{j}");
+        }
+        let e = Capabilities::from_version_data(b"{}").unwrap_err();
+        assert_eq!(e.to_string(), "VERSION: version data is not NUL-terminated");
+        let e = Capabilities::from_version_data(b"{}\0{}\0").unwrap_err();
+        assert_eq!(e.to_string(), "VERSION: NUL inside version data");
     }
 
     #[test]

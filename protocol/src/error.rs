@@ -142,6 +142,18 @@ impl DecodeError {
             reason: reason.into(),
         }
     }
+
+    pub(crate) fn truncated(what: &'static str, need: usize, have: usize) -> Self {
+        DecodeError::Truncated { what, need, have }
+    }
+
+    pub(crate) fn length(what: &'static str, expected: usize, have: usize) -> Self {
+        DecodeError::Length {
+            what,
+            expected,
+            have,
+        }
+    }
 }
 
 /// Errors of the framing/fd-passing layer.

@@ -5,9 +5,15 @@
 //! (which the transport already bounded by the limits). Fixed-size payloads must
 //! have exactly their size; variable parts must match their declared counts.
 
+mod wire;
+
 use crate::caps::Capabilities;
 use crate::error::DecodeError;
 use crate::ext::IrqStats;
+pub(crate) use wire::expect_data;
+use wire::{
+    check_argsz, decode_exact, encode_wire, fixed_payload, len_u32, wire_struct, Put, Reader, Wire,
+};
 
 // ---------------------------------------------------------------- constants
 
@@ -62,127 +68,12 @@ pub const IO_FD_TYPE_IOREGIONFD: u32 = 1;
 /// Most bytes one `REGION_WRITE_MULTI` entry can write.
 pub const WRITE_MULTI_MAX_COUNT: u32 = 8;
 
-// ------------------------------------------------------------------ helpers
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    what: &'static str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(what: &'static str, buf: &'a [u8], min: usize) -> Result<Self, DecodeError> {
-        if buf.len() < min {
-            return Err(DecodeError::Truncated {
-                what,
-                need: min,
-                have: buf.len(),
-            });
-        }
-        Ok(Reader { buf, pos: 0, what })
-    }
-
-    fn exact(what: &'static str, buf: &'a [u8], len: usize) -> Result<Self, DecodeError> {
-        if buf.len() < len {
-            return Err(DecodeError::Truncated {
-                what,
-                need: len,
-                have: buf.len(),
-            });
-        }
-        if buf.len() > len {
-            return Err(DecodeError::Length {
-                what,
-                expected: len,
-                have: buf.len(),
-            });
-        }
-        Ok(Reader { buf, pos: 0, what })
-    }
-
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        match end {
-            Some(end) => {
-                let s = self.buf.get(self.pos..end).unwrap_or_default();
-                self.pos = end;
-                Ok(s)
-            }
-            None => Err(DecodeError::Truncated {
-                what: self.what,
-                need: self.pos.saturating_add(n),
-                have: self.buf.len(),
-            }),
-        }
-    }
-
-    fn arr<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let s = self.bytes(N)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_ne_bytes(self.arr()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_ne_bytes(self.arr()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_ne_bytes(self.arr()?))
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        let s = self.buf.get(self.pos..).unwrap_or_default();
-        self.pos = self.buf.len();
-        s
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-}
-
-trait Put {
-    fn put_u16(&mut self, v: u16);
-    fn put_u32(&mut self, v: u32);
-    fn put_u64(&mut self, v: u64);
-}
-
-impl Put for Vec<u8> {
-    fn put_u16(&mut self, v: u16) {
-        self.extend_from_slice(&v.to_ne_bytes());
-    }
-    fn put_u32(&mut self, v: u32) {
-        self.extend_from_slice(&v.to_ne_bytes());
-    }
-    fn put_u64(&mut self, v: u64) {
-        self.extend_from_slice(&v.to_ne_bytes());
-    }
-}
-
-fn len_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-fn expect_empty(what: &'static str, payload: &[u8]) -> Result<(), DecodeError> {
-    if payload.is_empty() {
-        Ok(())
-    } else {
-        Err(DecodeError::Length {
-            what,
-            expected: 0,
-            have: payload.len(),
-        })
-    }
-}
-
 /// Checks that a message with no payload (DEVICE_RESET, most replies) is empty.
 pub fn decode_empty(what: &'static str, payload: &[u8]) -> Result<(), DecodeError> {
-    expect_empty(what, payload)
+    if !payload.is_empty() {
+        return Err(DecodeError::length(what, 0, payload.len()));
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ VERSION
@@ -203,8 +94,8 @@ impl Version {
     pub fn encode(&self) -> Vec<u8> {
         let json = self.caps.to_json();
         let mut v = Vec::with_capacity(4 + json.len() + 1);
-        v.put_u16(self.major);
-        v.put_u16(self.minor);
+        v.put(self.major);
+        v.put(self.minor);
         v.extend_from_slice(json.as_bytes());
         v.push(0);
         v
@@ -213,8 +104,8 @@ impl Version {
     /// Decodes; a missing NUL, bad UTF-8 or bad JSON is an error (EINVAL).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new("VERSION", payload, 4)?;
-        let major = r.u16()?;
-        let minor = r.u16()?;
+        let major = r.get()?;
+        let minor = r.get()?;
         let caps = Capabilities::from_version_data(r.rest())?;
         Ok(Version { major, minor, caps })
     }
@@ -251,25 +142,25 @@ impl DmaProt {
     }
 }
 
-/// `VFIO_USER_DMA_MAP` request (32 bytes; the fd travels as ancillary data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmaMap {
-    /// Size of this structure (32).
-    pub argsz: u32,
-    /// `DMA_MAP_FLAG_*`.
-    pub flags: u32,
-    /// Offset of the mapping in the passed fd.
-    pub offset: u64,
-    /// DMA (IOVA) address.
-    pub address: u64,
-    /// Size in bytes.
-    pub size: u64,
+wire_struct! {
+    /// `VFIO_USER_DMA_MAP` request (32 bytes; the fd travels as ancillary data).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DmaMap {
+        /// Size of this structure (32).
+        pub argsz: u32,
+        /// `DMA_MAP_FLAG_*`.
+        pub flags: u32,
+        /// Offset of the mapping in the passed fd.
+        pub offset: u64,
+        /// DMA (IOVA) address.
+        pub address: u64,
+        /// Size in bytes.
+        pub size: u64,
+    }
 }
+fixed_payload!(DmaMap, "DMA_MAP", 32);
 
 impl DmaMap {
-    /// Payload size.
-    pub const SIZE: usize = 32;
-
     /// A request with `argsz` set.
     pub fn new(flags: u32, offset: u64, address: u64, size: u64) -> Self {
         DmaMap {
@@ -279,29 +170,6 @@ impl DmaMap {
             address,
             size,
         }
-    }
-
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(self.flags);
-        v.put_u64(self.offset);
-        v.put_u64(self.address);
-        v.put_u64(self.size);
-        v
-    }
-
-    /// Decodes (no validation beyond the length).
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("DMA_MAP", payload, Self::SIZE)?;
-        Ok(DmaMap {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            offset: r.u64()?,
-            address: r.u64()?,
-            size: r.u64()?,
-        })
     }
 
     /// Effective permissions: with `dma_exec` negotiated EXEC is what the flag
@@ -324,13 +192,8 @@ impl DmaMap {
     /// negotiated) flags; non-zero size; no overflow of `address + size` and
     /// `offset + size`; address, size and offset aligned to `page_size`.
     pub fn is_valid(&self, dma_exec: bool, page_size: u64) -> Result<(), DecodeError> {
-        let w = "DMA_MAP";
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                w,
-                format!("argsz {} < 32", self.argsz),
-            ));
-        }
+        let w = Self::NAME;
+        check_argsz(w, self.argsz, Self::SIZE)?;
         let mut allowed = DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE;
         if dma_exec {
             allowed |= DMA_MAP_FLAG_EXEC;
@@ -362,23 +225,23 @@ impl DmaMap {
 
 // ---------------------------------------------------------------- DMA_UNMAP
 
-/// `VFIO_USER_DMA_UNMAP` request (24 bytes); the reply echoes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DmaUnmap {
-    /// Maximum reply payload size (24).
-    pub argsz: u32,
-    /// 0 or [`DMA_UNMAP_FLAG_ALL`].
-    pub flags: u32,
-    /// DMA address of the mapping.
-    pub address: u64,
-    /// Size of the mapping.
-    pub size: u64,
+wire_struct! {
+    /// `VFIO_USER_DMA_UNMAP` request (24 bytes); the reply echoes it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DmaUnmap {
+        /// Maximum reply payload size (24).
+        pub argsz: u32,
+        /// 0 or [`DMA_UNMAP_FLAG_ALL`].
+        pub flags: u32,
+        /// DMA address of the mapping.
+        pub address: u64,
+        /// Size of the mapping.
+        pub size: u64,
+    }
 }
+fixed_payload!(DmaUnmap, "DMA_UNMAP", 24);
 
 impl DmaUnmap {
-    /// Payload size.
-    pub const SIZE: usize = 24;
-
     /// A request with `argsz` set.
     pub fn new(flags: u32, address: u64, size: u64) -> Self {
         DmaUnmap {
@@ -394,37 +257,11 @@ impl DmaUnmap {
         self.flags & DMA_UNMAP_FLAG_ALL != 0
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(self.flags);
-        v.put_u64(self.address);
-        v.put_u64(self.size);
-        v
-    }
-
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("DMA_UNMAP", payload, Self::SIZE)?;
-        Ok(DmaUnmap {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            address: r.u64()?,
-            size: r.u64()?,
-        })
-    }
-
     /// Validates: argsz >= 24; flags 0 or ALL; ALL needs address = size = 0;
     /// otherwise a non-zero, non-overflowing range.
     pub fn is_valid(&self) -> Result<(), DecodeError> {
-        let w = "DMA_UNMAP";
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                w,
-                format!("argsz {} < 24", self.argsz),
-            ));
-        }
+        let w = Self::NAME;
+        check_argsz(w, self.argsz, Self::SIZE)?;
         if self.flags & !DMA_UNMAP_FLAG_ALL != 0 {
             return Err(DecodeError::invalid(
                 w,
@@ -446,23 +283,23 @@ impl DmaUnmap {
 
 // ---------------------------------------------------------- DEVICE_GET_INFO
 
-/// `VFIO_USER_DEVICE_GET_INFO` payload (16 bytes; request only sets `argsz`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceInfo {
-    /// Request: maximum reply size; reply: size needed (16).
-    pub argsz: u32,
-    /// `VFIO_DEVICE_FLAGS_*` (RESET 1, PCI 2, PLATFORM 4, AMBA 8).
-    pub flags: u32,
-    /// Number of regions.
-    pub num_regions: u32,
-    /// Number of IRQ indices.
-    pub num_irqs: u32,
+wire_struct! {
+    /// `VFIO_USER_DEVICE_GET_INFO` payload (16 bytes; request only sets `argsz`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DeviceInfo {
+        /// Request: maximum reply size; reply: size needed (16).
+        pub argsz: u32,
+        /// `VFIO_DEVICE_FLAGS_*` (RESET 1, PCI 2, PLATFORM 4, AMBA 8).
+        pub flags: u32,
+        /// Number of regions.
+        pub num_regions: u32,
+        /// Number of IRQ indices.
+        pub num_irqs: u32,
+    }
 }
+fixed_payload!(DeviceInfo, "DEVICE_GET_INFO", 16);
 
 impl DeviceInfo {
-    /// Payload size.
-    pub const SIZE: usize = 16;
-
     /// A request.
     pub fn request() -> Self {
         DeviceInfo {
@@ -473,48 +310,46 @@ impl DeviceInfo {
         }
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(self.flags);
-        v.put_u32(self.num_regions);
-        v.put_u32(self.num_irqs);
-        v
-    }
-
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("DEVICE_GET_INFO", payload, Self::SIZE)?;
-        Ok(DeviceInfo {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            num_regions: r.u32()?,
-            num_irqs: r.u32()?,
-        })
-    }
-
     /// Request validation: argsz must hold the 16-byte reply.
     pub fn is_valid_request(&self) -> Result<(), DecodeError> {
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                "DEVICE_GET_INFO",
-                format!("argsz {} < 16", self.argsz),
-            ));
-        }
-        Ok(())
+        check_argsz(Self::NAME, self.argsz, Self::SIZE)
     }
 }
 
 // --------------------------------------------------- DEVICE_GET_REGION_INFO
 
-/// One area of a sparse-mmap capability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SparseArea {
-    /// Offset from the region's mmap offset.
-    pub offset: u64,
-    /// Size in bytes.
-    pub size: u64,
+wire_struct! {
+    /// One area of a sparse-mmap capability.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SparseArea {
+        /// Offset from the region's mmap offset.
+        pub offset: u64,
+        /// Size in bytes.
+        pub size: u64,
+    }
+}
+
+wire_struct! {
+    /// The fixed `vfio_region_info` (32 bytes): a request uses `argsz` and
+    /// `index` (the rest is zero), a reply all of it.
+    #[derive(Default)]
+    struct RegionInfoFixed {
+        argsz: u32,
+        flags: u32,
+        index: u32,
+        cap_offset: u32,
+        size: u64,
+        offset: u64,
+    }
+}
+
+wire_struct! {
+    /// The header of a region info capability (`vfio_info_cap_header`).
+    struct CapHeader {
+        id: u16,
+        version: u16,
+        next: u32,
+    }
 }
 
 /// `VFIO_USER_DEVICE_GET_REGION_INFO` request (32 bytes; only `argsz` and `index` used).
@@ -528,38 +363,30 @@ pub struct RegionInfoRequest {
 
 impl RegionInfoRequest {
     /// Size of the fixed `vfio_region_info` structure.
-    pub const SIZE: usize = 32;
+    pub const SIZE: usize = <RegionInfoFixed as Wire>::SIZE;
+    const NAME: &'static str = "DEVICE_GET_REGION_INFO";
 
     /// Encodes (the other fields are zero).
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(0);
-        v.put_u32(self.index);
-        v.put_u32(0);
-        v.put_u64(0);
-        v.put_u64(0);
-        v
+        encode_wire(&RegionInfoFixed {
+            argsz: self.argsz,
+            index: self.index,
+            ..RegionInfoFixed::default()
+        })
     }
 
     /// Decodes (ignores the fields that must be zero).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("DEVICE_GET_REGION_INFO", payload, Self::SIZE)?;
-        let argsz = r.u32()?;
-        let _flags = r.u32()?;
-        let index = r.u32()?;
-        Ok(RegionInfoRequest { argsz, index })
+        let f: RegionInfoFixed = decode_exact(Self::NAME, payload)?;
+        Ok(RegionInfoRequest {
+            argsz: f.argsz,
+            index: f.index,
+        })
     }
 
     /// argsz must hold at least the fixed 32-byte reply.
     pub fn is_valid(&self) -> Result<(), DecodeError> {
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                "DEVICE_GET_REGION_INFO",
-                format!("argsz {} < 32", self.argsz),
-            ));
-        }
-        Ok(())
+        check_argsz(Self::NAME, self.argsz, Self::SIZE)
     }
 }
 
@@ -610,28 +437,30 @@ impl RegionInfo {
     /// CAPS set, `cap_offset` 0 and `argsz` = the size needed (as Linux VFIO).
     pub fn encode_reply(&self, client_argsz: u32) -> Vec<u8> {
         let full = self.full_size();
-        let mut flags = self.flags & !REGION_INFO_FLAG_CAPS;
         let include = self.sparse.is_some() && client_argsz as usize >= full;
+        let mut flags = self.flags & !REGION_INFO_FLAG_CAPS;
         if self.sparse.is_some() {
             flags |= REGION_INFO_FLAG_CAPS;
         }
         let mut v = Vec::with_capacity(if include { full } else { 32 });
-        v.put_u32(len_u32(full));
-        v.put_u32(flags);
-        v.put_u32(self.index);
-        v.put_u32(if include { 32 } else { 0 });
-        v.put_u64(self.size);
-        v.put_u64(self.offset);
+        v.put(RegionInfoFixed {
+            argsz: len_u32(full),
+            flags,
+            index: self.index,
+            // The capability follows the fixed part.
+            cap_offset: if include { 32 } else { 0 },
+            size: self.size,
+            offset: self.offset,
+        });
         if let (true, Some(areas)) = (include, &self.sparse) {
-            v.put_u16(REGION_INFO_CAP_SPARSE_MMAP);
-            v.put_u16(REGION_INFO_CAP_SPARSE_MMAP_VERSION);
-            v.put_u32(0); // next
-            v.put_u32(len_u32(areas.len()));
-            v.put_u32(0); // reserved
-            for a in areas {
-                v.put_u64(a.offset);
-                v.put_u64(a.size);
-            }
+            v.put(CapHeader {
+                id: REGION_INFO_CAP_SPARSE_MMAP,
+                version: REGION_INFO_CAP_SPARSE_MMAP_VERSION,
+                next: 0,
+            });
+            v.put(len_u32(areas.len()));
+            v.put(0u32); // reserved
+            v.put_all(areas);
         }
         v
     }
@@ -641,19 +470,14 @@ impl RegionInfo {
     pub fn decode_reply(payload: &[u8]) -> Result<RegionInfoReply, DecodeError> {
         let w = "DEVICE_GET_REGION_INFO reply";
         let mut r = Reader::new(w, payload, RegionInfoRequest::SIZE)?;
-        let argsz = r.u32()?;
-        let flags = r.u32()?;
-        let index = r.u32()?;
-        let cap_offset = r.u32()?;
-        let size = r.u64()?;
-        let offset = r.u64()?;
+        let f: RegionInfoFixed = r.get()?;
         let mut sparse = None;
         // A reply whose argsz exceeds what was sent is truncated: whatever
         // cap_offset says, the capabilities are not there (some servers keep
         // cap_offset set in that case).
-        let complete = argsz as usize <= payload.len();
-        if flags & REGION_INFO_FLAG_CAPS != 0 && cap_offset != 0 && complete {
-            let mut at = cap_offset as usize;
+        let complete = f.argsz as usize <= payload.len();
+        if f.flags & REGION_INFO_FLAG_CAPS != 0 && f.cap_offset != 0 && complete {
+            let mut at = f.cap_offset as usize;
             for _ in 0..16 {
                 if at < RegionInfoRequest::SIZE {
                     return Err(DecodeError::invalid(
@@ -664,32 +488,24 @@ impl RegionInfo {
                 let tail = payload
                     .get(at..)
                     .ok_or_else(|| DecodeError::invalid(w, "capability offset beyond payload"))?;
-                let mut c = Reader::new(w, tail, 8)?;
-                let id = c.u16()?;
-                let version = c.u16()?;
-                let next = c.u32()? as usize;
-                if id == REGION_INFO_CAP_SPARSE_MMAP {
-                    if version != REGION_INFO_CAP_SPARSE_MMAP_VERSION {
+                let mut c = Reader::new(w, tail, <CapHeader as Wire>::SIZE)?;
+                let cap: CapHeader = c.get()?;
+                if cap.id == REGION_INFO_CAP_SPARSE_MMAP {
+                    if cap.version != REGION_INFO_CAP_SPARSE_MMAP_VERSION {
                         return Err(DecodeError::invalid(w, "sparse mmap capability version"));
                     }
-                    let nr = c.u32()? as usize;
-                    let _reserved = c.u32()?;
+                    let nr = c.get::<u32>()? as usize;
+                    let _reserved = c.get::<u32>()?;
                     if nr > c.remaining() / 16 {
-                        return Err(DecodeError::Truncated {
-                            what: w,
-                            need: at + 16 + nr.saturating_mul(16),
-                            have: payload.len(),
-                        });
+                        return Err(DecodeError::truncated(
+                            w,
+                            at + 16 + nr.saturating_mul(16),
+                            payload.len(),
+                        ));
                     }
-                    let mut areas = Vec::with_capacity(nr);
-                    for _ in 0..nr {
-                        areas.push(SparseArea {
-                            offset: c.u64()?,
-                            size: c.u64()?,
-                        });
-                    }
-                    sparse = Some(areas);
+                    sparse = Some(c.list(nr)?);
                 }
+                let next = cap.next as usize;
                 if next == 0 {
                     break;
                 }
@@ -700,17 +516,14 @@ impl RegionInfo {
             }
         }
         Ok(RegionInfoReply {
-            argsz,
+            argsz: f.argsz,
             info: RegionInfo {
-                index,
-                flags: flags & !REGION_INFO_FLAG_CAPS
-                    | if sparse.is_some() || (flags & REGION_INFO_FLAG_CAPS != 0) {
-                        REGION_INFO_FLAG_CAPS
-                    } else {
-                        0
-                    },
-                size,
-                offset,
+                index: f.index,
+                // CAPS as received: the server had capabilities (also when
+                // they were left out for a too small argsz).
+                flags: f.flags,
+                size: f.size,
+                offset: f.offset,
                 sparse,
             },
         })
@@ -719,55 +532,29 @@ impl RegionInfo {
 
 // ------------------------------------------------ DEVICE_GET_REGION_IO_FDS
 
-/// `VFIO_USER_DEVICE_GET_REGION_IO_FDS` request (16 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegionIoFdsRequest {
-    /// Maximum reply payload size.
-    pub argsz: u32,
-    /// Must be 0.
-    pub flags: u32,
-    /// Region index.
-    pub index: u32,
-    /// Must be 0.
-    pub count: u32,
+wire_struct! {
+    /// `VFIO_USER_DEVICE_GET_REGION_IO_FDS` request (16 bytes; also the fixed
+    /// part of the reply).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct RegionIoFdsRequest {
+        /// Maximum reply payload size.
+        pub argsz: u32,
+        /// Must be 0.
+        pub flags: u32,
+        /// Region index.
+        pub index: u32,
+        /// Must be 0.
+        pub count: u32,
+    }
 }
+fixed_payload!(RegionIoFdsRequest, "DEVICE_GET_REGION_IO_FDS", 16);
 
 impl RegionIoFdsRequest {
-    /// Payload size (also the fixed part of the reply).
-    pub const SIZE: usize = 16;
-
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(self.flags);
-        v.put_u32(self.index);
-        v.put_u32(self.count);
-        v
-    }
-
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("DEVICE_GET_REGION_IO_FDS", payload, Self::SIZE)?;
-        Ok(RegionIoFdsRequest {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
     /// argsz >= 16 and flags = 0.
     pub fn is_valid(&self) -> Result<(), DecodeError> {
-        let w = "DEVICE_GET_REGION_IO_FDS";
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                w,
-                format!("argsz {} < 16", self.argsz),
-            ));
-        }
+        check_argsz(Self::NAME, self.argsz, Self::SIZE)?;
         if self.flags != 0 {
-            return Err(DecodeError::invalid(w, "flags must be 0"));
+            return Err(DecodeError::invalid(Self::NAME, "flags must be 0"));
         }
         Ok(())
     }
@@ -790,6 +577,37 @@ pub struct SubRegionIoFd {
     pub data: u64,
 }
 
+/// Written by hand: a 4-byte pad sits between `flags` and `data`.
+impl Wire for SubRegionIoFd {
+    const SIZE: usize = 40;
+    fn put_into(&self, v: &mut Vec<u8>) {
+        v.put(self.offset);
+        v.put(self.size);
+        v.put(self.fd_index);
+        v.put(self.kind);
+        v.put(self.flags);
+        v.put(0u32);
+        v.put(self.data);
+    }
+    fn get_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let offset = r.get()?;
+        let size = r.get()?;
+        let fd_index = r.get()?;
+        let kind = r.get()?;
+        let flags = r.get()?;
+        let _pad = r.get::<u32>()?;
+        let data = r.get()?;
+        Ok(SubRegionIoFd {
+            offset,
+            size,
+            fd_index,
+            kind,
+            flags,
+            data,
+        })
+    }
+}
+
 /// A decoded region IO fds reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionIoFdsReply {
@@ -803,7 +621,7 @@ pub struct RegionIoFdsReply {
 
 impl RegionIoFdsReply {
     /// Size of one sub-region entry.
-    pub const ENTRY_SIZE: usize = 40;
+    pub const ENTRY_SIZE: usize = <SubRegionIoFd as Wire>::SIZE;
 
     /// Size of the full reply for `n` sub-regions.
     pub fn full_size(n: usize) -> usize {
@@ -815,22 +633,15 @@ impl RegionIoFdsReply {
     pub fn encode(index: u32, subs: &[SubRegionIoFd], client_argsz: u32) -> (Vec<u8>, bool) {
         let full = Self::full_size(subs.len());
         let include = client_argsz as usize >= full;
+        let subs: &[SubRegionIoFd] = if include { subs } else { &[] };
         let mut v = Vec::with_capacity(if include { full } else { 16 });
-        v.put_u32(len_u32(full));
-        v.put_u32(0);
-        v.put_u32(index);
-        v.put_u32(if include { len_u32(subs.len()) } else { 0 });
-        if include {
-            for s in subs {
-                v.put_u64(s.offset);
-                v.put_u64(s.size);
-                v.put_u32(s.fd_index);
-                v.put_u32(s.kind);
-                v.put_u32(s.flags);
-                v.put_u32(0);
-                v.put_u64(s.data);
-            }
-        }
+        v.put(RegionIoFdsRequest {
+            argsz: len_u32(full),
+            flags: 0,
+            index,
+            count: len_u32(subs.len()),
+        });
+        v.put_all(subs);
         (v, include)
     }
 
@@ -838,62 +649,42 @@ impl RegionIoFdsReply {
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let w = "DEVICE_GET_REGION_IO_FDS reply";
         let mut r = Reader::new(w, payload, RegionIoFdsRequest::SIZE)?;
-        let argsz = r.u32()?;
-        let _flags = r.u32()?;
-        let index = r.u32()?;
-        let count = r.u32()? as usize;
+        let fixed: RegionIoFdsRequest = r.get()?;
+        let count = fixed.count as usize;
         if r.remaining() != count.saturating_mul(Self::ENTRY_SIZE) {
-            return Err(DecodeError::Length {
-                what: w,
-                expected: Self::full_size(count.min(1 << 20)),
-                have: payload.len(),
-            });
-        }
-        let mut subregions = Vec::with_capacity(count);
-        for _ in 0..count {
-            let offset = r.u64()?;
-            let size = r.u64()?;
-            let fd_index = r.u32()?;
-            let kind = r.u32()?;
-            let flags = r.u32()?;
-            let _pad = r.u32()?;
-            let data = r.u64()?;
-            subregions.push(SubRegionIoFd {
-                offset,
-                size,
-                fd_index,
-                kind,
-                flags,
-                data,
-            });
+            return Err(DecodeError::length(
+                w,
+                Self::full_size(count.min(1 << 20)),
+                payload.len(),
+            ));
         }
         Ok(RegionIoFdsReply {
-            argsz,
-            index,
-            subregions,
+            argsz: fixed.argsz,
+            index: fixed.index,
+            subregions: r.list(count)?,
         })
     }
 }
 
 // ----------------------------------------------------- DEVICE_GET_IRQ_INFO
 
-/// `VFIO_USER_DEVICE_GET_IRQ_INFO` payload (16 bytes, request and reply).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IrqInfo {
-    /// Request: maximum reply size; reply: 16.
-    pub argsz: u32,
-    /// `VFIO_IRQ_INFO_*` (EVENTFD 1, MASKABLE 2, AUTOMASKED 4, NORESIZE 8).
-    pub flags: u32,
-    /// IRQ index.
-    pub index: u32,
-    /// Number of vectors.
-    pub count: u32,
+wire_struct! {
+    /// `VFIO_USER_DEVICE_GET_IRQ_INFO` payload (16 bytes, request and reply).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct IrqInfo {
+        /// Request: maximum reply size; reply: 16.
+        pub argsz: u32,
+        /// `VFIO_IRQ_INFO_*` (EVENTFD 1, MASKABLE 2, AUTOMASKED 4, NORESIZE 8).
+        pub flags: u32,
+        /// IRQ index.
+        pub index: u32,
+        /// Number of vectors.
+        pub count: u32,
+    }
 }
+fixed_payload!(IrqInfo, "DEVICE_GET_IRQ_INFO", 16);
 
 impl IrqInfo {
-    /// Payload size.
-    pub const SIZE: usize = 16;
-
     /// A request for `index`.
     pub fn request(index: u32) -> Self {
         IrqInfo {
@@ -904,36 +695,9 @@ impl IrqInfo {
         }
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(self.flags);
-        v.put_u32(self.index);
-        v.put_u32(self.count);
-        v
-    }
-
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("DEVICE_GET_IRQ_INFO", payload, Self::SIZE)?;
-        Ok(IrqInfo {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
     /// Request validation: argsz must hold the 16-byte reply.
     pub fn is_valid_request(&self) -> Result<(), DecodeError> {
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                "DEVICE_GET_IRQ_INFO",
-                format!("argsz {} < 16", self.argsz),
-            ));
-        }
-        Ok(())
+        check_argsz(Self::NAME, self.argsz, Self::SIZE)
     }
 }
 
@@ -1046,11 +810,11 @@ impl SetIrqs {
     /// Encodes (bools as 0/1 bytes).
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::SIZE + self.bools.len());
-        v.put_u32(self.argsz);
-        v.put_u32(self.flags);
-        v.put_u32(self.index);
-        v.put_u32(self.start);
-        v.put_u32(self.count);
+        v.put(self.argsz);
+        v.put(self.flags);
+        v.put(self.index);
+        v.put(self.start);
+        v.put(self.count);
         v.extend(self.bools.iter().map(|&b| u8::from(b)));
         v
     }
@@ -1059,11 +823,11 @@ impl SetIrqs {
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new("DEVICE_SET_IRQS", payload, Self::SIZE)?;
         Ok(SetIrqs {
-            argsz: r.u32()?,
-            flags: r.u32()?,
-            index: r.u32()?,
-            start: r.u32()?,
-            count: r.u32()?,
+            argsz: r.get()?,
+            flags: r.get()?,
+            index: r.get()?,
+            start: r.get()?,
+            count: r.get()?,
             bools: r.rest().iter().map(|&b| b != 0).collect(),
         })
     }
@@ -1128,11 +892,11 @@ impl SetIrqs {
             0
         };
         if self.bools.len() != want_bytes {
-            return Err(DecodeError::Length {
-                what: w,
-                expected: Self::SIZE + want_bytes,
-                have: Self::SIZE + self.bools.len(),
-            });
+            return Err(DecodeError::length(
+                w,
+                Self::SIZE + want_bytes,
+                Self::SIZE + self.bools.len(),
+            ));
         }
         Ok(())
     }
@@ -1198,9 +962,9 @@ impl RegionAccess {
         payload: &'a [u8],
     ) -> Result<(u64, u32, u32, &'a [u8]), DecodeError> {
         let mut r = Reader::new(what, payload, Self::SIZE)?;
-        let offset = r.u64()?;
-        let region = r.u32()?;
-        let count = r.u32()?;
+        let offset = r.get()?;
+        let region = r.get()?;
+        let count = r.get()?;
         Ok((offset, region, count, r.rest()))
     }
 
@@ -1212,14 +976,8 @@ impl RegionAccess {
         with_data: bool,
     ) -> Result<Self, DecodeError> {
         let (offset, region, count, data) = Self::decode_fixed(what, payload)?;
-        let want = if with_data { count as usize } else { 0 };
-        if data.len() != want {
-            return Err(DecodeError::Length {
-                what,
-                expected: Self::SIZE + want,
-                have: payload.len(),
-            });
-        }
+        let want = if with_data { count } else { 0 };
+        expect_data(what, payload, Self::SIZE, data, want.into())?;
         Ok(RegionAccess {
             offset,
             region,
@@ -1250,8 +1008,8 @@ impl DmaAccess {
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::SIZE + self.data.len());
-        v.put_u64(self.address);
-        v.put_u64(self.count);
+        v.put(self.address);
+        v.put(self.count);
         v.extend_from_slice(&self.data);
         v
     }
@@ -1263,17 +1021,16 @@ impl DmaAccess {
         with_data: bool,
     ) -> Result<Self, DecodeError> {
         let mut r = Reader::new(what, payload, Self::SIZE)?;
-        let address = r.u64()?;
-        let count = r.u64()?;
+        let address = r.get()?;
+        let count = r.get()?;
         let data = r.rest();
-        let want = if with_data { count } else { 0 };
-        if data.len() as u64 != want {
-            return Err(DecodeError::Length {
-                what,
-                expected: Self::SIZE.saturating_add(usize::try_from(want).unwrap_or(usize::MAX)),
-                have: payload.len(),
-            });
-        }
+        expect_data(
+            what,
+            payload,
+            Self::SIZE,
+            data,
+            if with_data { count } else { 0 },
+        )?;
         Ok(DmaAccess {
             address,
             count,
@@ -1284,17 +1041,19 @@ impl DmaAccess {
 
 // ------------------------------------------------------- REGION_WRITE_MULTI
 
-/// One write of a `REGION_WRITE_MULTI` request (24 bytes on the wire).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteOne {
-    /// Offset in the region.
-    pub offset: u64,
-    /// Region index.
-    pub region: u32,
-    /// Bytes to write (1..=8).
-    pub count: u32,
-    /// The data (first `count` bytes used).
-    pub data: [u8; 8],
+wire_struct! {
+    /// One write of a `REGION_WRITE_MULTI` request (24 bytes on the wire).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct WriteOne {
+        /// Offset in the region.
+        pub offset: u64,
+        /// Region index.
+        pub region: u32,
+        /// Bytes to write (1..=8).
+        pub count: u32,
+        /// The data (first `count` bytes used).
+        pub data: [u8; 8],
+    }
 }
 
 /// `VFIO_USER_REGION_WRITE_MULTI` request: wr_cnt u64 + wr_cnt × 24 bytes.
@@ -1306,18 +1065,13 @@ pub struct RegionWriteMulti {
 
 impl RegionWriteMulti {
     /// Size of one entry.
-    pub const ENTRY_SIZE: usize = 24;
+    pub const ENTRY_SIZE: usize = <WriteOne as Wire>::SIZE;
 
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(8 + self.writes.len() * Self::ENTRY_SIZE);
-        v.put_u64(self.writes.len() as u64);
-        for w in &self.writes {
-            v.put_u64(w.offset);
-            v.put_u32(w.region);
-            v.put_u32(w.count);
-            v.extend_from_slice(&w.data);
-        }
+        v.put(self.writes.len() as u64);
+        v.put_all(&self.writes);
         v
     }
 
@@ -1326,46 +1080,36 @@ impl RegionWriteMulti {
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let w = "REGION_WRITE_MULTI";
         let mut r = Reader::new(w, payload, 8)?;
-        let n = r.u64()?;
-        let have = r.remaining();
-        if n != (have / Self::ENTRY_SIZE) as u64 || have % Self::ENTRY_SIZE != 0 {
-            return Err(DecodeError::Length {
-                what: w,
-                expected: 8usize.saturating_add(
-                    usize::try_from(n)
-                        .unwrap_or(usize::MAX)
-                        .saturating_mul(Self::ENTRY_SIZE),
-                ),
-                have: payload.len(),
-            });
+        let n = usize::try_from(r.get::<u64>()?).unwrap_or(usize::MAX);
+        let entries = n.saturating_mul(Self::ENTRY_SIZE);
+        if r.remaining() != entries {
+            return Err(DecodeError::length(
+                w,
+                8usize.saturating_add(entries),
+                payload.len(),
+            ));
         }
-        let mut writes = Vec::with_capacity(have / Self::ENTRY_SIZE);
-        for _ in 0..n {
-            let offset = r.u64()?;
-            let region = r.u32()?;
-            let count = r.u32()?;
-            let data = r.arr::<8>()?;
-            if count == 0 || count > WRITE_MULTI_MAX_COUNT {
-                return Err(DecodeError::invalid(w, format!("write count {count}")));
-            }
-            writes.push(WriteOne {
-                offset,
-                region,
-                count,
-                data,
-            });
+        let writes: Vec<WriteOne> = r.list(n)?;
+        if let Some(bad) = writes
+            .iter()
+            .find(|x| x.count == 0 || x.count > WRITE_MULTI_MAX_COUNT)
+        {
+            return Err(DecodeError::invalid(
+                w,
+                format!("write count {}", bad.count),
+            ));
         }
         Ok(RegionWriteMulti { writes })
     }
 
     /// Encodes the reply (`wr_cnt` completed).
     pub fn encode_reply(done: u64) -> Vec<u8> {
-        done.to_ne_bytes().to_vec()
+        encode_wire(&done)
     }
 
     /// Decodes the reply.
     pub fn decode_reply(payload: &[u8]) -> Result<u64, DecodeError> {
-        Reader::exact("REGION_WRITE_MULTI reply", payload, 8)?.u64()
+        decode_exact("REGION_WRITE_MULTI reply", payload)
     }
 }
 
@@ -1381,30 +1125,25 @@ pub struct DeviceDescRequest {
 impl DeviceDescRequest {
     /// Payload size.
     pub const SIZE: usize = 8;
+    const NAME: &'static str = "SIDECAR_GET_DEVICE_DESC";
 
     /// Encodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(0);
+        v.put(self.argsz);
+        v.put(0u32);
         v
     }
 
     /// Decodes (the pad is ignored).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("SIDECAR_GET_DEVICE_DESC", payload, Self::SIZE)?;
-        Ok(DeviceDescRequest { argsz: r.u32()? })
+        let mut r = Reader::exact(Self::NAME, payload, Self::SIZE)?;
+        Ok(DeviceDescRequest { argsz: r.get()? })
     }
 
     /// argsz must hold at least the 16-byte fixed reply.
     pub fn is_valid(&self) -> Result<(), DecodeError> {
-        if (self.argsz as usize) < DeviceDescReply::FIXED {
-            return Err(DecodeError::invalid(
-                "SIDECAR_GET_DEVICE_DESC",
-                format!("argsz {} < 16", self.argsz),
-            ));
-        }
-        Ok(())
+        check_argsz(Self::NAME, self.argsz, DeviceDescReply::FIXED)
     }
 }
 
@@ -1429,19 +1168,14 @@ impl DeviceDescReply {
     pub fn encode(json: &[u8], dtb: &[u8], client_argsz: u32) -> Vec<u8> {
         let full = Self::FIXED + json.len() + dtb.len();
         let include = client_argsz as usize >= full;
+        let (json, dtb): (&[u8], &[u8]) = if include { (json, dtb) } else { (&[], &[]) };
         let mut v = Vec::with_capacity(if include { full } else { Self::FIXED });
-        v.put_u32(len_u32(full));
-        if include {
-            v.put_u32(len_u32(json.len()));
-            v.put_u32(len_u32(dtb.len()));
-            v.put_u32(0);
-            v.extend_from_slice(json);
-            v.extend_from_slice(dtb);
-        } else {
-            v.put_u32(0);
-            v.put_u32(0);
-            v.put_u32(0);
-        }
+        v.put(len_u32(full));
+        v.put(len_u32(json.len()));
+        v.put(len_u32(dtb.len()));
+        v.put(0u32); // reserved
+        v.extend_from_slice(json);
+        v.extend_from_slice(dtb);
         v
     }
 
@@ -1449,16 +1183,16 @@ impl DeviceDescReply {
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let w = "SIDECAR_GET_DEVICE_DESC reply";
         let mut r = Reader::new(w, payload, Self::FIXED)?;
-        let argsz = r.u32()?;
-        let json_len = r.u32()? as usize;
-        let dtb_len = r.u32()? as usize;
-        let _reserved = r.u32()?;
+        let argsz = r.get()?;
+        let json_len = r.get::<u32>()? as usize;
+        let dtb_len = r.get::<u32>()? as usize;
+        let _reserved = r.get::<u32>()?;
         if json_len.saturating_add(dtb_len) != r.remaining() {
-            return Err(DecodeError::Length {
-                what: w,
-                expected: Self::FIXED.saturating_add(json_len).saturating_add(dtb_len),
-                have: payload.len(),
-            });
+            return Err(DecodeError::length(
+                w,
+                Self::FIXED.saturating_add(json_len).saturating_add(dtb_len),
+                payload.len(),
+            ));
         }
         let json = r.bytes(json_len)?.to_vec();
         let dtb = r.bytes(dtb_len)?.to_vec();
@@ -1468,23 +1202,24 @@ impl DeviceDescReply {
 
 // ---------------------------------------------- SIDECAR_GET_IRQ_STATS (ext)
 
-/// `SIDECAR_GET_IRQ_STATS` request: argsz, index, start, count (u32 each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IrqStatsRequest {
-    /// Maximum reply payload size.
-    pub argsz: u32,
-    /// IRQ index.
-    pub index: u32,
-    /// First vector.
-    pub start: u32,
-    /// Number of vectors.
-    pub count: u32,
+wire_struct! {
+    /// `SIDECAR_GET_IRQ_STATS` request: argsz, index, start, count (u32 each;
+    /// also the fixed part of the reply).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct IrqStatsRequest {
+        /// Maximum reply payload size.
+        pub argsz: u32,
+        /// IRQ index.
+        pub index: u32,
+        /// First vector.
+        pub start: u32,
+        /// Number of vectors.
+        pub count: u32,
+    }
 }
+fixed_payload!(IrqStatsRequest, "SIDECAR_GET_IRQ_STATS", 16);
 
 impl IrqStatsRequest {
-    /// Payload size (also the fixed part of the reply).
-    pub const SIZE: usize = 16;
-
     /// A request with argsz sized for the full reply.
     pub fn new(index: u32, start: u32, count: u32) -> Self {
         IrqStatsRequest {
@@ -1495,37 +1230,11 @@ impl IrqStatsRequest {
         }
     }
 
-    /// Encodes.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::SIZE);
-        v.put_u32(self.argsz);
-        v.put_u32(self.index);
-        v.put_u32(self.start);
-        v.put_u32(self.count);
-        v
-    }
-
-    /// Decodes.
-    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::exact("SIDECAR_GET_IRQ_STATS", payload, Self::SIZE)?;
-        Ok(IrqStatsRequest {
-            argsz: r.u32()?,
-            index: r.u32()?,
-            start: r.u32()?,
-            count: r.u32()?,
-        })
-    }
-
     /// argsz >= 16, `start + count` does not overflow, and the full reply
     /// fits in `max_payload` bytes.
     pub fn is_valid(&self, max_payload: usize) -> Result<(), DecodeError> {
-        let w = "SIDECAR_GET_IRQ_STATS";
-        if (self.argsz as usize) < Self::SIZE {
-            return Err(DecodeError::invalid(
-                w,
-                format!("argsz {} < 16", self.argsz),
-            ));
-        }
+        let w = Self::NAME;
+        check_argsz(w, self.argsz, Self::SIZE)?;
         if self.start.checked_add(self.count).is_none() {
             return Err(DecodeError::invalid(w, "start + count overflows"));
         }
@@ -1538,6 +1247,13 @@ impl IrqStatsRequest {
         Ok(())
     }
 }
+
+wire_struct!(impl IrqStats {
+    device_events: u64,
+    host_interrupts: u64,
+    unmasks: u64,
+    refires: u64,
+});
 
 /// `SIDECAR_GET_IRQ_STATS` reply: argsz, index, start, count, then count × 32
 /// bytes (device_events, host_interrupts, unmasks, refires: u64 each).
@@ -1555,7 +1271,7 @@ pub struct IrqStatsReply {
 
 impl IrqStatsReply {
     /// Size of one entry.
-    pub const ENTRY_SIZE: usize = 32;
+    pub const ENTRY_SIZE: usize = <IrqStats as Wire>::SIZE;
 
     /// Size of the full reply for `n` vectors.
     pub fn full_size(n: usize) -> usize {
@@ -1566,16 +1282,13 @@ impl IrqStatsReply {
     /// setting `argsz` to the size needed).
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::full_size(self.stats.len()));
-        v.put_u32(self.argsz);
-        v.put_u32(self.index);
-        v.put_u32(self.start);
-        v.put_u32(len_u32(self.stats.len()));
-        for s in &self.stats {
-            v.put_u64(s.device_events);
-            v.put_u64(s.host_interrupts);
-            v.put_u64(s.unmasks);
-            v.put_u64(s.refires);
-        }
+        v.put(IrqStatsRequest {
+            argsz: self.argsz,
+            index: self.index,
+            start: self.start,
+            count: len_u32(self.stats.len()),
+        });
+        v.put_all(&self.stats);
         v
     }
 
@@ -1583,34 +1296,32 @@ impl IrqStatsReply {
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let w = "SIDECAR_GET_IRQ_STATS reply";
         let mut r = Reader::new(w, payload, IrqStatsRequest::SIZE)?;
-        let argsz = r.u32()?;
-        let index = r.u32()?;
-        let start = r.u32()?;
-        let count = r.u32()? as usize;
+        let fixed: IrqStatsRequest = r.get()?;
+        let count = fixed.count as usize;
         if r.remaining() != count.saturating_mul(Self::ENTRY_SIZE) {
-            return Err(DecodeError::Length {
-                what: w,
-                expected: Self::full_size(count),
-                have: payload.len(),
-            });
-        }
-        let mut stats = Vec::with_capacity(count);
-        for _ in 0..count {
-            stats.push(IrqStats {
-                device_events: r.u64()?,
-                host_interrupts: r.u64()?,
-                unmasks: r.u64()?,
-                refires: r.u64()?,
-            });
+            return Err(DecodeError::length(
+                w,
+                Self::full_size(count),
+                payload.len(),
+            ));
         }
         Ok(IrqStatsReply {
-            argsz,
-            index,
-            start,
-            stats,
+            argsz: fixed.argsz,
+            index: fixed.index,
+            start: fixed.start,
+            stats: r.list(count)?,
         })
     }
 }
+
+// Entry sizes of the spec and of the extension.
+const _: () = assert!(
+    <SparseArea as Wire>::SIZE == 16
+        && RegionInfoRequest::SIZE == 32
+        && <CapHeader as Wire>::SIZE == 8
+        && RegionWriteMulti::ENTRY_SIZE == 24
+        && IrqStatsReply::ENTRY_SIZE == 32
+);
 
 #[cfg(test)]
 mod tests;

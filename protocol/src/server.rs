@@ -746,13 +746,13 @@ impl ServerConnection {
             cmd::REGION_WRITE => {
                 let (offset, region, count, data) =
                     tri!(RegionAccess::decode_fixed("REGION_WRITE", &payload));
-                if data.len() != count as usize {
-                    return Outcome::from(DecodeError::Length {
-                        what: "REGION_WRITE",
-                        expected: RegionAccess::SIZE + count as usize,
-                        have: payload.len(),
-                    });
-                }
+                tri!(expect_data(
+                    "REGION_WRITE",
+                    &payload,
+                    RegionAccess::SIZE,
+                    data,
+                    count.into()
+                ));
                 tri!(xfer_check("REGION_WRITE", offset, count, xfer));
                 tri!(check_fds("REGION_WRITE", &fds, 0));
                 tri!(h.region_write(region, offset, data));

@@ -837,6 +837,14 @@ mod tests {
         }
     }
 
+    /// A reader that accepts at most one fd per message.
+    fn one_fd_reader() -> MessageReader {
+        MessageReader::new(&Limits {
+            max_msg_fds: 1,
+            ..Limits::default()
+        })
+    }
+
     fn eventfd() -> OwnedFd {
         // SAFETY: plain syscall; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -966,17 +974,13 @@ mod tests {
     #[test]
     fn fds_on_both_parts_of_one_message_count_together() {
         let (a, b) = pair();
-        let limits = Limits {
-            max_msg_fds: 1,
-            ..Limits::default()
-        };
         let e = eventfd();
         let m = msg_bytes(1, &[1; 8]);
         let (h, p) = m.split_at(HEADER_SIZE);
         send_raw(&a, h, &[e.as_raw_fd()]);
         send_raw(&a, p, &[e.as_raw_fd()]);
         send_raw(&a, &msg_bytes(2, &[]), &[e.as_raw_fd()]);
-        let mut r = MessageReader::new(&limits);
+        let mut r = one_fd_reader();
         assert!(matches!(
             read_one(&mut r, &b),
             Incoming::Bad {
@@ -1124,11 +1128,7 @@ mod tests {
     #[test]
     fn too_many_fds_are_closed_and_reported() {
         let (a, b) = pair();
-        let limits = Limits {
-            max_msg_fds: 1,
-            ..Limits::default()
-        };
-        let mut r = MessageReader::new(&limits);
+        let mut r = one_fd_reader();
         let e1 = eventfd();
         let e2 = eventfd();
         let h = Header::command(5, 8, 0);

@@ -40,15 +40,7 @@ fn hostile(b: UnixStream, valid_version: bool, garbage: Vec<u8>, rounds: usize) 
             },
         }
         .encode();
-        if send_message(
-            p.sock.as_fd(),
-            &Header::reply_to(&v.header, payload.len()),
-            &[&payload],
-            &[],
-            None,
-        )
-        .is_err()
-        {
+        if p.reply(&v.header, &[&payload]).is_err() {
             return;
         }
     } else {
@@ -137,14 +129,7 @@ fn matching_replies_with_random_payloads() {
                 },
             }
             .encode();
-            send_message(
-                p.sock.as_fd(),
-                &Header::reply_to(&v.header, payload.len()),
-                &[&payload],
-                &[],
-                None,
-            )
-            .unwrap();
+            p.reply(&v.header, &[&payload]).unwrap();
             let mut off = 0;
             for len in lens {
                 let Some(req) = p.try_recv(Duration::from_millis(500)) else {
@@ -152,13 +137,7 @@ fn matching_replies_with_random_payloads() {
                 };
                 let body = &bytes[off..off + len];
                 off += len;
-                let _ = send_message(
-                    p.sock.as_fd(),
-                    &Header::reply_to(&req.header, len),
-                    &[body],
-                    &[],
-                    None,
-                );
+                let _ = p.reply(&req.header, &[body]);
             }
         });
         let mut c = Client::from_stream(a, opts()).unwrap();

@@ -37,6 +37,11 @@ const RW: DmaProt = DmaProt {
     write: true,
     exec: false,
 };
+const RX: DmaProt = DmaProt {
+    read: true,
+    write: false,
+    exec: true,
+};
 
 #[test]
 fn every_command_with_extension() {
@@ -145,18 +150,7 @@ fn every_command_with_extension() {
     pwrite(mem.as_raw_fd(), 0x1000, b"guest-ram");
     c.dma_map(0x10_0000, 0x2000, mem.as_fd(), 0x1000, RW)
         .unwrap();
-    c.dma_map(
-        0x20_0000,
-        0x1000,
-        mem.as_fd(),
-        0,
-        DmaProt {
-            read: true,
-            write: false,
-            exec: true,
-        },
-    )
-    .unwrap();
+    c.dma_map(0x20_0000, 0x1000, mem.as_fd(), 0, RX).unwrap();
     assert_eq!(
         remote_errno(
             c.dma_map(0x10_1000, 0x1000, mem.as_fd(), 0, RW)
@@ -249,18 +243,7 @@ fn plain_client_sees_plain_device() {
     ));
     // EXEC is silently implied by READ for a plain client: no bit 16 on the wire.
     let mem = memfd(0x1000);
-    c.dma_map(
-        0x1000,
-        0x1000,
-        mem.as_fd(),
-        0,
-        DmaProt {
-            read: true,
-            write: false,
-            exec: true,
-        },
-    )
-    .unwrap();
+    c.dma_map(0x1000, 0x1000, mem.as_fd(), 0, RX).unwrap();
     drop(c);
     let (h, _) = server.join().unwrap();
     assert_eq!(h.maps[&0x1000].1, DMA_MAP_FLAG_READ);
@@ -634,26 +617,12 @@ fn client_serves_dma_and_handles_timeout_and_disconnect() {
             &[],
         );
         assert_eq!(errno_of(&r), Some(libc::EFAULT));
-        send_message(
-            p.sock.as_fd(),
-            &Header::reply_to(&reset.header, 0),
-            &[],
-            &[],
-            None,
-        )
-        .unwrap();
+        p.reply(&reset.header, &[]).unwrap();
         // Second RESET: never answered (client times out); then the late reply
         // is sent and must be ignored by the next request.
         let late = p.recv().unwrap();
         std::thread::sleep(Duration::from_millis(400));
-        send_message(
-            p.sock.as_fd(),
-            &Header::reply_to(&late.header, 0),
-            &[],
-            &[],
-            None,
-        )
-        .unwrap();
+        p.reply(&late.header, &[]).unwrap();
         let info = p.recv().unwrap();
         let d = DeviceInfo {
             argsz: 16,
@@ -662,14 +631,7 @@ fn client_serves_dma_and_handles_timeout_and_disconnect() {
             num_irqs: 0,
         }
         .encode();
-        send_message(
-            p.sock.as_fd(),
-            &Header::reply_to(&info.header, d.len()),
-            &[&d],
-            &[],
-            None,
-        )
-        .unwrap();
+        p.reply(&info.header, &[&d]).unwrap();
         // Third request: die without answering.
         let _ = p.recv().unwrap();
         drop(p);
@@ -933,8 +895,7 @@ fn no_reply_timeout_waits_for_slow_replies_and_ends_on_eof() {
         let m = p.recv().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let fixed: [u8; 16] = m.payload[..16].try_into().unwrap();
-        let h = Header::reply_to(&m.header, 20);
-        send_message(p.sock.as_fd(), &h, &[&fixed, &[7, 7, 7, 7]], &[], None).unwrap();
+        p.reply(&m.header, &[&fixed, &[7, 7, 7, 7]]).unwrap();
         // The next request: no answer, the server goes away.
         let _ = p.recv();
     });

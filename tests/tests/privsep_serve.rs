@@ -94,14 +94,25 @@ fn probe_as(id: u32, sock: &Path) -> Output {
     let exe = dir.0.join("vfio-sidecar");
     std::fs::copy(backend(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Command::new(&exe)
-        .args(["probe", "--socket"])
-        .arg(sock)
-        .uid(id)
-        .gid(id)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    // Another test thread may fork while the copy is still open for writing
+    // here; its child holds that fd until it execs, and exec of the copy then
+    // fails with ETXTBSY for that moment. Retry briefly.
+    for _ in 0..100 {
+        match Command::new(&exe)
+            .args(["probe", "--socket"])
+            .arg(sock)
+            .uid(id)
+            .gid(id)
+            .stdin(Stdio::null())
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{} stayed busy (ETXTBSY) for 2 s", exe.display());
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 /// Numbers on the command line: decimal or `0x`-hex (the backend's parser).
 pub use vfio_sidecar::cli::parse_u64;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 use crate::runner::{EoiPolicy, RunOptions};
@@ -74,7 +75,7 @@ pub struct GuestArgs {
     #[arg(long, default_value_t = 16384)]
     pub max_size: u32,
     /// EOI policy; must match the backend's --eoi (decides whether a resamplefd is wired).
-    #[arg(long, value_enum, default_value_t = EoiPolicy::ClearRegister)]
+    #[arg(long, value_parser = eoi_parser(), default_value_t = EoiPolicy::ClearRegister)]
     pub eoi: EoiPolicy,
     /// DMA-map all guest RAM executable (comparison: the fault transfer then completes).
     #[arg(long)]
@@ -101,6 +102,28 @@ impl GuestArgs {
             timeout: Duration::from_secs(self.timeout.max(1)),
         }
     }
+}
+
+/// What each policy means for the shim (the help of `--eoi`'s values).
+fn eoi_help(p: EoiPolicy) -> &'static str {
+    match p {
+        EoiPolicy::ClearRegister => {
+            "The backend unmasks after the guest's INTCLR write reached the device"
+        }
+        EoiPolicy::Resample => {
+            "KVM's resamplefd (guest EOI at the PIC) is the backend's unmask eventfd"
+        }
+        EoiPolicy::FirstAccess => {
+            "The backend unmasks on the first trapped access after the interrupt \
+             (a measured comparison: the line is still high, so it re-fires)"
+        }
+    }
+}
+
+/// `--eoi`: the backend's policy names, listed with [`eoi_help`].
+fn eoi_parser() -> impl TypedValueParser<Value = EoiPolicy> {
+    let values = EoiPolicy::ALL.map(|p| PossibleValue::new(p.as_str()).help(eoi_help(p)));
+    PossibleValuesParser::new(values).try_map(|s| s.parse::<EoiPolicy>())
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,16 @@ impl Node {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// The first child called `name`, with or without a unit address
+    /// (`"memory"` finds `memory@40000000`).
+    pub fn child(&self, name: &str) -> Option<&Node> {
+        self.children.iter().find(|c| {
+            c.name
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+        })
+    }
+
     fn any(&self, f: &dyn Fn(&Node) -> bool) -> bool {
         f(self) || self.children.iter().any(|c| c.any(f))
     }
@@ -194,6 +204,28 @@ pub const WRAP_MEMORY: (u64, u64) = (0x4000_0000, 0x800_0000);
 /// GICv2 distributor and CPU interface of the wrapped tree (QEMU virt's).
 pub const WRAP_GIC: [u64; 4] = [0x800_0000, 0x1_0000, 0x801_0000, 0x1_0000];
 
+/// The guest's RAM node ([`WRAP_MEMORY`]).
+fn memory_node(w: &mut FdtWriter) -> Result<(), DtbError> {
+    let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
+    w.end_node(m)?;
+    Ok(())
+}
+
+/// The guest's interrupt controller ([`WRAP_GIC`]) with `phandle`.
+fn gic_node(w: &mut FdtWriter, phandle: u32) -> Result<(), DtbError> {
+    let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
+    w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_u32("#address-cells", 0)?;
+    w.property_array_u64("reg", &WRAP_GIC)?;
+    w.property_u32("phandle", phandle)?;
+    w.end_node(g)?;
+    Ok(())
+}
+
 /// Wraps the nodes of `partial` (a tree without the guest's basics) in a
 /// minimal ARM guest tree.
 pub fn wrap(partial: &Node) -> Result<Vec<u8>, DtbError> {
@@ -223,31 +255,16 @@ pub fn wrap(partial: &Node) -> Result<Vec<u8>, DtbError> {
     for (k, v) in &partial.props {
         w.property(k, v)?;
     }
-    let child = |name: &str| {
-        partial
-            .children
-            .iter()
-            .any(|c| c.name == name || c.name.starts_with(&format!("{name}@")))
-    };
+    let child = |name: &str| partial.child(name).is_some();
     if !child("chosen") {
         let c = w.begin_node("chosen")?;
         w.end_node(c)?;
     }
     if !child("memory") {
-        let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
-        w.property_string("device_type", "memory")?;
-        w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
-        w.end_node(m)?;
+        memory_node(&mut w)?;
     }
     if need_gic {
-        let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
-        w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
-        w.property_null("interrupt-controller")?;
-        w.property_u32("#interrupt-cells", 3)?;
-        w.property_u32("#address-cells", 0)?;
-        w.property_array_u64("reg", &WRAP_GIC)?;
-        w.property_u32("phandle", gic_phandle)?;
-        w.end_node(g)?;
+        gic_node(&mut w, gic_phandle)?;
     }
     for c in &partial.children {
         write_node(&mut w, c)?;
@@ -319,18 +336,8 @@ pub fn from_description(
     w.property_u32("interrupt-parent", GIC)?;
     let c = w.begin_node("chosen")?;
     w.end_node(c)?;
-    let m = w.begin_node(&format!("memory@{:x}", WRAP_MEMORY.0))?;
-    w.property_string("device_type", "memory")?;
-    w.property_array_u64("reg", &[WRAP_MEMORY.0, WRAP_MEMORY.1])?;
-    w.end_node(m)?;
-    let g = w.begin_node(&format!("interrupt-controller@{:x}", WRAP_GIC[0]))?;
-    w.property_string_list("compatible", vec!["arm,cortex-a15-gic".into()])?;
-    w.property_null("interrupt-controller")?;
-    w.property_u32("#interrupt-cells", 3)?;
-    w.property_u32("#address-cells", 0)?;
-    w.property_array_u64("reg", &WRAP_GIC)?;
-    w.property_u32("phandle", GIC)?;
-    w.end_node(g)?;
+    memory_node(&mut w)?;
+    gic_node(&mut w, GIC)?;
     let mut clock_phandles = Vec::new();
     for (i, clk) in desc.clocks.iter().enumerate() {
         let ph = GIC + 1 + i as u32;
@@ -449,20 +456,17 @@ mod tests {
         assert!(how.contains("wrapped"));
         let root = parse(&out).unwrap();
         assert!(is_complete(&root));
-        let dma = root
-            .children
-            .iter()
-            .find(|c| c.name == "dma-controller@c000000")
-            .unwrap();
+        let dma = root.child("dma-controller@c000000").unwrap();
+        assert_eq!(root.child("dma-controller"), Some(dma));
+        assert!(
+            root.child("dma").is_none(),
+            "a prefix of the name is not the name"
+        );
         assert_eq!(
             dma.prop("interrupts").unwrap(),
             &[0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 4]
         );
-        let gic = root
-            .children
-            .iter()
-            .find(|c| c.name.starts_with("interrupt-controller"))
-            .unwrap();
+        let gic = root.child("interrupt-controller").unwrap();
         // phandle chosen above the existing ones, and the root points at it
         assert_eq!(gic.prop("phandle").unwrap(), &8u32.to_be_bytes());
         assert_eq!(root.prop("interrupt-parent").unwrap(), &8u32.to_be_bytes());
@@ -490,11 +494,7 @@ mod tests {
         let dtb = from_description(&desc, &[(0, 0x1000)], Placement::default()).unwrap();
         let root = parse(&dtb).unwrap();
         assert!(is_complete(&root));
-        let dev = root
-            .children
-            .iter()
-            .find(|c| c.name == "dma-controller@c000000")
-            .unwrap();
+        let dev = root.child("dma-controller@c000000").unwrap();
         assert_eq!(
             dev.prop("compatible").unwrap(),
             b"arm,pl330\0arm,primecell\0"
@@ -512,11 +512,7 @@ mod tests {
             .collect();
         assert_eq!(dev.prop("reg").unwrap(), reg.as_slice());
         assert_eq!(dev.prop("clock-names").unwrap(), b"apb_pclk\0");
-        let clk = root
-            .children
-            .iter()
-            .find(|c| c.name == "clk-apb-pclk")
-            .unwrap();
+        let clk = root.child("clk-apb-pclk").unwrap();
         assert_eq!(dev.prop("clocks").unwrap(), clk.prop("phandle").unwrap());
         assert_eq!(dev.prop("#dma-cells").unwrap(), &1u32.to_be_bytes());
     }

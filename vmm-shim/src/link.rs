@@ -23,6 +23,18 @@ fn transport(e: ClientError) -> LinkError {
     LinkError::Transport(e.to_string())
 }
 
+/// The error of a region access: the device refusing it is not fatal.
+fn access_error(index: u32, offset: u64) -> impl FnOnce(ClientError) -> LinkError {
+    move |e| match e {
+        ClientError::Remote { .. } => LinkError::Refused {
+            index,
+            offset,
+            msg: e.to_string(),
+        },
+        e => transport(e),
+    }
+}
+
 impl ProtoBackend {
     /// Connects to `socket`, proposing the org.vfio-sidecar extension.
     pub fn connect(socket: &Path, reply_timeout: Duration) -> Result<Self, LinkError> {
@@ -56,33 +68,32 @@ impl ProtoBackend {
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
     }
+
+    /// SET_IRQS(`action`, EVENTFD) of one vector.
+    fn set_irq_eventfd(
+        &mut self,
+        action: IrqAction,
+        index: u32,
+        vector: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), LinkError> {
+        self.client
+            .set_irqs(index, action, IrqData::Eventfds(&[Some(fd)]), vector, 1)
+            .map_err(transport)
+    }
 }
 
 impl DeviceLink for ProtoBackend {
     fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), LinkError> {
         self.client
             .region_read_into(index, offset, data)
-            .map_err(|e| match e {
-                ClientError::Remote { .. } => LinkError::Refused {
-                    index,
-                    offset,
-                    msg: e.to_string(),
-                },
-                e => transport(e),
-            })
+            .map_err(access_error(index, offset))
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), LinkError> {
         self.client
             .region_write(index, offset, data)
-            .map_err(|e| match e {
-                ClientError::Remote { .. } => LinkError::Refused {
-                    index,
-                    offset,
-                    msg: e.to_string(),
-                },
-                e => transport(e),
-            })
+            .map_err(access_error(index, offset))
     }
 }
 
@@ -150,15 +161,7 @@ impl Backend for ProtoBackend {
         vector: u32,
         fd: BorrowedFd<'_>,
     ) -> Result<(), LinkError> {
-        self.client
-            .set_irqs(
-                index,
-                IrqAction::Trigger,
-                IrqData::Eventfds(&[Some(fd)]),
-                vector,
-                1,
-            )
-            .map_err(transport)
+        self.set_irq_eventfd(IrqAction::Trigger, index, vector, fd)
     }
 
     fn set_irq_unmask_fd(
@@ -167,15 +170,7 @@ impl Backend for ProtoBackend {
         vector: u32,
         fd: BorrowedFd<'_>,
     ) -> Result<(), LinkError> {
-        self.client
-            .set_irqs(
-                index,
-                IrqAction::Unmask,
-                IrqData::Eventfds(&[Some(fd)]),
-                vector,
-                1,
-            )
-            .map_err(transport)
+        self.set_irq_eventfd(IrqAction::Unmask, index, vector, fd)
     }
 
     fn irq_stats(&mut self, index: u32, vector: u32) -> Result<Option<IrqStats>, LinkError> {

@@ -64,11 +64,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(a) if a.compare => {
             let mut all = Vec::new();
-            for eoi in [
-                EoiPolicy::ClearRegister,
-                EoiPolicy::Resample,
-                EoiPolicy::FirstAccess,
-            ] {
+            for eoi in EoiPolicy::ALL {
                 let mut guest = a.guest.clone();
                 guest.eoi = eoi;
                 let opts = DemoOptions {

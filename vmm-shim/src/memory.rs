@@ -2,7 +2,7 @@
 //! backend (IOVA = guest-physical, fds + offsets into that memfd).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use thiserror::Error;
@@ -35,18 +35,127 @@ pub enum MemoryError {
     BadSize(u64),
 }
 
-/// Guest RAM: a memfd of `size` bytes, mapped shared into this process.
+/// A shared read/write mapping (of a file or anonymous memory) owned by this
+/// process, unmapped on drop. Guest RAM, the backend's sparse areas and the
+/// benchmark's pages are all one of these.
 #[derive(Debug)]
-pub struct GuestRam {
-    fd: OwnedFd,
+pub struct SharedMapping {
     ptr: NonNull<u8>,
-    size: u64,
+    len: usize,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this struct; all access
 // goes through bounds-checked copies (`read`/`write`) or is handed to KVM/the
 // backend, which access it concurrently by design (guest memory semantics).
-unsafe impl Send for GuestRam {}
+unsafe impl Send for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` bytes of `fd` from `offset`, shared, read/write.
+    pub fn of_fd(fd: BorrowedFd<'_>, offset: u64, len: usize) -> std::io::Result<Self> {
+        let off = libc::off_t::try_from(offset).map_err(|_| std::io::Error::other("offset"))?;
+        Self::map(len, libc::MAP_SHARED, fd.as_raw_fd(), off)
+    }
+
+    /// `len` bytes of shared anonymous memory (zero-filled; pages are only
+    /// backed when touched).
+    pub fn anon(len: usize) -> std::io::Result<Self> {
+        Self::map(
+            len,
+            libc::MAP_ANONYMOUS | libc::MAP_SHARED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    }
+
+    fn map(len: usize, flags: libc::c_int, fd: RawFd, off: libc::off_t) -> std::io::Result<Self> {
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED), so no
+        // existing memory is affected; the result is checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("null mapping"))?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: mmap refuses length 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first byte (for KVM slots and callers' own views).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The host address of the first byte (`userspace_addr` of a KVM slot).
+    pub fn host_addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    /// The offset of `[at, at+len)` as a `usize`, if it lies inside.
+    fn check(&self, at: u64, len: usize) -> Result<usize, MemoryError> {
+        at.checked_add(len as u64)
+            .filter(|&end| end <= self.len as u64)
+            .and_then(|_| usize::try_from(at).ok())
+            .ok_or(MemoryError::OutOfRange {
+                gpa: at,
+                len,
+                size: self.len as u64,
+            })
+    }
+
+    /// Copies the bytes at `at` into `buf`.
+    pub fn read(&self, at: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let off = self.check(at, buf.len())?;
+        // SAFETY: [off, off+len) is inside the mapping (checked); the guest or the
+        // device may write concurrently, which only affects the values copied.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `data` into the mapping at `at`.
+    pub fn write(&self, at: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let off = self.check(at, data.len())?;
+        // SAFETY: [off, off+len) is inside the mapping (checked).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+        };
+        Ok(())
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len describe the mapping created in `map`, unmapped once;
+        // owners that hand it to KVM drop the VM first.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Guest RAM: a memfd of `size` bytes, mapped shared into this process.
+#[derive(Debug)]
+pub struct GuestRam {
+    fd: OwnedFd,
+    map: SharedMapping,
+}
 
 impl GuestRam {
     /// Creates RAM of `size` bytes (page multiple), zero-filled.
@@ -79,29 +188,13 @@ impl GuestRam {
             return Err(os("F_ADD_SEALS")(std::io::Error::last_os_error()));
         }
         let ulen = usize::try_from(size).map_err(|_| MemoryError::BadSize(size))?;
-        // SAFETY: mapping a fresh shared region of a memfd of exactly `ulen` bytes;
-        // the result is checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ulen,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(os("mmap")(std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| os("mmap")(std::io::Error::other("null mapping")))?;
-        Ok(GuestRam { fd, ptr, size })
+        let map = SharedMapping::of_fd(fd.as_fd(), 0, ulen).map_err(os("mmap"))?;
+        Ok(GuestRam { fd, map })
     }
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.map.len() as u64
     }
 
     /// The memfd backing RAM (offset 0 = GPA 0).
@@ -111,46 +204,17 @@ impl GuestRam {
 
     /// Host address of GPA 0 (for KVM_SET_USER_MEMORY_REGION).
     pub fn host_addr(&self) -> u64 {
-        self.ptr.as_ptr() as u64
-    }
-
-    fn check(&self, gpa: u64, len: usize) -> Result<usize, MemoryError> {
-        let end = gpa.checked_add(len as u64);
-        match end {
-            Some(end) if end <= self.size => {
-                usize::try_from(gpa).map_err(|_| MemoryError::OutOfRange {
-                    gpa,
-                    len,
-                    size: self.size,
-                })
-            }
-            _ => Err(MemoryError::OutOfRange {
-                gpa,
-                len,
-                size: self.size,
-            }),
-        }
+        self.map.host_addr()
     }
 
     /// Copies guest memory at `gpa` into `buf`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let off = self.check(gpa, buf.len())?;
-        // SAFETY: [off, off+len) is inside the mapping (checked); the guest or the
-        // device may write concurrently, which only affects the values copied.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), buf.as_mut_ptr(), buf.len())
-        };
-        Ok(())
+        self.map.read(gpa, buf)
     }
 
     /// Copies `data` into guest memory at `gpa`.
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        let off = self.check(gpa, data.len())?;
-        // SAFETY: [off, off+len) is inside the mapping (checked).
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
-        };
-        Ok(())
+        self.map.write(gpa, data)
     }
 
     /// Reads a little-endian u32.
@@ -163,13 +227,6 @@ impl GuestRam {
     /// Writes a little-endian u32.
     pub fn write_u32(&self, gpa: u64, v: u32) -> Result<(), MemoryError> {
         self.write(gpa, &v.to_le_bytes())
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        // SAFETY: ptr/size describe the mapping created in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.size as usize) };
     }
 }
 
@@ -347,6 +404,30 @@ mod tests {
         let n = unsafe { libc::pread(ram.fd().as_raw_fd(), b.as_mut_ptr().cast(), 4, 0x1ffc) };
         assert_eq!(n, 4);
         assert_eq!(u32::from_le_bytes(b), 0xdead_beef);
+    }
+
+    #[test]
+    fn shared_mappings_of_a_file_offset_and_anonymous() {
+        let ram = GuestRam::new(0x3000).unwrap();
+        ram.write_u32(0x1004, 0x1234_5678).unwrap();
+        let m = SharedMapping::of_fd(ram.fd(), 0x1000, 0x1000).unwrap();
+        assert_eq!(m.len(), 0x1000);
+        let mut b = [0u8; 4];
+        m.read(4, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), 0x1234_5678, "the file at the offset");
+        m.write(0xffc, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(
+            ram.read_u32(0x1ffc).unwrap(),
+            0x0403_0201,
+            "one shared file"
+        );
+        assert!(m.write(0xffd, &[0; 4]).is_err());
+        assert!(m.read(u64::MAX, &mut b).is_err());
+        let a = SharedMapping::anon(0x2000).unwrap();
+        a.read(0x1ffc, &mut b).unwrap();
+        assert_eq!(b, [0; 4], "anonymous memory starts zeroed");
+        a.write(0, &[9]).unwrap();
+        assert!(a.read(0x2000, &mut [0u8; 1]).is_err());
     }
 
     #[test]

@@ -18,29 +18,9 @@ use crate::mmio::{
 use crate::plan::{self, PlanError, Transfer, Verdict};
 use crate::vm::{Mailbox, RunCounters, Vm, VmError};
 
-/// How the guest's end of interrupt reaches the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum EoiPolicy {
-    /// The backend unmasks after the guest's INTCLR write reached the device.
-    ClearRegister,
-    /// KVM's resamplefd (guest EOI at the PIC) is the backend's unmask eventfd.
-    Resample,
-    /// The backend unmasks on the first trapped access after the interrupt
-    /// (a measured comparison: the line is still high, so it re-fires).
-    FirstAccess,
-}
-
-impl EoiPolicy {
-    /// The name the backend's `--eoi` option uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EoiPolicy::ClearRegister => "clear-register",
-            EoiPolicy::Resample => "resample",
-            EoiPolicy::FirstAccess => "first-access",
-        }
-    }
-}
+/// How the guest's end of interrupt reaches the device: the backend's own
+/// policy type (what the shim passes as the backend's `--eoi`).
+pub use vfio_sidecar::irq::EoiPolicy;
 
 /// Per-vector interrupt counters as the backend counted them (IRQ_STATS).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -6,26 +6,19 @@
 //! interpreter for the instructions the guest emits.
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::memory::{DmaEntry, Prot};
+use crate::memory::{DmaEntry, Prot, SharedMapping};
 use crate::mmio::{DeviceLink, LinkError, RegionSpec};
 use crate::runner::{Backend, BackendRegion, IrqStats};
 
 struct Map {
     iova: u64,
     size: u64,
-    ptr: *mut u8,
+    mem: SharedMapping,
     prot: Prot,
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
-        unsafe { libc::munmap(self.ptr.cast(), self.size as usize) };
-    }
 }
 
 #[derive(Default)]
@@ -61,28 +54,13 @@ impl FakePl330 {
         if !allowed {
             return None;
         }
-        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                m.ptr.add((iova - m.iova) as usize),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        Some(())
+        m.mem.read(iova - m.iova, buf).ok()
     }
 
     fn write(&self, iova: u64, data: &[u8]) {
         let m = self.find(iova, data.len()).unwrap();
         assert!(m.prot.write);
-        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                m.ptr.add((iova - m.iova) as usize),
-                data.len(),
-            )
-        };
+        m.mem.write(iova - m.iova, data).unwrap();
     }
 
     fn fetch(&self, pc: u32, n: usize) -> Option<Vec<u8>> {
@@ -209,22 +187,10 @@ impl Backend for FakePl330 {
     }
 
     fn dma_map(&mut self, e: &DmaEntry, fd: BorrowedFd<'_>) -> Result<(), LinkError> {
-        // SAFETY: test-only FFI on fds/mappings this test owns; sizes match the buffers.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                e.size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                e.fd_offset as libc::off_t,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
         self.maps.push(Map {
             iova: e.iova,
             size: e.size,
-            ptr: p.cast(),
+            mem: SharedMapping::of_fd(fd, e.fd_offset, e.size as usize).unwrap(),
             prot: e.prot,
         });
         Ok(())

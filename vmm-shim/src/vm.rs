@@ -2,8 +2,7 @@
 //! device areas as further slots, one vCPU in 32-bit protected mode, and the
 //! run loop that forwards MMIO exits and reads the port-I/O mailbox.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::layout::*;
-use crate::memory::GuestRam;
+use crate::memory::{GuestRam, SharedMapping};
 use crate::mmio::{DeviceLink, MmioBus, MmioError, SparseSlot};
 
 /// Errors of the KVM layer.
@@ -70,18 +69,23 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// A shared mapping of a backend fd (a sparse area), unmapped on drop.
-#[derive(Debug)]
-struct HostMapping {
-    ptr: NonNull<libc::c_void>,
-    len: usize,
-}
-
-impl Drop for HostMapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len describe a mapping created by `map_sparse`, unmapped once,
-        // after the VM (which referenced it through a slot) is gone.
-        unsafe { libc::munmap(self.ptr.as_ptr(), self.len) };
+/// A flat 4 GiB 32-bit segment (granularity 4 KiB, present, ring 0) at
+/// `base`: type `0xb` is execute/read code, `0x3` read/write data.
+pub fn flat_segment(base: u64, selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
     }
 }
 
@@ -131,7 +135,9 @@ pub struct Vm<'ram> {
     vcpu: VcpuFd,
     vm: VmFd,
     _kvm: Kvm,
-    maps: Vec<HostMapping>,
+    /// The sparse areas mapped from the backend's fds (KVM slots): dropped
+    /// (unmapped) after the VM that references them.
+    maps: Vec<SharedMapping>,
     next_slot: u32,
     counters: RunCounters,
     _ram: std::marker::PhantomData<&'ram GuestRam>,
@@ -182,26 +188,8 @@ impl<'ram> Vm<'ram> {
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create_vcpu"))?;
 
         let mut sregs = vcpu.get_sregs().map_err(kvm_err("get_sregs"))?;
-        let code = kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector: 0x08,
-            type_: 0xb,
-            present: 1,
-            dpl: 0,
-            db: 1,
-            s: 1,
-            l: 0,
-            g: 1,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        let data = kvm_segment {
-            selector: 0x10,
-            type_: 0x3,
-            ..code
-        };
+        let code = flat_segment(0, 0x08, 0xb);
+        let data = flat_segment(0, 0x10, 0x3);
         sregs.cs = code;
         sregs.ds = data;
         sregs.es = data;
@@ -252,31 +240,15 @@ impl<'ram> Vm<'ram> {
             source,
         };
         let len = usize::try_from(slot.size).map_err(|_| merr(std::io::Error::other("size")))?;
-        let off =
-            libc::off_t::try_from(offset).map_err(|_| merr(std::io::Error::other("offset")))?;
-        // SAFETY: a fresh shared mapping of the backend's fd, checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(merr(std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(p).ok_or_else(|| merr(std::io::Error::other("null")))?;
-        self.maps.push(HostMapping { ptr, len });
+        let map = SharedMapping::of_fd(fd, offset, len).map_err(merr)?;
         let region = kvm_userspace_memory_region {
             slot: self.next_slot,
             flags: 0,
             guest_phys_addr: slot.gpa,
             memory_size: slot.size,
-            userspace_addr: ptr.as_ptr() as u64,
+            userspace_addr: map.host_addr(),
         };
+        self.maps.push(map);
         // SAFETY: the mapping is kept in `self.maps`, dropped after the VM.
         unsafe { self.vm.set_user_memory_region(region) }
             .map_err(kvm_err("set_user_memory_region(sparse)"))?;

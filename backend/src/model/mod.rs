@@ -305,6 +305,14 @@ pub fn create(spec: &ModelSpec, no_dmago_gate: bool) -> Result<ModelDevice, Devi
 /// Flags of a PrimeCell model.
 pub const PRIMECELL_FLAGS: u32 = device_flags::PLATFORM | device_flags::AMBA | device_flags::RESET;
 
+/// The region check of a model with a single region (index 0).
+fn only_region_0(region: u32) -> Result<(), DeviceError> {
+    if region != 0 {
+        return Err(DeviceError::Invalid(format!("region {region}")));
+    }
+    Ok(())
+}
+
 mod pl330_adapter;
 
 #[cfg(test)]

@@ -96,9 +96,7 @@ impl Model for Pl330Model {
     }
 
     fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        if region != 0 {
-            return Err(DeviceError::Invalid(format!("region {region}")));
-        }
+        super::only_region_0(region)?;
         access(offset, data.len())?;
         let v = self
             .dev
@@ -115,9 +113,7 @@ impl Model for Pl330Model {
         data: &[u8],
         mem: &dyn DmaMemory,
     ) -> Result<(), DeviceError> {
-        if region != 0 {
-            return Err(DeviceError::Invalid(format!("region {region}")));
-        }
+        super::only_region_0(region)?;
         access(offset, data.len())?;
         let v: [u8; 4] = data
             .try_into()

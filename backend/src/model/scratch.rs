@@ -200,9 +200,7 @@ impl Model for Scratch {
     }
 
     fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        if region != 0 {
-            return Err(DeviceError::Invalid(format!("region {region}")));
-        }
+        super::only_region_0(region)?;
         if offset >= 0x1000 {
             self.page_slice(offset, data.len())?.copy_to(data);
             return Ok(());
@@ -223,9 +221,7 @@ impl Model for Scratch {
         data: &[u8],
         mem: &dyn DmaMemory,
     ) -> Result<(), DeviceError> {
-        if region != 0 {
-            return Err(DeviceError::Invalid(format!("region {region}")));
-        }
+        super::only_region_0(region)?;
         if offset >= 0x1000 {
             self.page_slice(offset, data.len())?.copy_from(data);
             return Ok(());

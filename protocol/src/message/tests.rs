@@ -523,3 +523,237 @@ fn region_info_truncated_reply_with_stale_cap_offset() {
     assert!(r.is_truncated());
     assert_eq!(r.argsz, 80);
 }
+
+#[test]
+fn error_texts() {
+    fn text<T: std::fmt::Debug>(r: Result<T, DecodeError>) -> String {
+        r.unwrap_err().to_string()
+    }
+    let argsz = |n: u32| {
+        [
+            text(
+                DmaMap {
+                    argsz: n,
+                    ..DmaMap::new(1, 0, 0, 0x1000)
+                }
+                .is_valid(false, 4096),
+            ),
+            text(
+                DmaUnmap {
+                    argsz: n,
+                    ..DmaUnmap::new(0, 0, 1)
+                }
+                .is_valid(),
+            ),
+            text(
+                DeviceInfo {
+                    argsz: n,
+                    ..DeviceInfo::request()
+                }
+                .is_valid_request(),
+            ),
+            text(RegionInfoRequest { argsz: n, index: 0 }.is_valid()),
+            text(
+                RegionIoFdsRequest {
+                    argsz: n,
+                    flags: 0,
+                    index: 0,
+                    count: 0,
+                }
+                .is_valid(),
+            ),
+            text(
+                IrqInfo {
+                    argsz: n,
+                    ..IrqInfo::request(0)
+                }
+                .is_valid_request(),
+            ),
+            text(DeviceDescRequest { argsz: n }.is_valid()),
+            text(
+                IrqStatsRequest {
+                    argsz: n,
+                    ..IrqStatsRequest::new(0, 0, 1)
+                }
+                .is_valid(4096),
+            ),
+        ]
+    };
+    assert_eq!(
+        argsz(3),
+        [
+            "DMA_MAP: argsz 3 < 32",
+            "DMA_UNMAP: argsz 3 < 24",
+            "DEVICE_GET_INFO: argsz 3 < 16",
+            "DEVICE_GET_REGION_INFO: argsz 3 < 32",
+            "DEVICE_GET_REGION_IO_FDS: argsz 3 < 16",
+            "DEVICE_GET_IRQ_INFO: argsz 3 < 16",
+            "SIDECAR_GET_DEVICE_DESC: argsz 3 < 16",
+            "SIDECAR_GET_IRQ_STATS: argsz 3 < 16",
+        ]
+    );
+    assert_eq!(
+        text(DmaMap::decode(&[0; 31])),
+        "DMA_MAP: payload too short (need 32 bytes, have 31)"
+    );
+    assert_eq!(
+        text(DmaMap::decode(&[0; 33])),
+        "DMA_MAP: payload length 33 does not match the expected 32"
+    );
+    assert_eq!(
+        text(decode_empty("DEVICE_RESET", &[0])),
+        "DEVICE_RESET: payload length 1 does not match the expected 0"
+    );
+    assert_eq!(
+        text(RegionAccess::decode(
+            "REGION_WRITE",
+            &RegionAccess::encode_fixed(0, 0, 4),
+            true
+        )),
+        "REGION_WRITE: payload length 16 does not match the expected 20"
+    );
+    let mut dma = DmaAccess {
+        address: 0,
+        count: 0,
+        data: vec![],
+    }
+    .encode();
+    dma[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
+    assert_eq!(
+        text(DmaAccess::decode("DMA_WRITE", &dma, true)),
+        format!(
+            "DMA_WRITE: payload length 16 does not match the expected {}",
+            usize::MAX
+        )
+    );
+    let mut wm = RegionWriteMulti {
+        writes: vec![WriteOne {
+            offset: 0,
+            region: 0,
+            count: 4,
+            data: [0; 8],
+        }],
+    }
+    .encode();
+    wm[20..24].copy_from_slice(&9u32.to_ne_bytes());
+    assert_eq!(
+        text(RegionWriteMulti::decode(&wm)),
+        "REGION_WRITE_MULTI: write count 9"
+    );
+    wm[0..8].copy_from_slice(&2u64.to_ne_bytes());
+    assert_eq!(
+        text(RegionWriteMulti::decode(&wm)),
+        "REGION_WRITE_MULTI: payload length 32 does not match the expected 56"
+    );
+    let (mut io, _) = RegionIoFdsReply::encode(0, &[], 16);
+    io[12..16].copy_from_slice(&u32::MAX.to_ne_bytes());
+    assert_eq!(
+        text(RegionIoFdsReply::decode(&io)),
+        "DEVICE_GET_REGION_IO_FDS reply: payload length 16 does not match the expected 41943056"
+    );
+    let mut st = IrqStatsReply {
+        argsz: 16,
+        index: 0,
+        start: 0,
+        stats: vec![],
+    }
+    .encode();
+    st[12..16].copy_from_slice(&1u32.to_ne_bytes());
+    assert_eq!(
+        text(IrqStatsReply::decode(&st)),
+        "SIDECAR_GET_IRQ_STATS reply: payload length 16 does not match the expected 48"
+    );
+    let mut dd = DeviceDescReply::encode(b"{}", &[], 100);
+    dd[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    assert_eq!(
+        text(DeviceDescReply::decode(&dd)),
+        "SIDECAR_GET_DEVICE_DESC reply: payload length 18 does not match the expected 19"
+    );
+    let info = RegionInfo {
+        index: 0,
+        flags: 0,
+        size: 0x1000,
+        offset: 0,
+        sparse: Some(vec![SparseArea {
+            offset: 0,
+            size: 0x1000,
+        }]),
+    };
+    let good = info.encode_reply(1000);
+    let mut huge = good.clone();
+    huge[40..44].copy_from_slice(&2u32.to_ne_bytes());
+    assert_eq!(
+        text(RegionInfo::decode_reply(&huge)),
+        "DEVICE_GET_REGION_INFO reply: payload too short (need 80 bytes, have 64)"
+    );
+    let mut version = good.clone();
+    version[34..36].copy_from_slice(&2u16.to_ne_bytes());
+    assert_eq!(
+        text(RegionInfo::decode_reply(&version)),
+        "DEVICE_GET_REGION_INFO reply: sparse mmap capability version"
+    );
+    let mut beyond = good;
+    beyond[36..40].copy_from_slice(&100u32.to_ne_bytes());
+    assert_eq!(
+        text(RegionInfo::decode_reply(&beyond)),
+        "DEVICE_GET_REGION_INFO reply: capability offset beyond payload"
+    );
+    let set = SetIrqs::new(0, IrqAction::Mask, IrqDataType::Bool, 0, 2, vec![true]);
+    assert_eq!(
+        text(set.is_valid(0)),
+        "DEVICE_SET_IRQS: payload length 21 does not match the expected 22"
+    );
+    assert_eq!(
+        text(set.is_valid(1)),
+        "DEVICE_SET_IRQS: expected 0 file descriptors, got 1"
+    );
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+#[test]
+fn wire_layouts() {
+    // Host-endian fields at their `<linux/vfio.h>` offsets, pads zero.
+    let sub = SubRegionIoFd {
+        offset: 0x1111,
+        size: 0x2222,
+        fd_index: 3,
+        kind: IO_FD_TYPE_IOREGIONFD,
+        flags: 5,
+        data: 0x6666,
+    };
+    let (b, _) = RegionIoFdsReply::encode(7, &[sub], 1000);
+    let mut want = u32s(&[56, 0, 7, 1]);
+    want.extend_from_slice(&0x1111u64.to_ne_bytes());
+    want.extend_from_slice(&0x2222u64.to_ne_bytes());
+    want.extend_from_slice(&u32s(&[3, IO_FD_TYPE_IOREGIONFD, 5, 0]));
+    want.extend_from_slice(&0x6666u64.to_ne_bytes());
+    assert_eq!(b, want);
+    // Region info request: argsz and index, the rest zero.
+    let rq = RegionInfoRequest {
+        argsz: 0x40,
+        index: 2,
+    }
+    .encode();
+    assert_eq!(rq, u32s(&[0x40, 0, 2, 0, 0, 0, 0, 0]));
+    // One write of REGION_WRITE_MULTI.
+    let wm = RegionWriteMulti {
+        writes: vec![WriteOne {
+            offset: 0x10,
+            region: 1,
+            count: 2,
+            data: [0xa, 0xb, 0, 0, 0, 0, 0, 0],
+        }],
+    }
+    .encode();
+    let mut want = 1u64.to_ne_bytes().to_vec();
+    want.extend_from_slice(&0x10u64.to_ne_bytes());
+    want.extend_from_slice(&u32s(&[1, 2]));
+    want.extend_from_slice(&[0xa, 0xb, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(wm, want);
+    // Device description reply too small for the client: lengths 0.
+    let d = DeviceDescReply::encode(b"{}", &[1], 16);
+    assert_eq!(d, u32s(&[19, 0, 0, 0]));
+}

@@ -14,7 +14,7 @@ pub use vfio_sidecar_protocol::testing::{
     eventfd_read, toy_desc, watchdog, ToyHandler, NUM_SPARSE_BIG, REG_SIZE, TOY_DTB,
 };
 use vfio_sidecar_protocol::transport::{send_message, wait_fd, Incoming, Message, MessageReader};
-use vfio_sidecar_protocol::{testing, ConnStatus, Handler, ServerConnection};
+use vfio_sidecar_protocol::{testing, ConnStatus, Handler, ServerConnection, TransportError};
 
 pub fn memfd(size: usize) -> OwnedFd {
     testing::memfd("proto-test", size as u64).unwrap()
@@ -179,9 +179,20 @@ impl RawPeer {
     pub fn answer_version(&mut self, caps: Capabilities) -> Message {
         let v = self.recv().expect("VERSION");
         let payload = testing::version_payload(caps);
-        let h = Header::reply_to(&v.header, payload.len());
-        send_message(self.sock.as_fd(), &h, &[&payload], &[], None).unwrap();
+        self.reply(&v.header, &[&payload]).unwrap();
         v
+    }
+
+    /// Sends the reply to `req` made of `parts` (no fds).
+    pub fn reply(&self, req: &Header, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        send_message(
+            self.sock.as_fd(),
+            &Header::reply_to(req, len),
+            parts,
+            &[],
+            None,
+        )
     }
 
     pub fn version(&mut self, caps: &Capabilities) -> Message {
