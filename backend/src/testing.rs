@@ -212,7 +212,10 @@ mod tests {
         let group = fs::read_link(pl330.join("iommu_group")).unwrap_or_default();
         assert!(group.ends_with("kernel/iommu_groups/12"), "{group:?}");
         let by_bus = f.root.join("bus/amba/devices/ff240000.dma-controller");
-        assert_eq!(fs::canonicalize(&by_bus).ok(), fs::canonicalize(&pl330).ok());
+        assert_eq!(
+            fs::canonicalize(&by_bus).ok(),
+            fs::canonicalize(&pl330).ok()
+        );
         assert!(pl330.join("driver/unbind").is_file());
         f.rebind(&pl330, "amba", "vfio-amba");
         let drv = fs::read_link(pl330.join("driver")).unwrap_or_default();
