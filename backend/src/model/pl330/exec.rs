@@ -303,6 +303,7 @@ impl Pl330 {
         for ch in &mut self.channels {
             if ch.state == ThreadState::WaitingForEvent && ch.wakeup == event {
                 ch.state = ThreadState::Executing;
+                self.maybe_executing = true;
                 // Resume after the DMAWFE (2 bytes).
                 ch.pc = ch.pc.wrapping_add(2);
                 woke = true;
@@ -339,6 +340,7 @@ impl Pl330 {
                 }
                 ch.state = ThreadState::Executing;
                 ch.pc = ch.pc.wrapping_add(2);
+                self.maybe_executing = true;
             }
         }
     }
@@ -425,6 +427,7 @@ impl Pl330 {
             ch.pc = addr;
             ch.ns = ns;
             ch.state = ThreadState::Executing;
+            self.maybe_executing = true;
             ch.request = RequestType::Single;
             ch.wfp_kind = None;
             ch.wakeup = 0;

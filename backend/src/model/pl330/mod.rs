@@ -240,6 +240,11 @@ pub struct Pl330 {
     periph_burst: u32,
     /// Channel that the next scheduling round starts with.
     rr_next: usize,
+    /// False only when no channel is executing: set wherever a channel
+    /// enters `Executing`, cleared after a register write or a run finds none.
+    /// Lets [`Pl330::pending`] (asked after every trapped write) answer
+    /// without visiting every channel while the controller is idle.
+    maybe_executing: bool,
     stats: Pl330Stats,
 }
 
@@ -356,6 +361,7 @@ impl Pl330 {
             periph_pending: 0,
             periph_burst: 0,
             rr_next: 0,
+            maybe_executing: false,
             stats: Pl330Stats::default(),
         })
     }
@@ -559,7 +565,21 @@ impl Pl330 {
             }
             o => debug!("pl330: write {value:#x} to read-only offset {o:#x} ignored"),
         }
+        self.settle_executing();
         Ok(())
+    }
+
+    /// Clears the `maybe_executing` hint once no channel executes.
+    pub(super) fn settle_executing(&mut self) {
+        if self.maybe_executing {
+            self.maybe_executing = self.any_executing();
+        }
+    }
+
+    fn any_executing(&self) -> bool {
+        self.channels
+            .iter()
+            .any(|c| c.state == ThreadState::Executing)
     }
 
     /// Number of interrupt lines: one per event, or one combined line.
@@ -611,9 +631,7 @@ impl Pl330 {
 
     /// Channels still executing (after a budget ran out).
     pub fn pending(&self) -> bool {
-        self.channels
-            .iter()
-            .any(|c| c.state == ThreadState::Executing)
+        self.maybe_executing && self.any_executing()
     }
 
     /// Continues executing for up to `step_budget` instructions and (unless
