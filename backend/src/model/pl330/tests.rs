@@ -1071,16 +1071,7 @@ fn fault_lockup_on_mfifo_starvation() {
         .wfe(7)
         .end();
     mem.poke(CODE, a.bytes());
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    go_code(&mut p, &mem, 0);
     assert_eq!(csr_state(&mut p, 0), ThreadState::WaitingForEvent.code());
     assert_eq!((rd(&mut p, regs::csr(0)) >> 4) & 0x1f, 7, "wakeup number");
     mem.poke(CODE2, a.bytes());
@@ -1112,16 +1103,7 @@ fn security_faults() {
     );
     assert_eq!(rd(&mut p, regs::DSR) & regs::DSR_DNS, regs::DSR_DNS);
     mem.poke(CODE, &[0x00]);
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    go_code(&mut p, &mem, 0);
     assert_eq!(
         rd(&mut p, regs::FTRD),
         FaultType::DmagoErr.bit() | FaultType::DbgInstr.bit()
@@ -1245,44 +1227,17 @@ fn manager_faults_from_debug_interface() {
     let mut p = dev_with(|c| c.channels = 2);
     mem.poke(CODE, &[0x36, 0x00]);
     // DMAGO for a channel that does not exist.
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 5,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    go_code(&mut p, &mem, 5);
     assert_eq!(
         rd(&mut p, regs::FTRD),
         FaultType::OperandInvalid.bit() | FaultType::DbgInstr.bit()
     );
     dbg(&mut p, &mem, Insn::Kill, None);
     // DMAGO for a channel that is not stopped (waiting in DMAWFE).
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    go_code(&mut p, &mem, 0);
     assert_eq!(csr_state(&mut p, 0), ThreadState::WaitingForEvent.code());
     assert_eq!(rd(&mut p, regs::FSRD), 0);
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    go_code(&mut p, &mem, 0);
     assert_eq!(rd(&mut p, regs::FSRD), 1);
     assert_eq!(
         rd(&mut p, regs::FTRD),
@@ -1351,16 +1306,7 @@ fn events_wake_waiting_channels() {
     a.wfe(3).sev(5).end();
     mem.poke(CODE, a.bytes());
     wr(&mut p, regs::INTEN, 1 << 5, &mem);
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 0,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    go_code(&mut p, &mem, 0);
     assert_eq!(csr_state(&mut p, 0), ThreadState::WaitingForEvent.code());
     assert!(!p.pending());
     // Channel 1 signals event 3 (INTEN clear: an event, not an interrupt).
@@ -1409,21 +1355,10 @@ fn events_wake_waiting_channels() {
 fn loop_forever_consumes_budget_and_is_killable() {
     let mem = TestMem::standard();
     let mut p = dev_with(|c| c.step_budget = 1000);
-    let mut a = Asm::new();
-    let top = a.offset();
-    a.nop();
-    a.lpfe(top);
-    mem.poke(CODE, a.bytes());
-    dbg(
-        &mut p,
-        &mem,
-        Insn::Go {
-            chan: 4,
-            ns: false,
-            addr: CODE,
-        },
-        None,
-    );
+    poke_loop(&mem, |a| {
+        a.nop();
+    });
+    go_code(&mut p, &mem, 4);
     // The debug instruction + at most one budget of channel instructions.
     assert_eq!(p.stats().instructions, 1 + 1000);
     assert!(p.pending());
@@ -1444,30 +1379,48 @@ fn assert_time_cut(steps: u64) {
     );
 }
 
-#[test]
-fn runaway_channel_is_stopped_by_the_time_slice() {
-    let mem = TestMem::standard();
-    // A budget 16 times what a cut run may execute: only the 1 µs slice ends a run.
-    let mut p = dev_with(|c| {
-        c.step_budget = 1 << 20;
-        c.time_slice_us = 1;
-    });
-    let mut a = Asm::new();
-    let top = a.offset();
-    a.nop();
-    a.lpfe(top);
-    mem.poke(CODE, a.bytes());
-    let before = p.stats().instructions;
+/// DMAGO of channel `chan` at CODE (secure) through the debug registers.
+fn go_code(p: &mut Pl330, mem: &TestMem, chan: u8) {
     dbg(
-        &mut p,
-        &mem,
+        p,
+        mem,
         Insn::Go {
-            chan: 4,
+            chan,
             ns: false,
             addr: CODE,
         },
         None,
     );
+}
+
+/// A controller whose runs only the clock cuts: 1 µs slices, a step budget
+/// 16 times what a cut run may execute.
+fn sliced_dev() -> Pl330 {
+    dev_with(|c| {
+        c.step_budget = 1 << 20;
+        c.time_slice_us = 1;
+    })
+}
+
+/// Writes a program at CODE that runs `body` forever (DMALPFE back to it).
+fn poke_loop(mem: &TestMem, body: impl FnOnce(&mut Asm)) {
+    let mut a = Asm::new();
+    let top = a.offset();
+    body(&mut a);
+    a.lpfe(top);
+    mem.poke(CODE, a.bytes());
+}
+
+#[test]
+fn runaway_channel_is_stopped_by_the_time_slice() {
+    let mem = TestMem::standard();
+    // A budget 16 times what a cut run may execute: only the 1 µs slice ends a run.
+    let mut p = sliced_dev();
+    poke_loop(&mem, |a| {
+        a.nop();
+    });
+    let before = p.stats().instructions;
+    go_code(&mut p, &mem, 4);
     // The DBGCMD write returned: DMAGO + one slice of channel instructions.
     assert_time_cut(p.stats().instructions - before - 1);
     assert_eq!(p.stats().time_slices_expired, 1);
@@ -1491,26 +1444,12 @@ fn time_slice_rotates_over_runaway_channels() {
     // Eight channels loop forever, each bumping its SAR. Runs cut by the
     // clock stay short and still serve every channel.
     let mem = TestMem::standard();
-    let mut p = dev_with(|c| {
-        c.step_budget = 1 << 20;
-        c.time_slice_us = 1;
+    let mut p = sliced_dev();
+    poke_loop(&mem, |a| {
+        a.addh(AddrReg::Sar, 1);
     });
-    let mut a = Asm::new();
-    let top = a.offset();
-    a.addh(AddrReg::Sar, 1);
-    a.lpfe(top);
-    mem.poke(CODE, a.bytes());
     for chan in 0..8 {
-        dbg(
-            &mut p,
-            &mem,
-            Insn::Go {
-                chan,
-                ns: false,
-                addr: CODE,
-            },
-            None,
-        );
+        go_code(&mut p, &mem, chan);
     }
     let sars = |p: &mut Pl330| (0..8).map(|c| rd(p, regs::sar(c))).collect::<Vec<_>>();
     for _ in 0..3 {
@@ -1539,22 +1478,11 @@ fn cut_runs_resume_with_the_next_channel() {
     // `start + 1` instead would serve channel 5 five runs out of eight).
     let mem = TestMem::standard();
     let mut p = dev_with(|c| c.step_budget = 64);
-    let mut a = Asm::new();
-    let top = a.offset();
-    a.addh(AddrReg::Sar, 1);
-    a.lpfe(top);
-    mem.poke(CODE, a.bytes());
+    poke_loop(&mem, |a| {
+        a.addh(AddrReg::Sar, 1);
+    });
     for chan in [0, 5] {
-        dbg(
-            &mut p,
-            &mem,
-            Insn::Go {
-                chan,
-                ns: false,
-                addr: CODE,
-            },
-            None,
-        );
+        go_code(&mut p, &mem, chan);
     }
     let base = (rd(&mut p, regs::sar(0)), rd(&mut p, regs::sar(5)));
     for _ in 0..16 {
@@ -1572,10 +1500,7 @@ fn cut_runs_resume_with_the_next_channel() {
 #[test]
 fn memcpy_across_time_slices_is_exact() {
     let mem = TestMem::standard();
-    let mut p = dev_with(|c| {
-        c.step_budget = 1 << 20;
-        c.time_slice_us = 1;
-    });
+    let mut p = sliced_dev();
     // Not a multiple of 8: Linux copies with 4-byte bursts, some 24,600
     // instructions; a 1 µs slice leaves most of them for run_pending.
     let len = 0x8004;
@@ -1621,11 +1546,9 @@ fn time_slice_config() {
         c.step_budget = 5000;
         c.time_slice_us = u64::MAX;
     });
-    let mut a = Asm::new();
-    let top = a.offset();
-    a.nop();
-    a.lpfe(top);
-    mem.poke(CODE, a.bytes());
+    poke_loop(&mem, |a| {
+        a.nop();
+    });
     go(&mut p, &mem, 0, CODE, 0);
     assert_eq!(p.stats().instructions, 1 + 5000);
     assert_eq!(p.stats().time_slices_expired, 0);
