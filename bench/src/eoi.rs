@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vfio_sidecar::irq::EoiPolicy;
-use vfio_sidecar::model::pl330::asm::{
-    linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
-};
+use vfio_sidecar::model::pl330::asm::{linux_mem_to_mem, LinuxXfer};
 use vfio_sidecar::model::pl330::regs;
+use vfio_sidecar::model::pl330::Pl330Config;
 use vfio_sidecar_protocol::client::{Client, DmaProt, IrqData};
 use vfio_sidecar_protocol::message::{IrqAction, REGION_INFO_FLAG_MMAP};
 
@@ -186,19 +185,9 @@ pub fn run(
         )
         .map_err(|e| client_err("DMA_MAP", e))?;
         let (src, dst) = ((IOVA + SRC) as u32, (IOVA + DST) as u32);
-        let (bs, bl) = linux_memcpy_burst(src, dst, LEN, 64, 256, 8);
-        let code = linux_mem_to_mem(&LinuxXfer {
-            src,
-            dst,
-            len: LEN,
-            burst_size_log2: bs,
-            burst_len: bl,
-            ccr_extra: 0,
-            revision: 2,
-            event: 0,
-            shape: LinuxShape::Dregs,
-        })
-        .map_err(|e| BenchError::Check(format!("microcode: {e}")))?;
+        let x = LinuxXfer::memcpy(&Pl330Config::default(), src, dst, LEN, 0);
+        let code =
+            linux_mem_to_mem(&x).map_err(|e| BenchError::Check(format!("microcode: {e}")))?;
         {
             use std::os::unix::fs::FileExt;
             mem.write_all_at(&code, CODE)

@@ -6,11 +6,10 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use vfio_sidecar::model::pl330::asm::{
-    linux_mem_to_mem, linux_memcpy_burst, LinuxShape, LinuxXfer,
-};
+use vfio_sidecar::model::pl330::asm::{linux_mem_to_mem, LinuxXfer};
 use vfio_sidecar::model::pl330::insn::Insn;
 use vfio_sidecar::model::pl330::regs::{FSRC, FSRD, INTCLR, INTEN, INT_EVENT_RIS};
+use vfio_sidecar::model::pl330::Pl330Config;
 use vfio_sidecar_protocol::client::{Client, DmaProt};
 use vfio_sidecar_protocol::message::IrqAction;
 use vfio_sidecar_tests::pl330::Regs;
@@ -28,19 +27,8 @@ const LEN: u32 = 0x1234;
 fn prepare(mem: &GuestMem, event: u8) -> Vec<u8> {
     let src = (IOVA + SRC) as u32;
     let dst = (IOVA + DST) as u32;
-    let (bs, bl) = linux_memcpy_burst(src, dst, LEN, 64, 256, 8);
-    let code = linux_mem_to_mem(&LinuxXfer {
-        src,
-        dst,
-        len: LEN,
-        burst_size_log2: bs,
-        burst_len: bl,
-        ccr_extra: 0,
-        revision: 2,
-        event,
-        shape: LinuxShape::Dregs,
-    })
-    .unwrap();
+    let x = LinuxXfer::memcpy(&Pl330Config::default(), src, dst, LEN, event);
+    let code = linux_mem_to_mem(&x).unwrap();
     mem.write(CODE, &code);
     let pattern: Vec<u8> = (0..LEN).map(|i| (i * 7 + 3) as u8).collect();
     mem.write(SRC, &pattern);

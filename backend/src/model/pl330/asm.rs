@@ -209,6 +209,34 @@ pub struct LinuxXfer {
     pub shape: LinuxShape,
 }
 
+impl LinuxXfer {
+    /// The request Linux's `pl330_prep_dma_memcpy` makes for a copy of `len`
+    /// bytes on a controller configured as `cfg`: the burst from
+    /// [`linux_memcpy_burst`], the current (`Dregs`) builder, no extra CCR
+    /// bits, the end signalled on `event`.
+    pub fn memcpy(cfg: &super::Pl330Config, src: u32, dst: u32, len: u32, event: u8) -> Self {
+        let (burst_size_log2, burst_len) = linux_memcpy_burst(
+            src,
+            dst,
+            len,
+            cfg.data_width_bits,
+            cfg.data_buffer_lines,
+            u32::from(cfg.channels),
+        );
+        LinuxXfer {
+            src,
+            dst,
+            len,
+            burst_size_log2,
+            burst_len,
+            ccr_extra: 0,
+            revision: cfg.revision,
+            event,
+            shape: LinuxShape::Dregs,
+        }
+    }
+}
+
 /// `pl330_prep_dma_memcpy`: the largest beat size (up to the bus width) that
 /// divides `src`, `dst` and `len`, and `get_burst_len` (bus bytes ×
 /// `data_buf_dep / num_chan` beats of that size, at most 16; 1 when the beat

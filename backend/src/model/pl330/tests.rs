@@ -641,27 +641,7 @@ fn linux_copy(
     dst: u32,
     len: u32,
 ) -> Vec<u8> {
-    let cfg = p.config().clone();
-    let (bs, bl) = linux_memcpy_burst(
-        src,
-        dst,
-        len,
-        cfg.data_width_bits,
-        cfg.data_buffer_lines,
-        u32::from(cfg.channels),
-    );
-    let prog = linux_mem_to_mem(&LinuxXfer {
-        src,
-        dst,
-        len,
-        burst_size_log2: bs,
-        burst_len: bl,
-        ccr_extra: 0,
-        revision: cfg.revision,
-        event: chan,
-        shape: LinuxShape::Dregs,
-    })
-    .unwrap();
+    let prog = linux_mem_to_mem(&LinuxXfer::memcpy(p.config(), src, dst, len, chan)).unwrap();
     mem.poke(code, &prog);
     go(p, mem, chan, code, chan);
     prog
