@@ -1306,20 +1306,9 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Backend> {
 
 /// Waits until `fd` is readable, at most `t`; false on timeout or error.
 fn readable_within(fd: &EventFd, t: std::time::Duration) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = i32::try_from(t.as_millis()).unwrap_or(i32::MAX);
-    loop {
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r < 0 && std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
-            continue;
-        }
-        return r > 0;
-    }
+    // SAFETY: `fd` is a live EventFd borrowed for the duration of the wait.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    vfio_sidecar_protocol::transport::wait_fd(fd, libc::POLLIN, Some(t)).unwrap_or(false)
 }
 
 /// Serves one client at a time, handed over by the event loop: blocking
