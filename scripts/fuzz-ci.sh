@@ -8,7 +8,8 @@
 #
 # * Toolchain: cargo-fuzz needs nightly -Z flags. Only stable is installed
 #   here, so the script sets RUSTC_BOOTSTRAP=1 (stable rustc then accepts the
-#   -Z flags). cargo-fuzz is installed from crates.io when missing.
+#   -Z flags). cargo-fuzz is installed from crates.io when missing, into the
+#   project's cache ($VFIO_SIDECAR_CACHE/cargo-tools, default ~/.cache/vfio-sidecar).
 # * Sanitizer: FUZZ_SANITIZER (default "address"); if the ASan build fails the
 #   script retries with "none" and says so.
 # * Corpus: the committed fuzz/corpus/TARGET/ is read as seeds; new inputs go
@@ -25,9 +26,12 @@ shift || true
 export RUSTC_BOOTSTRAP=1
 SAN="${FUZZ_SANITIZER:-address}"
 
+# cargo-fuzz lives in the project's cache (cargo install --root), not in ~/.cargo/bin.
+tools=${VFIO_SIDECAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vfio-sidecar}/cargo-tools
+export PATH="$tools/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz-ci: installing cargo-fuzz from crates.io" >&2
-    cargo install cargo-fuzz --locked || { echo "fuzz-ci: cannot install cargo-fuzz" >&2; exit 1; }
+    echo "fuzz-ci: installing cargo-fuzz from crates.io into $tools (once, ~2 min)" >&2
+    cargo install --root "$tools" cargo-fuzz --locked || { echo "fuzz-ci: cannot install cargo-fuzz" >&2; exit 1; }
 fi
 
 if [ "$#" -gt 0 ]; then

@@ -1,9 +1,11 @@
 //! Helpers for cross-process tests: start the `vfio-sidecar` binary on a socket
 //! in a temporary directory (killed on drop), guest memory in a memfd, eventfds,
 //! counting a process's open fds, bounded waits, running a command that must
-//! succeed; [`pl330`]: the PL330 model's registers over any client.
+//! succeed; [`pl330`]: the PL330 model's registers over any client;
+//! [`dt_schema`]: dt-schema validation against the kernel's binding schemas.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod dt_schema;
 pub mod pl330;
 
 use std::fs::File;

@@ -271,45 +271,8 @@ fn dtb_holds_the_backend_device_node() {
     dt_schema_check(backend.dir(), &out_path);
 }
 
-fn shared_dir() -> std::path::PathBuf {
-    let ci = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared");
-    if ci.join("dt-bindings").is_dir() {
-        return ci;
-    }
-    std::path::PathBuf::from("/work/shared")
-}
-
-/// Validates `dtb` with dt-schema against the kernel bindings in shared/.
+/// Validates `dtb` with dt-schema against the kernel's binding schemas.
 fn dt_schema_check(dir: &std::path::Path, dtb: &std::path::Path) {
-    let have = |t: &str| {
-        Command::new(t)
-            .arg("--help")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let bindings = shared_dir().join("dt-bindings");
-    if !have("dt-validate") || !have("dt-mk-schema") || !bindings.is_dir() {
-        eprintln!("SKIPPED (schema part): dt-validate/dt-mk-schema or shared/dt-bindings missing");
-        return;
-    }
-    let out = run_ok(Command::new("dt-mk-schema").arg("-j").arg(&bindings));
-    let schema = dir.join("schema.json");
-    std::fs::write(&schema, &out.stdout).unwrap();
-    let report = dir.join("report.json");
-    run_ok(
-        Command::new("dt-validate")
-            .arg("-s")
-            .arg(&schema)
-            .arg(dtb)
-            .arg("--json-output")
-            .arg(&report),
-    );
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let errors: Vec<&Value> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["level"] == "error")
-        .collect();
+    let errors = vfio_sidecar_tests::dt_schema::DtSchema::obtain(dir).errors(dtb);
     assert!(errors.is_empty(), "dt-schema errors: {errors:#?}");
 }
