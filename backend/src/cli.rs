@@ -476,16 +476,13 @@ pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
     let set = load_profiles(args.profile.as_deref())?;
     let dev = open_device(&args.device, false, true, crate::vfio::IommuBackend::Auto)?;
     let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
-    let info = dev.info();
-    let mut region_sizes = Vec::new();
-    for i in 0..info.num_regions {
-        region_sizes.push(dev.region_info(i).map(|r| r.size).unwrap_or(0));
-    }
+    let (region_sizes, num_irqs) = crate::device::shape(dev.as_ref());
+    profile.validate_for(&region_sizes, num_irqs)?;
     let tree = device_tree(
         &profile,
         &DtDevice {
             region_sizes,
-            num_irqs: info.num_irqs,
+            num_irqs,
         },
         &DtParams {
             base: args.base,

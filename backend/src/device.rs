@@ -284,6 +284,16 @@ impl DeviceError {
 }
 
 /// A device served by the backend.
+/// Region sizes by index (0 for an absent region) and the IRQ index count of
+/// `dev`: the shape a profile is checked against.
+pub fn shape(dev: &dyn Device) -> (Vec<u64>, u32) {
+    let info = dev.info();
+    let sizes = (0..info.num_regions)
+        .map(|i| dev.region_info(i).map(|r| r.size).unwrap_or(0))
+        .collect();
+    (sizes, info.num_irqs)
+}
+
 pub trait Device: Send {
     /// `DEVICE_GET_INFO`.
     fn info(&self) -> DeviceInfo;

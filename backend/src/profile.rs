@@ -370,6 +370,54 @@ impl Profile {
         Ok(())
     }
 
+    /// Checks the profile against the device it is applied to: every clear
+    /// register lies inside an existing region, the profile names no more
+    /// regions or IRQs than the device has. `region_sizes[i]` is region `i`'s
+    /// size (0 = absent). A mismatch would otherwise show up only as a guest
+    /// that hangs after its first interrupt, so `serve` and `dt` refuse it.
+    pub fn validate_for(&self, region_sizes: &[u64], num_irqs: u32) -> Result<(), ProfileError> {
+        let bad = |message: String| ProfileError::Invalid {
+            name: self.name.clone(),
+            message,
+        };
+        if self.irqs.len() > num_irqs as usize {
+            return Err(bad(format!(
+                "lists {} IRQs, the device has {num_irqs}",
+                self.irqs.len()
+            )));
+        }
+        if self.regions.len() > region_sizes.len() {
+            return Err(bad(format!(
+                "names {} regions, the device has {}",
+                self.regions.len(),
+                region_sizes.len()
+            )));
+        }
+        let specs = self
+            .clear
+            .iter()
+            .chain(self.irqs.iter().filter_map(|i| i.clear.as_ref()));
+        for c in specs {
+            let size = match region_sizes.get(c.region as usize) {
+                Some(&size) if size > 0 => size,
+                _ => {
+                    return Err(bad(format!(
+                        "clear register in region {}, which the device does not have",
+                        c.region
+                    )))
+                }
+            };
+            let end = c.offset.checked_add(u64::from(c.width));
+            if end.is_none_or(|end| end > size) {
+                return Err(bad(format!(
+                    "clear register at {:#x} (+{}) outside region {} ({size:#x} bytes)",
+                    c.offset, c.width, c.region
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Does this profile match a PrimeCell PeriphID?
     pub fn matches_primecell(&self, periph_id: u32) -> bool {
         self.matches.iter().any(|m| match m {
@@ -694,6 +742,34 @@ irqs = [{ name = "ev0", trigger = "edge-rising" }, { name = "ev1", clear = { reg
             );
             assert_eq!(Trigger::from(w), t);
         }
+    }
+
+    #[test]
+    fn profile_checked_against_the_device() {
+        let set = ProfileSet::default();
+        let pl330 = set.by_name("pl330").unwrap();
+        pl330.validate_for(&[0x1000], 8).unwrap();
+        let mut p = pl330.clone();
+        p.irqs = vec![IrqProfile::default(); 12];
+        let e = p.validate_for(&[0x1000], 8).unwrap_err().to_string();
+        assert!(e.contains("lists 12 IRQs, the device has 8"), "{e}");
+        let mut p = pl330.clone();
+        p.clear.as_mut().unwrap().offset = 0x1000;
+        let e = p.validate_for(&[0x1000], 8).unwrap_err().to_string();
+        assert!(e.contains("outside region 0"), "{e}");
+        let mut p = pl330.clone();
+        p.clear.as_mut().unwrap().offset = 0xffc;
+        p.validate_for(&[0x1000], 8).unwrap();
+        p.clear.as_mut().unwrap().region = 3;
+        let e = p.validate_for(&[0x1000], 8).unwrap_err().to_string();
+        assert!(
+            e.contains("region 3, which the device does not have"),
+            "{e}"
+        );
+        let mut p = pl330.clone();
+        p.regions = vec!["a".into(), "b".into()];
+        let e = p.validate_for(&[0x1000], 8).unwrap_err().to_string();
+        assert!(e.contains("names 2 regions, the device has 1"), "{e}");
     }
 
     #[test]

@@ -943,6 +943,10 @@ pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
         }
         Err(e) => return Err(e.into()),
     };
+    let (region_sizes, num_irqs) = crate::device::shape(dev.as_ref());
+    profile
+        .validate_for(&region_sizes, num_irqs)
+        .map_err(CliError::from)?;
     let mut b = Backend::new(dev, profile, args.eoi, is_model, args.max_dma_maps)?;
     b.set_no_mmap(args.no_mmap);
     Ok(b)

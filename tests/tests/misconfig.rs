@@ -1,0 +1,101 @@
+//! Misconfigurations end in a clear error at start, never in a guest that hangs:
+//! a profile that does not fit the device it is applied to is refused by `serve`
+//! and `dt` with a one-line reason, and the process exits (watchdog-bounded).
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vfio_sidecar_tests::{wait_until, workspace_bin, TempDir};
+
+/// A profile named `bad` for the PL330 model, with `extra` TOML lines.
+fn profile(dir: &TempDir, extra: &str) -> std::path::PathBuf {
+    let p = dir.0.join("bad.toml");
+    std::fs::write(
+        &p,
+        format!("[[device]]\nname = \"bad\"\ncompatible = [\"arm,pl330\", \"arm,primecell\"]\n{extra}\n"),
+    )
+    .unwrap();
+    p
+}
+
+/// Runs `vfio-sidecar serve` with the profile; it must exit non-zero on its own
+/// (within a watchdog) with `want` on stderr, and leave no socket behind.
+fn serve_refuses(extra: &str, want: &str) {
+    let dir = TempDir::new("misconfig");
+    let prof = profile(&dir, extra);
+    let sock = dir.0.join("s.sock");
+    let mut child = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
+        .args([
+            "serve",
+            "--device",
+            "model:pl330",
+            "--profile-name",
+            "bad",
+            "--profile",
+        ])
+        .arg(&prof)
+        .arg("--socket")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_until(
+        "serve to refuse the profile",
+        Duration::from_secs(10),
+        || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !status.unwrap().success(),
+        "serve accepted a bad profile: {err}"
+    );
+    assert!(err.contains(want), "expected {want:?} in: {err}");
+    assert!(!sock.exists(), "socket left behind");
+
+    let dt = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
+        .args([
+            "dt",
+            "--device",
+            "model:pl330",
+            "--profile-name",
+            "bad",
+            "--profile",
+        ])
+        .arg(&prof)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&dt.stderr);
+    assert!(!dt.status.success() && err.contains(want), "dt: {err}");
+}
+
+#[test]
+fn clear_register_outside_its_region_is_refused() {
+    serve_refuses(
+        "clear = { region = 0, offset = 0x1000, width = 4, mode = \"w1c\" }",
+        "outside region 0",
+    );
+}
+
+#[test]
+fn clear_register_in_a_missing_region_is_refused() {
+    serve_refuses(
+        "clear = { region = 2, offset = 0x2c, width = 4, mode = \"w1c\" }",
+        "region 2, which the device does not have",
+    );
+}
+
+#[test]
+fn more_irqs_than_the_device_has_is_refused() {
+    let irqs = "[[device.irqs]]\n".repeat(12);
+    serve_refuses(
+        &format!("clear = {{ region = 0, offset = 0x2c, width = 4, mode = \"w1c\" }}\n{irqs}"),
+        "lists 12 IRQs, the device has",
+    );
+}
