@@ -99,3 +99,38 @@ fn more_irqs_than_the_device_has_is_refused() {
         "lists 12 IRQs, the device has",
     );
 }
+
+/// `serve --device vfio:` on a host without VFIO says so first and never prints
+/// commands that would unbind the device from its driver (on a machine where
+/// the device named is the network card, that would take the host off the net).
+#[test]
+fn serve_of_a_vfio_device_without_vfio_says_so_and_suggests_no_unbind() {
+    if std::path::Path::new("/dev/vfio").exists() {
+        // This host has VFIO: the check this test makes does not apply.
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI machines have no /dev/vfio"
+        );
+        return;
+    }
+    let dev = std::fs::read_dir("/sys/bus/pci/devices")
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("driver").exists())
+        .expect("a PCI device bound to a driver");
+    let dir = TempDir::new("novfio");
+    let out = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
+        .args(["serve", "--device"])
+        .arg(format!("vfio:{}", dev.path().display()))
+        .arg("--socket")
+        .arg(dir.0.join("s.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("/dev/vfio does not exist"), "{err}");
+    assert!(
+        !err.contains("unbind") && !err.contains("driver_override"),
+        "{err}"
+    );
+}

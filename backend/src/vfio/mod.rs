@@ -168,6 +168,16 @@ pub enum VfioError {
         /// The VFIO driver for this bus.
         wanted: &'static str,
     },
+    /// Bound to a host driver that is in use: no rebind commands are suggested.
+    #[error("{path}: in use by the host ({what}, driver {driver}); vfio-sidecar will not suggest taking it away: pick a device that is free (`vfio-sidecar list` shows candidates), or stop using it first")]
+    InUseByHost {
+        /// Device path.
+        path: PathBuf,
+        /// What uses it.
+        what: String,
+        /// Its driver.
+        driver: String,
+    },
     /// The device has no IOMMU group.
     #[error("{0}: no iommu_group: the kernel has no IOMMU for this device (enable it: intel_iommu=on / amd_iommu=on / an SMMU in the DT); no-IOMMU mode is not supported (no DMA isolation)")]
     NoIommu(PathBuf),
@@ -355,6 +365,14 @@ fn inspect(sysfs_path: &Path) -> Result<(PathBuf, String, Bus, u32), VfioError> 
     let bus = sysfs::bus(&dev);
     let driver = sysfs::driver(&dev);
     if !driver.as_deref().is_some_and(sysfs::is_vfio_driver) {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if let (Some(d), Some(what)) = (&driver, sysfs::host_use(&dev, &mounts)) {
+            return Err(VfioError::InUseByHost {
+                path: sysfs_path.to_path_buf(),
+                what,
+                driver: d.clone(),
+            });
+        }
         return Err(VfioError::NotVfioBound {
             path: sysfs_path.to_path_buf(),
             name,
@@ -373,6 +391,11 @@ fn inspect(sysfs_path: &Path) -> Result<(PathBuf, String, Bus, u32), VfioError> 
 
 /// Opens the VFIO device at `sysfs_path` (see the module documentation).
 pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioError> {
+    // VFIO first: on a host without it, no sysfs advice (rebinding a device
+    // to a driver that is not there) is useful.
+    if !Path::new("/dev/vfio").is_dir() {
+        return Err(VfioError::NoVfio("/dev/vfio".into()));
+    }
     let (dev, name, bus, group_id) = inspect(sysfs_path)?;
     let (device, iommu) = match iommufd::choose(opts.iommu, &dev, Path::new("/dev"))? {
         iommufd::Choice::Container => open_container(&dev, &name, group_id)?,
@@ -1093,6 +1116,19 @@ mod tests {
         assert!(msg.contains("/driver_override"), "{msg}");
         assert!(
             msg.contains("echo 0000:00:04.0 > /sys/bus/pci/drivers_probe"),
+            "{msg}"
+        );
+
+        let net = p.join("net/eth1");
+        std::fs::create_dir_all(&net).unwrap();
+        std::fs::write(net.join("flags"), "0x1003\n").unwrap();
+        let msg = inspect(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("in use by the host (network interface eth1 is up"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("unbind") && !msg.contains("driver_override"),
             "{msg}"
         );
 

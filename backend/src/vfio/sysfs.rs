@@ -5,6 +5,69 @@
 
 use std::path::{Path, PathBuf};
 
+/// What the host is using `dev` for that taking it away would break: a network
+/// interface that is up (`net/<if>/flags` has IFF_UP) or a block device that is
+/// mounted (`block/<disk>` named in `mounts`, the text of /proc/self/mounts).
+/// Looks through the device's own subdirectories (virtio and similar put the
+/// class device one level below), never following symlinks.
+pub fn host_use(dev: &Path, mounts: &str) -> Option<String> {
+    let mut dirs = vec![(dev.to_path_buf(), 0u32)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let found = match name.as_str() {
+                "net" => interface_up(&path),
+                "block" => mounted_disk(&path, mounts),
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+            if depth < 3 {
+                dirs.push((path, depth + 1));
+            }
+        }
+    }
+    None
+}
+
+fn child_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn interface_up(net: &Path) -> Option<String> {
+    child_names(net).into_iter().find_map(|iface| {
+        let flags = std::fs::read_to_string(net.join(&iface).join("flags")).ok()?;
+        let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+        (flags & 1 != 0).then(|| format!("network interface {iface} is up"))
+    })
+}
+
+fn mounted_disk(block: &Path, mounts: &str) -> Option<String> {
+    child_names(block).into_iter().find_map(|disk| {
+        let dev = format!("/dev/{disk}");
+        mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .any(|src| src.starts_with(&dev))
+            .then(|| format!("block device {disk} is mounted"))
+    })
+}
+
 /// Drivers that hand a device to VFIO through the group interface.
 pub const VFIO_DRIVERS: [&str; 3] = ["vfio-pci", "vfio-platform", "vfio-amba"];
 
@@ -174,6 +237,29 @@ pub(crate) mod tests {
         std::fs::write(dev.join("vendor"), "0x1234\n").unwrap();
         std::fs::write(dev.join("device"), "0x11e8\n").unwrap();
         dev
+    }
+
+    #[test]
+    fn host_use_finds_an_up_interface_and_a_mounted_disk() {
+        let t = TempDir::new("hostuse");
+        let dev = fake_pci(&t.0, "0000:00:03.0", Some("virtio-pci"), 3);
+        assert_eq!(host_use(&dev, ""), None);
+        let net = dev.join("virtio0/net/eth0");
+        std::fs::create_dir_all(&net).unwrap();
+        std::fs::write(net.join("flags"), "0x1002\n").unwrap();
+        assert_eq!(host_use(&dev, ""), None, "interface down");
+        std::fs::write(net.join("flags"), "0x1003\n").unwrap();
+        assert_eq!(
+            host_use(&dev, "").as_deref(),
+            Some("network interface eth0 is up")
+        );
+        let dev = fake_pci(&t.0, "0000:00:04.0", Some("virtio-pci"), 4);
+        std::fs::create_dir_all(dev.join("virtio1/block/vda")).unwrap();
+        assert_eq!(host_use(&dev, "/dev/sda1 / ext4 rw 0 0\n"), None);
+        assert_eq!(
+            host_use(&dev, "/dev/vda1 / ext4 rw 0 0\n").as_deref(),
+            Some("block device vda is mounted")
+        );
     }
 
     #[test]
