@@ -73,6 +73,15 @@ pub enum SandboxError {
         /// The path.
         path: PathBuf,
     },
+    /// The socket's directory is missing and could not be created.
+    #[error("socket directory {} does not exist and cannot be created ({source}); create it for the service user, e.g. `install -d -m 0750 {}`", path.display(), path.display())]
+    NoSocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why creating it failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A system call on a path failed.
     #[error("{op} {}: {source}", path.display())]
     PathIo {

@@ -101,7 +101,10 @@ fn clear_stale(path: &Path) -> Result<()> {
             path: path.to_path_buf(),
         }),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-            log::info!("removing stale socket {}", path.display());
+            log::warn!(
+                "removing stale socket {} (no server answers on it)",
+                path.display()
+            );
             match fs::remove_file(path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -111,6 +114,28 @@ fn clear_stale(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(path_err("probe existing socket", path, e)),
     }
+}
+
+/// Creates the socket's parent directory when it is missing (mode 0750, as the
+/// operator guide's `/run/vfio-sidecar`), or says exactly what to create.
+fn ensure_dir(path: &Path) -> Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|source| SandboxError::NoSocketDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    log::info!("created socket directory {} (mode 0750)", dir.display());
+    Ok(())
 }
 
 /// Creates a listening Unix stream socket at `path` with `opts` applied.
@@ -133,6 +158,7 @@ pub fn create_listener(path: &Path, opts: &SocketOpts) -> Result<UnixListener> {
         return Err(SandboxError::InvalidMode(opts.mode));
     }
     let (addr, len) = sockaddr_un(path)?;
+    ensure_dir(path)?;
     warn_if_dir_unsafe(path);
     clear_stale(path)?;
 
@@ -577,6 +603,22 @@ mod tests {
 
     fn os(s: &str) -> OsString {
         OsString::from(s)
+    }
+
+    #[test]
+    fn missing_socket_directory_is_created_or_named() {
+        let dir = temp_dir("sockdir");
+        let path = dir.join("run/vfio-sidecar/s.sock");
+        let _l = create_listener(&path, &SocketOpts::default()).unwrap();
+        let meta = fs::metadata(dir.join("run/vfio-sidecar")).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.mode() & 0o007, 0, "not world-accessible");
+        // A parent that cannot be created (a file in the way): the error names it.
+        fs::write(dir.join("file"), b"").unwrap();
+        let e = create_listener(&dir.join("file/sub/s.sock"), &SocketOpts::default()).unwrap_err();
+        assert!(matches!(e, SandboxError::NoSocketDir { .. }), "{e}");
+        assert!(e.to_string().contains("install -d -m 0750"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
