@@ -70,9 +70,27 @@ fn generate_one(
         let mut c = cmd.clone();
         let mut buf = Vec::new();
         clap_complete::generate(shell, &mut c, bin, &mut buf);
+        if shell == Shell::Bash {
+            buf = fix_bash_states(bin, &buf);
+        }
         out.push((PathBuf::from(path), buf));
     }
     Ok(())
+}
+
+/// clap_complete's bash script names its states inconsistently for a binary
+/// with a hyphen: it sets `cmd="vfio__sidecar__subcmd__serve"` while matching
+/// `vfio__subcmd__sidecar__subcmd__serve)`, so nothing completes after the
+/// subcommand. The states are renamed to the form the script sets.
+fn fix_bash_states(bin: &str, script: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(script);
+    let wrong = format!("{}__subcmd__", bin.replace('-', "__subcmd__"));
+    let right = format!("{}__subcmd__", bin.replace('-', "__"));
+    if bin.contains('-') {
+        text.replace(&wrong, &right).into_bytes()
+    } else {
+        text.into_owned().into_bytes()
+    }
 }
 
 fn write_all(root: &Path) -> Result<Vec<PathBuf>, String> {
@@ -169,6 +187,57 @@ mod tests {
             "generated docs are out of date ({}): run `{REGEN}` to regenerate",
             stale.join("; ")
         );
+    }
+
+    /// Runs the generated bash completion function in a real bash for
+    /// `WORDS...` (the last one being completed) and returns COMPREPLY.
+    fn bash_complete(bin: &str, script: &[u8], words: &[&str]) -> String {
+        let dir = std::env::temp_dir().join(format!("gen-docs-bash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(bin);
+        std::fs::write(&f, script).unwrap();
+        let func = format!("_{}", bin.replace('-', "__"));
+        let cword = words.len() - 1;
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let prog = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={cword}; {func} {bin} '{}' '{}'; echo \"${{COMPREPLY[*]}}\"",
+            f.display(),
+            quoted.join(" "),
+            words[cword],
+            words[cword - 1],
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &prog])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn bash_completion_works_after_the_subcommand() {
+        let files = generate().unwrap();
+        for (bin, sub, opt) in [
+            ("vfio-sidecar", "serve", "--socket"),
+            ("vmm-shim", "run", "--socket"),
+        ] {
+            let script = &files
+                .iter()
+                .find(|(p, _)| p == &PathBuf::from(format!("contrib/completions/bash/{bin}")))
+                .unwrap()
+                .1;
+            let subs = bash_complete(bin, script, &[bin, &sub[..1]]);
+            assert!(
+                subs.split(' ').any(|w| w == sub),
+                "{bin} {}: {subs:?}",
+                &sub[..1]
+            );
+            let opts = bash_complete(bin, script, &[bin, sub, "--so"]);
+            assert!(
+                opts.split(' ').any(|w| w == opt),
+                "{bin} {sub} --so: {opts:?}"
+            );
+        }
     }
 
     #[test]
