@@ -47,7 +47,11 @@ fn generate_one(
     out: &mut Vec<(PathBuf, Vec<u8>)>,
 ) -> Result<(), std::io::Error> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    // No `help` subcommand in the pages: it would point at a `<bin>-help(1)`
+    // page that does not exist (`<bin> help` and `--help` stay in the binary).
+    let man_cmd = cmd.clone().disable_help_subcommand(true);
+    clap_mangen::Man::new(man_cmd).render(&mut page)?;
+    page.extend_from_slice(extra_sections(bin).as_bytes());
     out.push((PathBuf::from(format!("docs/man/{bin}.1")), page));
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         // clap names are `&'static str` without its "string" feature; this
@@ -76,6 +80,28 @@ fn generate_one(
         out.push((PathBuf::from(path), buf));
     }
     Ok(())
+}
+
+/// The ENVIRONMENT, FILES and EXIT STATUS sections of a binary's main page
+/// (roff), written here beside the clap definition so the page is generated
+/// whole and cannot drift from the other sections.
+fn extra_sections(bin: &str) -> String {
+    let common_env = "\\fBRUST_LOG\\fR\n.RS\nLog filter (env_logger syntax, e.g. \\fIdebug\\fR or \\fIvfio_sidecar=trace\\fR); overrides \\fB\\-v\\fR. A value that enables no log of this program is ignored with a warning.\n.RE\n";
+    match bin {
+        "vfio-sidecar" => format!(
+            ".SH ENVIRONMENT\n.TP\n{common_env}.TP\n\\fBLISTEN_FDS\\fR, \\fBLISTEN_PID\\fR, \\fBLISTEN_FDNAMES\\fR\n\
+systemd socket activation: \\fBserve\\fR uses the passed listening socket instead of binding \\fB\\-\\-socket\\fR.\n\
+.SH FILES\n.TP\n\\fI/run/vfio\\-sidecar/\\fR\nThe usual directory of \\fBserve\\fR sockets (created with mode 0750 when missing and allowed).\n\
+.TP\n\\fI/dev/vfio/vfio\\fR, \\fI/dev/vfio/N\\fR, \\fI/dev/iommu\\fR, \\fI/dev/vfio/devices/\\fR\nVFIO container, groups and iommufd nodes used by \\fBserve \\-\\-device vfio:\\fR.\n\
+.TP\n\\fI/sys/bus/{{pci,platform,amba}}/devices/\\fR\nDevices that \\fBlist\\fR reports and \\fBbind\\fR hands to VFIO.\n\
+.SH EXIT STATUS\n0 on success (\\fBserve\\fR: after SIGTERM, SIGINT, SIGHUP, SIGQUIT or SIGUSR1, with the socket removed); 1 on any error, with one line on standard error naming it; 2 for a command-line usage error.\n"
+        ),
+        _ => format!(
+            ".SH ENVIRONMENT\n.TP\n{common_env}\
+.SH FILES\n.TP\n\\fI/dev/kvm\\fR\nThe KVM device the guest runs on.\n.TP\n\\fIvfio\\-sidecar\\fR\nThe backend binary \\fBdemo\\fR starts when it lies next to this binary.\n\
+.SH EXIT STATUS\n0 when the guest ran and every check passed; 1 on a failed check or an error, with the reason on standard error; 2 for a command-line usage error.\n"
+        ),
+    }
 }
 
 /// clap_complete's bash script names its states inconsistently for a binary
