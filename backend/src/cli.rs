@@ -56,7 +56,7 @@ pub enum Command {
     #[command(after_help = EXAMPLES)]
     Serve(ServeArgs),
     /// Print the guest device-tree node of a platform/AMBA device.
-    #[command(after_help = EXAMPLES)]
+    #[command(after_help = DT_EXAMPLES)]
     Dt(DtArgs),
     /// Connect to any vfio-user server and describe its device, like lspci -vv
     /// (read-only unless --read is given).
@@ -70,6 +70,20 @@ pub enum Command {
     #[command(after_help = HOST_EXAMPLES)]
     Bind(BindArgs),
 }
+
+const DT_EXAMPLES: &str = "\
+Examples:
+  # The PL330 model's node as DTS, placed at 0x9000000 with its first SPI at 40:
+  vfio-sidecar dt --device model:pl330 --format dts --base 0x9000000 --irq-base 40
+
+  # The same as a DTB, with one combined IRQ:
+  vfio-sidecar dt --device model:pl330,combined-irq --format dtb -o pl330.dtb
+
+  # A real device (its profile is matched by PrimeCell ID, DT compatible or PCI ID):
+  vfio-sidecar dt --device vfio:/sys/bus/amba/devices/fe000000.dma --format dts
+
+A VMM that uses the backend gets the same node over the socket
+(SIDECAR_GET_DEVICE_DESC) and places it itself; see docs/backend.md.";
 
 const HOST_EXAMPLES: &str = "\
 Examples:
