@@ -431,7 +431,32 @@ pub fn init_logging(verbose: u8) {
         }
         _ => env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)),
     };
-    let _ = builder.format_timestamp_micros().try_init();
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd the journal reads a `<N>` syslog priority prefix per
+        // line (SyslogLevelPrefix=yes, the default) and adds its own time.
+        builder.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}",
+                journal_priority(record.level()),
+                record.args()
+            )
+        });
+    } else {
+        builder.format_timestamp_micros();
+    }
+    let _ = builder.try_init();
+}
+
+/// The syslog priority (sd-daemon(3) `SD_ERR`..`SD_DEBUG`) of a log level.
+fn journal_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
 }
 
 /// The crates whose logs the binaries print.

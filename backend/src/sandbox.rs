@@ -15,6 +15,7 @@
 //!
 //! Every item is documented for operators in `docs/threat-model.md`.
 
+mod notify;
 mod privs;
 mod seccomp;
 mod socket;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+pub use notify::Notifier;
 pub use privs::{drop_privileges, resolve_group, resolve_user, Credentials, GroupSpec, UserSpec};
 pub use seccomp::{
     allowed_syscalls, apply_seccomp, seccomp_filters, syscall_conditions, thread_syscalls,
