@@ -434,9 +434,10 @@ pub fn listen_fds_from_env() -> Result<Vec<ListenFd>> {
             return Err(last_os("fcntl(F_SETFD, FD_CLOEXEC) on an inherited socket"));
         }
         log::info!(
-            "socket activation: fd {fd} name {:?} path {:?}",
+            "socket activation: fd {fd} name {} path {}",
             name.as_deref().unwrap_or("-"),
-            path
+            path.as_deref()
+                .map_or_else(|| "(unnamed)".into(), |p| p.display().to_string())
         );
         out.push(ListenFd {
             listener: UnixListener::from(owned),
@@ -481,8 +482,11 @@ fn pick_listen_fd(mut fds: Vec<ListenFd>, path: &Path) -> Option<ListenFd> {
     }
     let first = fds.into_iter().next()?;
     log::warn!(
-        "inherited socket is bound to {:?}, not {}; using it",
-        first.path,
+        "inherited socket is bound to {}, not {}; using it",
+        first
+            .path
+            .as_deref()
+            .map_or_else(|| "(unnamed)".into(), |p| p.display().to_string()),
         path.display()
     );
     Some(first)

@@ -543,9 +543,9 @@ fn finish_open(
             .map_err(|e| ioctl_err("enable bus master")(std::io::Error::other(e.to_string())))?;
     }
     log::info!(
-        "vfio: opened {} ({:?}, {}): flags {flags:#x}, {num_regions} regions, {num_irqs} irqs",
+        "vfio: opened {} ({}, {}): flags {flags:#x}, {num_regions} regions, {num_irqs} irqs",
         d.name,
-        d.bus,
+        d.bus.name(),
         d.iommu.describe(group_id)
     );
     Ok(d)

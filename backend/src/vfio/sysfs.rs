@@ -85,6 +85,16 @@ pub enum Bus {
 }
 
 impl Bus {
+    /// The bus's name in sysfs (`pci`, `platform`, `amba`; `other`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bus::Pci => "pci",
+            Bus::Platform => "platform",
+            Bus::Amba => "amba",
+            Bus::Other => "other",
+        }
+    }
+
     /// The VFIO driver for devices on this bus.
     pub fn vfio_driver(self) -> &'static str {
         match self {
