@@ -172,6 +172,9 @@ pub enum ProbeError {
         /// What went wrong.
         detail: String,
     },
+    /// The peer closed the connection before answering VERSION.
+    #[error("{0} closed the connection without answering VERSION: a vfio-sidecar server does this to a peer its --allow-uid/--allow-gid policy refuses (its log says \"connection refused\"); otherwise it is not a vfio-user server")]
+    ClosedBeforeVersion(PathBuf),
     /// No reply in time.
     #[error("timed out after {secs} s waiting for the reply to {command} from {path} (not a vfio-user server, or a stuck one)")]
     Timeout {
@@ -491,6 +494,9 @@ fn map_connect_error(path: &Path, e: ClientError, secs: u64) -> ProbeError {
                 _ => ProbeError::Refused(path.into()),
             },
             ErrorKind::PermissionDenied => ProbeError::PermissionDenied(path.into()),
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset => {
+                ProbeError::ClosedBeforeVersion(path.into())
+            }
             _ => ProbeError::NotVfioUser {
                 path: path.into(),
                 detail: io.to_string(),
@@ -502,10 +508,7 @@ fn map_connect_error(path: &Path, e: ClientError, secs: u64) -> ProbeError {
             path: path.into(),
             detail: format!("VERSION refused: {errno}"),
         },
-        ClientError::Disconnected => ProbeError::NotVfioUser {
-            path: path.into(),
-            detail: "it closed the connection instead of answering VERSION".into(),
-        },
+        ClientError::Disconnected => ProbeError::ClosedBeforeVersion(path.into()),
         e => ProbeError::NotVfioUser {
             path: path.into(),
             detail: e.to_string(),
@@ -968,7 +971,10 @@ pub fn render_text(r: &ProbeReport) -> String {
     let mut s = String::new();
     let c = &r.capabilities;
     s.push_str(&format!("vfio-user server at {}\n", r.socket));
-    s.push_str(&format!("\tProtocol: vfio-user {}\n", r.version));
+    s.push_str(&format!(
+        "\tProtocol: vfio-user {} (the VERSION message's major.minor; spec document 0.9.2)\n",
+        r.version
+    ));
     s.push_str(&format!(
         "\tCapabilities: max_msg_fds={} max_data_xfer_size={} max_dma_maps={} pgsizes={:#x} write_multiple{} migration{} twin_socket{}\n",
         c.max_msg_fds,

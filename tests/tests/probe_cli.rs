@@ -199,6 +199,18 @@ fn connection_errors_are_explained() {
     assert!(e.contains("is not a vfio-user server"), "{e}");
     t.join().unwrap();
 
+    // A server that closes unanswered, as the backend does to a peer its
+    // --allow-uid policy refuses: the message names that cause.
+    let closing = dir.0.join("closing.sock");
+    let l = UnixListener::bind(&closing).unwrap();
+    let t = std::thread::spawn(move || drop(l.accept().unwrap()));
+    let e = probe_err(&["--socket", closing.to_str().unwrap()]);
+    assert!(
+        e.contains("closed the connection without answering VERSION") && e.contains("--allow-uid"),
+        "{e}"
+    );
+    t.join().unwrap();
+
     // A server that accepts and never answers.
     let silent = dir.0.join("silent.sock");
     let l = UnixListener::bind(&silent).unwrap();
