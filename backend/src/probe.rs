@@ -652,6 +652,34 @@ fn resolve_region(spec: &RegionRef, regions: &[RegionReport]) -> Result<u32, Pro
     }
 }
 
+/// One `--read`: a single REGION_READ; when the device refuses a read wider
+/// than 4 bytes with EINVAL (register files such as the PL330 allow only
+/// aligned 32-bit accesses) and the range is 4-byte aligned, the same range
+/// as 32-bit reads.
+fn read_region(c: &mut Client, region: u32, offset: u64, size: usize) -> Result<Vec<u8>, String> {
+    match c.region_read(region, offset, size) {
+        Ok(d) => Ok(d),
+        Err(ClientError::Remote { errno, .. })
+            if errno == Errno::EINVAL && size > 4 && offset % 4 == 0 && size % 4 == 0 =>
+        {
+            log::info!("the device refused a {size}-byte read: reading it as 32-bit accesses");
+            let mut out = Vec::with_capacity(size);
+            for off in (offset..offset + size as u64).step_by(4) {
+                let word = c
+                    .region_read(region, off, 4)
+                    .map_err(|e| format!("{e} (also refused as a 32-bit read at {off:#x})"))?;
+                out.extend_from_slice(&word);
+            }
+            Ok(out)
+        }
+        Err(ClientError::Remote { errno, .. }) if errno == Errno::EINVAL => Err(format!(
+            "{errno}: the device refused this access (register files often allow only aligned \
+             accesses of their register width, e.g. the PL330: aligned 4-byte reads)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Connects, queries and returns the report (nothing printed).
 pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
     let path = args.socket.as_path();
@@ -854,14 +882,12 @@ pub fn probe(args: &ProbeArgs) -> Result<ProbeReport, ProbeError> {
     let mut reads = Vec::new();
     for r in &args.read {
         let region = resolve_region(&r.region, &regions)?;
-        let data = c
-            .region_read(region, r.offset, r.size as usize)
-            .map_err(|e| {
-                ProbeError::Read(format!(
-                    "region {region} offset {:#x} size {}: {e}",
-                    r.offset, r.size
-                ))
-            })?;
+        let data = read_region(&mut c, region, r.offset, r.size as usize).map_err(|e| {
+            ProbeError::Read(format!(
+                "region {region} offset {:#x} size {}: {e}",
+                r.offset, r.size
+            ))
+        })?;
         reads.push(ReadReport {
             region,
             offset: r.offset,

@@ -125,6 +125,16 @@ fn pl330_text_with_device_tree_and_plain_mode() {
     assert_eq!(j["regions"][0]["size"], 4096);
     assert!(j["regions"][0]["name"].is_null());
     assert!(j["irqs"][0]["eoi"].is_null());
+    // A read wider than the PL330's 32-bit registers: done as 32-bit reads
+    // (the PrimeCell ID block); an unaligned one is refused with the reason.
+    let j = probe_json(&srv.socket, &["--read", "0:0xfe0:32"]);
+    assert_eq!(
+        j["reads"][0]["hex"],
+        "30000000130000002400000000000000\
+         0d000000f000000005000000b1000000"
+    );
+    let e = probe_err(&["--socket", sock, "--read", "0:0xfe2:6"]);
+    assert!(e.contains("aligned 4-byte reads"), "{e}");
 }
 
 #[test]
