@@ -168,8 +168,15 @@ fn truncate_and_seal_racing_dma_map_never_kills_the_backend() {
     let mut rng = Rng(0x853c_49e6_748f_ea9b);
     let (mut accepted, mut refused, mut rounds) = (0u32, 0u32, 0u32);
     let t0 = Instant::now();
-    r.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    while rounds < 3000 && t0.elapsed() < Duration::from_secs(10) {
+    r.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The client's truncate must land just after the backend's size check:
+    // the delay adapts towards that point (longer after a refusal, i.e. the
+    // truncate came before the check; shorter after an accepted map), with
+    // jitter around it.
+    let mut delay: u64 = 20_000;
+    while rounds < 6000 && t0.elapsed() < Duration::from_secs(12) {
         rounds += 1;
         let fd = sealable_memfd(0x10000);
         let id = r.send(
@@ -179,7 +186,7 @@ fn truncate_and_seal_racing_dma_map_never_kills_the_backend() {
         );
         // Inside the backend's DMA_MAP (a few µs after its wake-up): shrink
         // to one page and seal against shrinking.
-        spin(rng.next() % 80_000);
+        spin((delay + rng.next() % 3000).saturating_sub(1500));
         // SAFETY: ftruncate/F_ADD_SEALS on our own memfd.
         unsafe {
             assert_eq!(libc::ftruncate(fd.as_raw_fd(), 0x1000), 0);
@@ -189,17 +196,16 @@ fn truncate_and_seal_racing_dma_map_never_kills_the_backend() {
             );
         }
         let rep = r.try_reply().unwrap_or_else(|e| {
-            panic!(
-                "round {rounds}: no DMA_MAP reply ({e}): {}",
-                srv.log_text()
-            )
+            panic!("round {rounds}: no DMA_MAP reply ({e}): {}", srv.log_text())
         });
         assert_eq!(rep.hdr.msg_id, id);
         if rep.errno() != 0 {
             refused += 1;
+            delay = (delay + 400).min(200_000);
             continue;
         }
         accepted += 1;
+        delay = delay.saturating_sub(400);
         // The mapping's pages 1.. are gone: the DMAGO gate's fetch probe at
         // page 9 must fault the manager, not kill the backend by SIGBUS.
         r.try_dmago(IOVA as u32 + 0x9000)

@@ -123,7 +123,10 @@ fn saturated_blocking_trigger_signalled_by_the_event_loop() {
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     while host_interrupts(&mut r, 0) == 0 {
-        assert!(t0.elapsed() < REPLY_WATCHDOG, "the program never raised IRQ 0");
+        assert!(
+            t0.elapsed() < REPLY_WATCHDOG,
+            "the program never raised IRQ 0"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(nowait_read(reader.as_raw_fd()), Some(EVENTFD_MAX));
@@ -158,9 +161,9 @@ fn resample_eventfd_drained_by_the_client_between_poll_and_read() {
             stolen += 1;
         }
         for _ in 0..BATCH {
-            let rep = r.try_reply().unwrap_or_else(|e| {
-                panic!("round {rounds}: no reply ({e}): the backend hangs")
-            });
+            let rep = r
+                .try_reply()
+                .unwrap_or_else(|e| panic!("round {rounds}: no reply ({e}): the backend hangs"));
             assert_eq!(rep.hdr.msg_id, id);
             id = id.wrapping_add(1);
         }
