@@ -18,6 +18,13 @@
 //!   Note: every anonymous-inode fd (a VFIO device fd, an eventfd) shares one inode,
 //!   so once a VFIO device fd is registered no anon-inode fd can be DMA-mapped —
 //!   none of them is RAM anyway;
+//! * a regular file must live on a filesystem whose files are RAM or local disk
+//!   pages (tmpfs — memfds and POSIX shm —, hugetlbfs, ramfs, ext2/3/4, xfs,
+//!   btrfs, f2fs, overlayfs, bcachefs, zfs; by `fstatfs` `f_type`): sysfs,
+//!   procfs, debugfs and the other kernel interfaces are refused (a PCI BAR's
+//!   sysfs `resourceN` is another device's MMIO), and so are network and
+//!   userspace filesystems (NFS, 9p, FUSE — a page fault could wait on a
+//!   daemon the client runs) (`EINVAL`, [`DmaError::NotRam`]);
 //! * at least one of read/write/exec;
 //! * `DMA_UNMAP` must match an entry exactly (`EINVAL` otherwise, per the spec), or
 //!   is "unmap all".
@@ -40,7 +47,10 @@
 //! `process_vm_readv`/`process_vm_writev` on this process, where the kernel turns
 //! the bus error into `EFAULT`, which becomes a [`DmaFault`] (the device sees a
 //! bus error, as hardware would). A seccomp policy must allow those two
-//! syscalls (on the own pid).
+//! syscalls (on the own pid). The seals are read *before* the size (see
+//! `Backing::probe`): a client that truncates and seals its file while the
+//! backend handles the DMA_MAP gets either a refused map (size) or an
+//! unsealed, checked mapping — never a shrunk file treated as sealed.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -108,6 +118,18 @@ pub enum DmaError {
     /// The fd cannot back a mapping.
     #[error("DMA map: fd not mappable: {0}")]
     NotMappable(String),
+    /// A regular file on a filesystem whose files are not RAM (sysfs, procfs,
+    /// debugfs, FUSE, ...): e.g. a PCI BAR's sysfs `resourceN` is device MMIO.
+    #[error(
+        "DMA map: the fd is a file on {fs} (f_type {magic:#x}), which is not RAM \
+         (only memfd, tmpfs, hugetlbfs, ramfs or local disk filesystems back guest memory)"
+    )]
+    NotRam {
+        /// Name of the filesystem (or "unknown filesystem").
+        fs: &'static str,
+        /// Its `statfs.f_type`.
+        magic: u64,
+    },
     /// The fd is one of the device's own region fds.
     #[error("DMA map: fd refers to a device region (device MMIO is never DMA-mapped as RAM)")]
     DeviceRegionFd,
@@ -280,6 +302,96 @@ fn sealed_against_shrink(fd: &impl AsRawFd) -> bool {
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
 }
 
+/// What the table learns about a DMA_MAP fd before mapping it.
+struct Backing {
+    st: libc::stat,
+    /// Sealed against shrinking when the seals were read.
+    sealed: bool,
+}
+
+impl Backing {
+    /// Reads the seals BEFORE the size (issue 13 #3). The client holds the
+    /// file too and may truncate and seal it at any moment: with the size
+    /// read first, a truncate+seal after the size check made a shrunk file
+    /// look sealed, and plain copies into the lost pages raised SIGBUS. Seals
+    /// are only ever added, so seals read first are still in force when the
+    /// size is read: either the seal (and the size it froze) is seen by both,
+    /// or the mapping counts as unsealed and gets checked copies.
+    /// `between` runs between the two reads (tests put a racing client there).
+    fn probe(fd: &OwnedFd, between: impl FnOnce()) -> Result<Backing, DmaError> {
+        let sealed = sealed_against_shrink(fd);
+        between();
+        let st = fstat(fd).map_err(|e| DmaError::NotMappable(e.to_string()))?;
+        Ok(Backing { st, sealed })
+    }
+}
+
+/// `statfs.f_type` of filesystems whose regular files are RAM (shmem, page
+/// cache of a local disk filesystem): a DMA_MAP of a regular file elsewhere
+/// is refused ([`DmaError::NotRam`]). memfds live on tmpfs (hugetlbfs with
+/// `MFD_HUGETLB`), POSIX shm on tmpfs.
+const RAM_FILESYSTEMS: &[(u64, &str)] = &[
+    (0x0102_1994, "tmpfs"),
+    (0x9584_58f6, "hugetlbfs"),
+    (0x8584_58f6, "ramfs"),
+    (0xef53, "ext2/ext3/ext4"),
+    (0x5846_5342, "xfs"),
+    (0x9123_683e, "btrfs"),
+    (0xf2f5_2010, "f2fs"),
+    (0x794c_7630, "overlayfs"),
+    (0xca45_1a4e, "bcachefs"),
+    (0x2fc1_2fc1, "zfs"),
+];
+
+/// Names of filesystems that are refused, for the error message: kernel
+/// interfaces (a sysfs `resourceN` is another device's MMIO), and network or
+/// userspace filesystems (a page fault could wait on a peer, e.g. a FUSE
+/// daemon run by the client).
+const OTHER_FILESYSTEMS: &[(u64, &str)] = &[
+    (0x6265_6572, "sysfs"),
+    (0x9fa0, "proc"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x6265_6570, "configfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0xcafe_4a11, "bpf"),
+    (0x6165_676c, "pstore"),
+    (0xde5e_81e4, "efivarfs"),
+    (0x6573_5546, "fuse"),
+    (0x6969, "nfs"),
+    (0xff53_4d42, "cifs"),
+    (0x0102_1997, "9p"),
+];
+
+/// `Ok` if the filesystem holding `fd` keeps its regular files in RAM or on a
+/// local disk ([`RAM_FILESYSTEMS`]).
+fn check_ram_filesystem(fd: &impl AsRawFd) -> Result<(), DmaError> {
+    let mut sfs = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes at most one `struct statfs` into the buffer we
+    // own; the fd is borrowed and open for the call.
+    let rc = unsafe { libc::fstatfs(fd.as_raw_fd(), sfs.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(DmaError::NotMappable(format!(
+            "fstatfs: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: fstatfs returned 0, so it initialised the structure.
+    // f_type's integer type differs between targets; it is a 32-bit magic.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = unsafe { sfs.assume_init() }.f_type as u64 & 0xffff_ffff;
+    if RAM_FILESYSTEMS.iter().any(|&(m, _)| m == magic) {
+        return Ok(());
+    }
+    let fs = OTHER_FILESYSTEMS
+        .iter()
+        .find(|&&(m, _)| m == magic)
+        .map_or("an unknown filesystem", |&(_, n)| n);
+    Err(DmaError::NotRam { fs, magic })
+}
+
 impl Drop for HostMap {
     fn drop(&mut self) {
         // SAFETY: we created this mapping in `new`; the non-owning `region` view is
@@ -429,6 +541,20 @@ impl DmaTable {
         offset: u64,
         prot: DmaProt,
     ) -> Result<MappedRegion, DmaError> {
+        self.map_probed(iova, size, fd, offset, prot, || {})
+    }
+
+    /// [`DmaTable::map`], running `between` between reading the fd's seals
+    /// and its size (see [`Backing::probe`]).
+    fn map_probed(
+        &mut self,
+        iova: u64,
+        size: u64,
+        fd: OwnedFd,
+        offset: u64,
+        prot: DmaProt,
+        between: impl FnOnce(),
+    ) -> Result<MappedRegion, DmaError> {
         if size == 0 {
             return Err(DmaError::ZeroSize);
         }
@@ -456,7 +582,7 @@ impl DmaTable {
             return Err(DmaError::Limit(self.limit));
         }
         let len = usize::try_from(size).map_err(|_| DmaError::Wrap { iova, size })?;
-        let st = fstat(&fd).map_err(|e| DmaError::NotMappable(e.to_string()))?;
+        let Backing { st, sealed } = Backing::probe(&fd, between)?;
         let id = FileId {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -465,16 +591,19 @@ impl DmaTable {
             return Err(DmaError::DeviceRegionFd);
         }
         let fmt = st.st_mode & libc::S_IFMT;
-        if fmt == libc::S_IFREG && (st.st_size < 0 || (st.st_size as u64) < file_end) {
-            return Err(DmaError::NotMappable(format!(
-                "file is {} bytes, mapping needs {file_end}",
-                st.st_size
-            )));
-        }
         if fmt != libc::S_IFREG && fmt != libc::S_IFCHR && fmt != libc::S_IFBLK {
             return Err(DmaError::NotMappable(format!(
                 "file type {fmt:#o} cannot back guest memory"
             )));
+        }
+        if fmt == libc::S_IFREG {
+            check_ram_filesystem(&fd)?;
+            if st.st_size < 0 || (st.st_size as u64) < file_end {
+                return Err(DmaError::NotMappable(format!(
+                    "file is {} bytes, mapping needs {file_end}",
+                    st.st_size
+                )));
+            }
         }
         // A character device may be device MMIO (a VFIO cdev or device fd of
         // another backend, /dev/mem, UIO): only device-DAX memory is RAM.
@@ -497,7 +626,7 @@ impl DmaTable {
             mprot |= libc::PROT_WRITE;
         }
         let map = HostMap::new(&fd, offset, len, mprot)?;
-        let sealed = fmt == libc::S_IFREG && sealed_against_shrink(&fd);
+        let sealed = fmt == libc::S_IFREG && sealed;
         if !sealed {
             log::debug!("DMA map {iova:#x}: file not sealed against shrinking, checked copies");
         }
@@ -818,6 +947,107 @@ mod tests {
         t.dma_write(0x13000, b"back").unwrap();
         t.dma_read(0x13000, &mut buf[..4], DmaAccess::Read).unwrap();
         assert_eq!(&buf[..4], b"back");
+    }
+
+    /// A memfd that allows sealing, `size` bytes, no seal yet.
+    fn sealable(size: u64) -> OwnedFd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a static NUL-terminated name; new fd.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"sealable".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        assert!(raw >= 0);
+        // SAFETY: fresh fd, owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        File::from(fd.try_clone().unwrap()).set_len(size).unwrap();
+        fd
+    }
+
+    /// Issue 13 #3: the client truncates and seals between two of the
+    /// table's reads. Seals are read first, so the shrunk file is refused by
+    /// the size check that follows, and a file sealed (not shrunk) after the
+    /// seal read counts as unsealed (checked copies) — never the reverse.
+    #[test]
+    fn seals_are_read_before_the_size() {
+        let fd = sealable(0x10000);
+        let client = fd.try_clone().unwrap();
+        let mut t = DmaTable::default();
+        let e = t
+            .map_probed(0x10000, 0x10000, fd, 0, RW, || {
+                // SAFETY: ftruncate/F_ADD_SEALS on our own memfd.
+                unsafe {
+                    assert_eq!(libc::ftruncate(client.as_raw_fd(), 0x1000), 0);
+                    assert_eq!(
+                        libc::fcntl(client.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK),
+                        0
+                    );
+                }
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("file is 4096 bytes"),
+            "shrunk before the size check: refused ({e})"
+        );
+        let fd = sealable(0x2000);
+        let client = fd.try_clone().unwrap();
+        t.map_probed(0x10000, 0x2000, fd, 0, RW, || {
+            // SAFETY: F_ADD_SEALS on our own memfd.
+            let rc =
+                unsafe { libc::fcntl(client.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+            assert_eq!(rc, 0);
+        })
+        .unwrap();
+        assert!(
+            !t.entries.get(&0x10000).unwrap().sealed,
+            "sealed after the seal read: treated as unsealed"
+        );
+        // Shrunk after the map: checked copies fault instead of SIGBUS.
+        // SAFETY: ftruncate is refused by the seal now; shrink nothing.
+        assert_ne!(unsafe { libc::ftruncate(client.as_raw_fd(), 0) }, 0);
+    }
+
+    #[test]
+    fn regular_files_must_be_on_a_ram_or_disk_filesystem() {
+        let mut t = DmaTable::default();
+        for path in [
+            "/proc/self/stat",
+            "/proc/version",
+            "/sys/devices/system/cpu/online",
+        ] {
+            let Ok(f) = File::open(path) else { continue };
+            let e = t.map(0, 0x1000, OwnedFd::from(f), 0, RW).unwrap_err();
+            assert!(matches!(e, DmaError::NotRam { .. }), "{path}: {e}");
+            assert_eq!(e.errno(), libc::EINVAL);
+        }
+        let e = t
+            .map(
+                0,
+                0x1000,
+                OwnedFd::from(File::open("/proc/version").unwrap()),
+                0,
+                RW,
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("file on proc (f_type 0x9fa0)"),
+            "{e}"
+        );
+        // memfd (tmpfs) and a file in the temp directory are fine.
+        t.map(0, 0x1000, mfd(0x1000), 0, RW).unwrap();
+        let p = std::env::temp_dir().join(format!("dma-disk-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        f.set_len(0x1000).unwrap();
+        let _ = std::fs::remove_file(&p);
+        t.map(0x1000, 0x1000, OwnedFd::from(f), 0, RW).unwrap();
     }
 
     #[test]

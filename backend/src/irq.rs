@@ -18,7 +18,9 @@
 //!   otherwise `start == 0, count == 1`: `DATA_EVENTFD` sets/clears the trigger,
 //!   `DATA_NONE`/`DATA_BOOL(true)` is the loopback test: the vector fires as if the
 //!   device raised it (level vectors auto-mask).
-//! * Eventfds are checked to really be eventfds (a pipe could block the server).
+//! * Eventfds are checked to really be eventfds (a pipe could block the server),
+//!   and every read and write of one goes through [`peer_eventfd`], which never
+//!   blocks whatever the client does to the eventfd's flags or counter.
 //!
 //! Counters per vector ([`IrqCounters`]): device events = rising edges of the
 //! device line; host interrupts = signals on the trigger eventfd; unmasks =
@@ -36,13 +38,13 @@
 //!   device makes an unmask of an unmasked vector a no-op).
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Serialize};
 use vfio_sidecar_protocol::ext;
 
 use crate::device::{DeviceError, IrqAction, IrqCounters, IrqData, SetIrqs};
+use crate::peer_eventfd::{self, PeerFdError, Signalled};
 
 /// Checks that `fd` is an eventfd (by its `/proc/self/fd` link).
 pub fn check_eventfd(fd: &impl AsRawFd) -> Result<(), DeviceError> {
@@ -58,28 +60,24 @@ pub fn check_eventfd(fd: &impl AsRawFd) -> Result<(), DeviceError> {
     }
 }
 
-/// Signals an eventfd. The fd is non-blocking (see [`set_nonblocking`]): a
-/// counter at its maximum gives `EAGAIN`, which is not an error — the reader
-/// already sees a pending event, as with the kernel's saturating
-/// `eventfd_signal`.
-fn signal(f: &File) -> std::io::Result<()> {
-    let mut f = f;
-    match f.write(&1u64.to_ne_bytes()) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            log::debug!("IRQ eventfd counter saturated; event already pending");
-            Ok(())
-        }
-        Err(e) => Err(e),
+/// Signals a client's eventfd ([`peer_eventfd::signal`]: never blocks, even
+/// if the client made the eventfd blocking and saturated its counter). A
+/// saturated counter is not an error — the reader already sees a pending
+/// event, as with the kernel's saturating `eventfd_signal`.
+fn signal(f: &File) -> Result<(), PeerFdError> {
+    if peer_eventfd::signal(f)? == Signalled::Saturated {
+        log::debug!("IRQ eventfd counter saturated; event already pending");
     }
+    Ok(())
 }
 
-/// Puts a client's eventfd in non-blocking mode. The client may hand over a
-/// blocking eventfd with its counter at the maximum (a write would sleep) or
-/// drain it between our poll and our read; either would freeze the whole
-/// event loop. The flag lives on the open file description, which the client
-/// shares: its own reads and writes of this eventfd become non-blocking too
-/// (VMMs create their eventfds non-blocking anyway).
+/// Puts a client's eventfd in non-blocking mode. The flag lives on the open
+/// file description, which the client shares and can change back at any time,
+/// so this is no guarantee: what keeps the backend from blocking on a
+/// client's eventfd is [`peer_eventfd`] (per-call `RWF_NOWAIT` reads and
+/// deadline-bounded writes). Setting it still spares the common case the
+/// deadline timer. The client's own reads and writes of this eventfd become
+/// non-blocking too (VMMs create their eventfds non-blocking anyway).
 pub fn set_nonblocking(fd: &impl AsRawFd) -> Result<(), DeviceError> {
     // SAFETY: F_GETFL/F_SETFL on an fd we own; no memory is passed.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -319,12 +317,12 @@ impl EmulatedIrqs {
             return Ok(false);
         };
         if let Some(f) = &v.unmask_fd {
-            let mut buf = [0u8; 8];
-            let mut f = f;
-            match f.read(&mut buf) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) => return Err(DeviceError::Io(e)),
+            // Never blocks, even if the client made the eventfd blocking and
+            // drained it between our poll and this read.
+            match peer_eventfd::consume(f) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(true),
+                Err(e) => return Err(DeviceError::Io(std::io::Error::other(e))),
             }
         }
         self.unmask(index)?;
@@ -579,6 +577,7 @@ impl EoiEngine {
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::fd::FromRawFd;
 
     /// A non-blocking eventfd and a second handle to read it (test helper).

@@ -9,6 +9,7 @@ pub mod dt;
 pub mod host;
 pub mod irq;
 pub mod model;
+pub mod peer_eventfd;
 pub mod probe;
 pub mod profile;
 pub mod sandbox;

@@ -27,8 +27,8 @@ use thiserror::Error;
 pub use notify::Notifier;
 pub use privs::{drop_privileges, resolve_group, resolve_user, Credentials, GroupSpec, UserSpec};
 pub use seccomp::{
-    allowed_syscalls, apply_seccomp, seccomp_filters, syscall_conditions, thread_syscalls,
-    SeccompAction, SeccompProfile,
+    allowed_syscalls, apply_seccomp, prepare_allocator, seccomp_filters, syscall_conditions,
+    thread_syscalls, SeccompAction, SeccompProfile,
 };
 pub use socket::{
     check_peer, create_listener, listen_fds_from_env, open_listener, peer_cred, ListenFd, Listener,

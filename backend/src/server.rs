@@ -1014,6 +1014,9 @@ fn test_forbidden_syscall() {
 /// checked against the peer policy ([`sandbox::check_peer`]): a refused peer is
 /// logged and closed before a single byte is read from it.
 pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
+    // Before any thread exists: one malloc arena, whose trimming stays
+    // inside the seccomp allow-list (see `sandbox::prepare_allocator`).
+    sandbox::prepare_allocator();
     let mut backend = build_backend(&args)?;
     let opts = socket_opts(&args)?;
     let policy = peer_policy(&args)?;

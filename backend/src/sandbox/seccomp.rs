@@ -87,6 +87,8 @@ const COMMON: &[(&str, i64)] = &[
     ("pwrite64", libc::SYS_pwrite64),
     ("preadv", libc::SYS_preadv),
     ("pwritev", libc::SYS_pwritev),
+    // `peer_eventfd::consume`: RWF_NOWAIT reads of client eventfds.
+    ("preadv2", libc::SYS_preadv2),
     ("lseek", libc::SYS_lseek),
     ("recvmsg", libc::SYS_recvmsg),
     ("sendmsg", libc::SYS_sendmsg),
@@ -110,6 +112,11 @@ const COMMON: &[(&str, i64)] = &[
     ("timerfd_create", libc::SYS_timerfd_create),
     ("timerfd_settime", libc::SYS_timerfd_settime),
     ("timerfd_gettime", libc::SYS_timerfd_gettime),
+    // `peer_eventfd`: the per-thread deadline timer bounding writes of client
+    // eventfds (timer_create: CLOCK_MONOTONIC only).
+    ("timer_create", libc::SYS_timer_create),
+    ("timer_settime", libc::SYS_timer_settime),
+    ("timer_delete", libc::SYS_timer_delete),
     // Memory: DMA table (client memfds), mmap-able regions, models' memfds, malloc.
     ("mmap", libc::SYS_mmap),
     ("munmap", libc::SYS_munmap),
@@ -125,6 +132,8 @@ const COMMON: &[(&str, i64)] = &[
     ("dup", libc::SYS_dup),
     ("dup3", libc::SYS_dup3),
     ("fstat", libc::SYS_fstat),
+    // The DMA table's filesystem check (sysfs/procfs files are not RAM).
+    ("fstatfs", libc::SYS_fstatfs),
     ("newfstatat", libc::SYS_newfstatat),
     ("statx", libc::SYS_statx),
     ("ioctl", libc::SYS_ioctl),
@@ -212,6 +221,10 @@ pub fn syscall_conditions() -> &'static [(&'static str, &'static str)] {
              FIONCLEX, FIONREAD, TCGETS, TIOCGWINSZ",
         ),
         ("mmap", "prot without PROT_EXEC"),
+        (
+            "timer_create",
+            "clock CLOCK_MONOTONIC (peer_eventfd's per-thread deadline timer)",
+        ),
         ("mprotect", "prot without PROT_EXEC"),
         (
             "tgkill",
@@ -293,6 +306,17 @@ pub fn seccomp_filters(profile: &SeccompProfile) -> Result<Vec<BpfProgram>> {
     };
     rules.insert(libc::SYS_mmap, no_exec()?);
     rules.insert(libc::SYS_mprotect, no_exec()?);
+
+    // The deadline timers of peer_eventfd: CLOCK_MONOTONIC only.
+    rules.insert(
+        libc::SYS_timer_create,
+        vec![rule(vec![cond(
+            0,
+            ArgLen::Dword,
+            Op::Eq,
+            libc::CLOCK_MONOTONIC as u64,
+        )?])?],
+    );
 
     // Signals only to ourselves.
     let pid = u64::from(std::process::id());
@@ -377,6 +401,31 @@ pub fn seccomp_filters(profile: &SeccompProfile) -> Result<Vec<BpfProgram>> {
     // Last: once it is installed, seccomp(2) itself is forbidden.
     out.push(to_bpf(main)?);
     Ok(out)
+}
+
+/// Keeps the C allocator inside the allow-list (issue 13 #2). Call once,
+/// before the first thread is spawned (the serve loop does so first thing).
+///
+/// glibc's malloc gives each thread beyond the first its own arena of mmapped
+/// heaps; shrinking one of those (`heap_trim` → `shrink_heap`, e.g. when a
+/// client's 20,000 DMA entries are freed on the connection thread) first
+/// calls `check_may_shrink_heap`, which opens `/proc/sys/vm/overcommit_memory`
+/// (glibc `sysdeps/unix/sysv/linux/malloc-sysdep.h`; the answer is cached in
+/// a static afterwards, but the first time comes after the filter): `openat`,
+/// which the filter must not allow (it cannot check the path), so the
+/// backend died by SIGSYS. With `M_ARENA_MAX` = 1 every thread allocates from
+/// the main arena, which grows and trims with `brk` (allowed) and returns
+/// large blocks with `munmap`; `shrink_heap` is never reached. The backend has
+/// two threads that serialise on the device lock anyway, so one arena costs
+/// no parallelism. musl's allocator opens nothing; this is a no-op there.
+pub fn prepare_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator parameters; no memory passed.
+        if unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) } != 1 {
+            log::warn!("mallopt(M_ARENA_MAX, 1) failed: heap trimming may need openat");
+        }
+    }
 }
 
 /// Installs the filter on every thread of the process (TSYNC) and sets
