@@ -31,6 +31,7 @@ use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vfio_sidecar_protocol::caps::{Capabilities, Limits, Negotiated, SidecarCaps, SIDECAR_VERSION};
@@ -57,6 +58,9 @@ use crate::profile::Profile;
 use crate::sandbox::{
     self, GroupSpec, PeerPolicy, SandboxError, SeccompProfile, SocketOpts, UserSpec,
 };
+
+mod refused;
+use refused::{RefusedPeers, TOKEN_REFUSED};
 
 /// Page size for trapping.
 const PAGE: u64 = 4096;
@@ -781,45 +785,6 @@ impl Handler for Backend {
     }
 }
 
-/// Answers a second client's VERSION with EBUSY.
-struct BusyHandler;
-
-/// How long a refused second client may take to accept its EBUSY reply.
-const REJECT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
-
-impl Handler for BusyHandler {
-    fn version(&mut self, _client: &Capabilities) -> Result<Capabilities, Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn dma_map(&mut self, _r: &DmaMap, _fd: Option<OwnedFd>) -> Result<(), Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn dma_unmap(&mut self, _r: &DmaUnmap) -> Result<(), Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn device_info(&mut self) -> Result<WireDeviceInfo, Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn region_info(&mut self, _i: u32) -> Result<(WireRegionInfo, Option<RawFd>), Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn irq_info(&mut self, _i: u32) -> Result<WireIrqInfo, Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn set_irqs(&mut self, _r: &WireSetIrqs, _f: Vec<OwnedFd>) -> Result<(), Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn region_read(&mut self, _r: u32, _o: u64, _b: &mut [u8]) -> Result<(), Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn region_write(&mut self, _r: u32, _o: u64, _d: &[u8]) -> Result<(), Errno> {
-        Err(Errno::EBUSY)
-    }
-    fn reset(&mut self) -> Result<(), Errno> {
-        Err(Errno::EBUSY)
-    }
-}
-
 /// Errors of `serve`. Each message names the fix.
 #[derive(Debug, Error)]
 pub enum ServeError {
@@ -843,16 +808,29 @@ const MESSAGES_PER_WAKEUP: usize = 64;
 
 const TOKEN_LISTEN: u64 = 1;
 const TOKEN_SIGNAL: u64 = 3;
-const TOKEN_REJECT: u64 = 4;
 const TOKEN_KICK: u64 = 5;
 const TOKEN_DONE: u64 = 6;
 const TOKEN_DEVICE: u64 = 1 << 63;
 
 /// How long SIGTERM (or a new client) waits for the connection thread to
 /// finish cleaning up after the served client.
-const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
-/// SIGTERM/SIGINT as a signalfd (signals blocked in this thread).
+/// The signals that shut the backend down cleanly (socket file removed):
+/// SIGTERM and SIGINT as always, and the other signals an operator or a
+/// supervisor sends whose default action would kill it without cleanup
+/// (SIGHUP has no reload meaning).
+const SHUTDOWN_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// [`SHUTDOWN_SIGNALS`] as a signalfd (blocked in this thread and the
+/// threads it starts afterwards).
 struct SignalFd {
     fd: OwnedFd,
     old: libc::sigset_t,
@@ -866,8 +844,9 @@ impl SignalFd {
         // mask change only affects this thread; signalfd creates a new fd.
         unsafe {
             libc::sigemptyset(set.as_mut_ptr());
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+            for sig in SHUTDOWN_SIGNALS {
+                libc::sigaddset(set.as_mut_ptr(), sig);
+            }
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), old.as_mut_ptr());
             if rc != 0 {
                 return Err(std::io::Error::from_raw_os_error(rc));
@@ -1112,182 +1091,262 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         max_dma_maps: args.max_dma_maps,
         ..Limits::default()
     };
-    // The served client: the slot is taken while it is `Some`; SIGTERM
-    // shuts its socket down to end the connection thread's wait.
-    let mut client: Option<ShutdownHandle> = None;
-    let mut rejecting: Option<ServerConnection> = None;
-    let mut events = vec![EpollEvent::default(); 16];
-    let buffered =
-        |c: &Option<ServerConnection>| c.as_ref().is_some_and(|c| c.has_buffered_message());
-    loop {
-        // A refused connection's message may sit complete in its receive
-        // buffer (not making its socket readable): do not sleep then. Device
-        // work left pending: keep running it between events.
-        let pending = lock(&shared).work_pending;
-        let timeout = if pending || buffered(&rejecting) {
-            0
+    EventLoop {
+        epoll: &epoll,
+        listener: &listener,
+        shared: &shared,
+        to_conn,
+        limits,
+        policy: &policy,
+        client: None,
+        refused: RefusedPeers::default(),
+        accept: AcceptBackoff::default(),
+        #[cfg(debug_assertions)]
+        forbidden_hook,
+    }
+    .run(&sig)
+}
+
+/// Growing pause of the listener after a failed `accept` (the fd table is
+/// full, or memory is short): the pending connection stays in the backlog,
+/// and the loop neither spins on the still-readable listener nor floods the
+/// log. Reset by the next successful accept.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The current pause (zero: none yet).
+    pause: Duration,
+    /// While paused: when to watch the listener again.
+    until: Option<Instant>,
+}
+
+/// First and longest pause of [`AcceptBackoff`].
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptBackoff {
+    /// Starts (or doubles) the pause at `now`; returns its length.
+    fn fail(&mut self, now: Instant) -> Duration {
+        self.pause = (self.pause * 2).clamp(ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX);
+        self.until = Some(now + self.pause);
+        self.pause
+    }
+
+    fn succeed(&mut self) {
+        self.pause = Duration::ZERO;
+        self.until = None;
+    }
+}
+
+/// The serve loop's state (see [`run_serve`]).
+struct EventLoop<'a> {
+    epoll: &'a Epoll,
+    listener: &'a std::os::unix::net::UnixListener,
+    shared: &'a Shared,
+    to_conn: mpsc::Sender<ServerConnection>,
+    limits: Limits,
+    policy: &'a PeerPolicy,
+    /// The served client: the slot is taken while it is `Some`; a signal
+    /// shuts its socket down to end the connection thread's wait.
+    client: Option<ShutdownHandle>,
+    refused: RefusedPeers,
+    accept: AcceptBackoff,
+    #[cfg(debug_assertions)]
+    forbidden_hook: bool,
+}
+
+impl EventLoop<'_> {
+    fn run(&mut self, sig: &SignalFd) -> Result<(), ServeError> {
+        let mut events = vec![EpollEvent::default(); 16];
+        let mut listening = true;
+        loop {
+            let timers = !self.refused.is_empty() || self.accept.until.is_some();
+            let now = timers.then(Instant::now);
+            if let Some(now) = now {
+                self.refused.expire(self.epoll, now);
+                if self.accept.until.is_some_and(|t| t <= now) {
+                    self.accept.until = None;
+                }
+            }
+            // Watch the listener unless accepting is paused (backoff) or
+            // the refused peers' set is full.
+            let want = self.accept.until.is_none() && !self.refused.is_full();
+            if want != listening {
+                self.watch_listener(want)?;
+                listening = want;
+            }
+            // Device work left pending: keep running it between events.
+            let timeout = if lock(self.shared).work_pending {
+                0
+            } else {
+                let next = [self.refused.next_deadline(), self.accept.until]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match (next, now) {
+                    (Some(t), Some(now)) => {
+                        let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
+                        i32::try_from(ms).unwrap_or(i32::MAX)
+                    }
+                    _ => -1,
+                }
+            };
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ServeError::EventLoop(e)),
+            };
+            // The slot-freed notification first: a client arriving in the
+            // same wake-up as the previous one's cleanup is then accepted.
+            let mut tokens: Vec<u64> = events.iter().take(n).map(|e| e.data()).collect();
+            tokens.sort_by_key(|&t| t != TOKEN_DONE);
+            for token in tokens {
+                match token {
+                    TOKEN_SIGNAL => {
+                        self.shut_down(sig);
+                        return Ok(());
+                    }
+                    TOKEN_LISTEN => self.accept_pending()?,
+                    TOKEN_DONE => {
+                        // The connection thread finished a client (cleaned up).
+                        if self.shared.done.read().is_ok() {
+                            self.client = None;
+                        }
+                    }
+                    TOKEN_KICK => {
+                        // Device work became pending: the loop's timeout sees it.
+                        let _ = self.shared.kick.read();
+                    }
+                    t if t & TOKEN_DEVICE != 0 => {
+                        lock(self.shared).on_poll_fd(t & !TOKEN_DEVICE);
+                    }
+                    t if t & TOKEN_REFUSED != 0 => self.refused.on_readable(self.epoll, t),
+                    t => log::debug!("unexpected epoll token {t:#x}"),
+                }
+            }
+            lock(self.shared).run_pending();
+        }
+    }
+
+    fn watch_listener(&self, on: bool) -> Result<(), ServeError> {
+        let fd = self.listener.as_raw_fd();
+        let r = if on {
+            ctl(self.epoll, ControlOperation::Add, fd, TOKEN_LISTEN)
         } else {
-            -1
+            self.epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
         };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ServeError::EventLoop(e)),
-        };
-        let reject_buffered =
-            buffered(&rejecting) && !events.iter().take(n).any(|e| e.data() == TOKEN_REJECT);
-        if n == 0 && !reject_buffered {
-            lock(&shared).run_pending();
-            continue;
+        r.map_err(ServeError::EventLoop)
+    }
+
+    /// A terminating signal: the served client's socket is shut down (its
+    /// cleanup awaited, bounded), refused peers get their EBUSY, and the
+    /// loop ends (the socket file is removed by the caller's guard).
+    fn shut_down(&mut self, sig: &SignalFd) {
+        let signo = sig.read().unwrap_or(0);
+        log::info!("signal {signo}: shutting down");
+        self.refused.answer_all();
+        match self.client.take() {
+            Some(sock) => {
+                // Ends the connection thread's wait (a receive, or a reply
+                // write to a client that does not read); it cleans up
+                // (client_gone) and reports on `done`.
+                sock.shutdown();
+                if !readable_within(&self.shared.done, SHUTDOWN_WAIT) {
+                    log::warn!("client cleanup did not finish within {SHUTDOWN_WAIT:?}; exiting");
+                }
+            }
+            None => lock(self.shared).log_counters("exit"),
         }
-        // The slot-freed notification first: a client arriving in the same
-        // wake-up as the previous one's cleanup is then accepted.
-        let mut tokens: Vec<u64> = events.iter().take(n).map(|e| e.data()).collect();
-        if reject_buffered {
-            tokens.push(TOKEN_REJECT);
-        }
-        tokens.sort_by_key(|&t| t != TOKEN_DONE);
-        for token in tokens {
-            match token {
-                TOKEN_SIGNAL => {
-                    let signo = sig.read().unwrap_or(0);
-                    log::info!("signal {signo}: shutting down");
-                    match client.take() {
-                        Some(sock) => {
-                            // Ends the connection thread's wait; it cleans up
-                            // (client_gone) and reports on `done`.
-                            sock.shutdown();
-                            if !readable_within(&shared.done, SHUTDOWN_WAIT) {
-                                log::warn!(
-                                    "client cleanup did not finish within {SHUTDOWN_WAIT:?}; exiting"
-                                );
-                            }
-                        }
-                        None => lock(&shared).log_counters("exit"),
-                    }
-                    return Ok(());
+    }
+
+    /// Accepts what the backlog holds, until it is empty, the refused set
+    /// is full, or `accept` fails (then backs off).
+    fn accept_pending(&mut self) -> Result<(), ServeError> {
+        while !self.refused.is_full() && self.accept.until.is_none() {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    self.accept.succeed();
+                    self.on_accepted(stream)?;
                 }
-                TOKEN_LISTEN => loop {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            #[cfg(debug_assertions)]
-                            if forbidden_hook {
-                                test_forbidden_syscall();
-                            }
-                            let cred = match sandbox::check_peer(&stream, &policy) {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    // Closed unread: the peer sees EOF (or ECONNRESET).
-                                    log::warn!("connection refused: {e}");
-                                    continue;
-                                }
-                            };
-                            // A served client that has hung up no longer holds
-                            // the slot: let its cleanup finish, then serve this one.
-                            if client.as_ref().is_some_and(ShutdownHandle::peer_hung_up)
-                                && readable_within(&shared.done, SHUTDOWN_WAIT)
-                            {
-                                let _ = shared.done.read();
-                                client = None;
-                            }
-                            let mut conn = match ServerConnection::new(stream, limits) {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    log::warn!("new connection: {e}");
-                                    continue;
-                                }
-                            };
-                            if client.is_none() {
-                                log::info!(
-                                    "client connected (pid {} uid {} gid {})",
-                                    cred.pid,
-                                    cred.uid,
-                                    cred.gid
-                                );
-                                // Served by the connection thread: one blocking
-                                // receive per request, no epoll in between. A
-                                // batch limit bounds how long it holds the
-                                // backend for a client keeping its socket full.
-                                conn.set_batch_limit(MESSAGES_PER_WAKEUP);
-                                if let Err(e) = conn.set_blocking(true) {
-                                    log::warn!("cannot serve client: {e}");
-                                    continue;
-                                }
-                                let sock = conn.shutdown_handle();
-                                if to_conn.send(conn).is_err() {
-                                    return Err(ServeError::EventLoop(std::io::Error::other(
-                                        "the connection thread is gone",
-                                    )));
-                                }
-                                client = Some(sock);
-                            } else {
-                                log::warn!(
-                                    "second client refused: one client at a time (it gets EBUSY)"
-                                );
-                                if let Some(old) = rejecting.take() {
-                                    let _ = epoll.ctl(
-                                        ControlOperation::Delete,
-                                        old.as_raw_fd(),
-                                        EpollEvent::default(),
-                                    );
-                                }
-                                // A refused peer gets one read and a short write
-                                // timeout: it cannot hold the loop by not reading.
-                                conn.set_write_timeout(REJECT_WRITE_TIMEOUT);
-                                conn.set_batch_limit(1);
-                                if ctl(
-                                    &epoll,
-                                    ControlOperation::Add,
-                                    conn.as_raw_fd(),
-                                    TOKEN_REJECT,
-                                )
-                                .is_ok()
-                                {
-                                    rejecting = Some(conn);
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            log::warn!("accept: {e}");
-                            break;
-                        }
-                    }
-                },
-                TOKEN_DONE => {
-                    // The connection thread finished a client (cleaned up).
-                    if shared.done.read().is_ok() {
-                        client = None;
-                    }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    let pause = self.accept.fail(Instant::now());
+                    vfio_sidecar_protocol::peer_warn!(
+                        "accept: {e}; not accepting connections for {pause:?}"
+                    );
                 }
-                TOKEN_KICK => {
-                    // Device work became pending: the loop's timeout sees it.
-                    let _ = shared.kick.read();
-                }
-                TOKEN_REJECT => {
-                    // One message (its VERSION, answered EBUSY), then it goes.
-                    let done = match rejecting.as_mut() {
-                        Some(c) => {
-                            let _ = c.handle_readable(&mut BusyHandler);
-                            true
-                        }
-                        None => false,
-                    };
-                    if done {
-                        if let Some(c) = rejecting.take() {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                c.as_raw_fd(),
-                                EpollEvent::default(),
-                            );
-                        }
-                    }
-                }
-                t if t & TOKEN_DEVICE != 0 => lock(&shared).on_poll_fd(t & !TOKEN_DEVICE),
-                t => log::debug!("unexpected epoll token {t:#x}"),
             }
         }
-        lock(&shared).run_pending();
+        Ok(())
+    }
+
+    fn on_accepted(&mut self, stream: std::os::unix::net::UnixStream) -> Result<(), ServeError> {
+        #[cfg(debug_assertions)]
+        if self.forbidden_hook {
+            test_forbidden_syscall();
+        }
+        let cred = match sandbox::check_peer(&stream, self.policy) {
+            Ok(c) => c,
+            Err(e) => {
+                // Closed unread: the peer sees EOF (or ECONNRESET).
+                vfio_sidecar_protocol::peer_warn!("connection refused: {e}");
+                return Ok(());
+            }
+        };
+        // A served client that has hung up no longer holds the slot: let
+        // its cleanup finish, then serve this one.
+        if self
+            .client
+            .as_ref()
+            .is_some_and(ShutdownHandle::peer_hung_up)
+            && readable_within(&self.shared.done, SHUTDOWN_WAIT)
+        {
+            let _ = self.shared.done.read();
+            self.client = None;
+        }
+        if self.client.is_some() {
+            vfio_sidecar_protocol::peer_warn!(
+                "second client refused: one client at a time (it gets EBUSY)"
+            );
+            self.refused.add(self.epoll, stream, Instant::now());
+            return Ok(());
+        }
+        let mut conn = match ServerConnection::new(stream, self.limits) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("new connection: {e}");
+                return Ok(());
+            }
+        };
+        log::info!(
+            "client connected (pid {} uid {} gid {})",
+            cred.pid,
+            cred.uid,
+            cred.gid
+        );
+        // Served by the connection thread: one blocking receive per
+        // request, no epoll in between. A batch limit bounds how long it
+        // holds the backend for a client keeping its socket full; replies
+        // are written after the lock is released.
+        conn.set_batch_limit(MESSAGES_PER_WAKEUP);
+        conn.set_deferred_replies(true);
+        if let Err(e) = conn.set_blocking(true) {
+            log::warn!("cannot serve client: {e}");
+            return Ok(());
+        }
+        let sock = conn.shutdown_handle();
+        if self.to_conn.send(conn).is_err() {
+            return Err(ServeError::EventLoop(std::io::Error::other(
+                "the connection thread is gone",
+            )));
+        }
+        self.client = Some(sock);
+        Ok(())
     }
 }
 
@@ -1312,7 +1371,7 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Backend> {
 }
 
 /// Waits until `fd` is readable, at most `t`; false on timeout or error.
-fn readable_within(fd: &EventFd, t: std::time::Duration) -> bool {
+fn readable_within(fd: &EventFd, t: Duration) -> bool {
     // SAFETY: `fd` is a live EventFd borrowed for the duration of the wait.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
     vfio_sidecar_protocol::transport::wait_fd(fd, libc::POLLIN, Some(t)).unwrap_or(false)
@@ -1365,13 +1424,17 @@ fn serve_connection(
         // runs the rest between its events.
         let pending = b.run_pending();
         drop(b);
-        if status == ConnStatus::Closed {
-            return Ok(());
-        }
         if pending && !was_pending {
             if let Err(e) = shared.kick.write(1) {
                 log::warn!("cannot wake the event loop for device work: {e}");
             }
+        }
+        // The batch's replies (deferred) go out with the device lock
+        // released, all of them within one deadline: a client that reads
+        // slowly or not at all stalls only itself, and a signal's shutdown
+        // of the socket ends the write at once.
+        if conn.flush_replies()? == ConnStatus::Closed || status == ConnStatus::Closed {
+            return Ok(());
         }
     }
 }

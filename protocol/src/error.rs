@@ -247,6 +247,18 @@ pub enum ServerError {
     /// The client violated the protocol in a way that cannot be recovered.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The client did not take a batch of replies before its deadline (it
+    /// reads too slowly, or not at all).
+    #[error(
+        "the client did not read its replies within {timeout:?} ({unsent} bytes unsent): \
+         connection closed"
+    )]
+    ReplyDeadline {
+        /// The deadline of the batch, from its first write.
+        timeout: std::time::Duration,
+        /// Bytes of the batch it had not taken.
+        unsent: usize,
+    },
 }
 
 #[cfg(test)]

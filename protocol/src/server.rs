@@ -14,22 +14,27 @@
 //! * dropped silently (logged): reply-type messages from the client;
 //! * close: EOF/socket errors, a declared size above `SKIP_LIMIT`, an
 //!   unsupported major version or a failed negotiation (after an error reply),
-//!   a client that does not drain its replies within the write timeout.
+//!   a client that does not take a batch of replies within the write timeout
+//!   (a total deadline per batch, see [`ServerConnection::flush_replies`]).
+//!
+//! Replies are queued in an [`Outbox`] and written per batch: after the
+//! batch ([`ServerConnection::handle_readable`]), or, with deferred replies
+//! ([`ServerConnection::set_deferred_replies`]), when the caller calls
+//! [`ServerConnection::flush_replies`] — e.g. after releasing a lock the
+//! handler needed, so that a client that stops reading stalls nobody else.
 
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::caps::{negotiate, Capabilities, Limits, Negotiated, VERSION_MAJOR, VERSION_MINOR};
 use crate::error::{DecodeError, Errno, ServerError, TransportError};
 use crate::ext::{DeviceDescription, IrqStats};
 use crate::header::{command as cmd, flags, Header, MsgType, HEADER_SIZE};
 use crate::message::*;
-use crate::transport::{
-    send_bytes, send_message, Filled, FrameError, Incoming, Message, MessageReader,
-};
+use crate::transport::{Filled, FrameError, Incoming, Message, MessageReader, Outbox};
 
 /// State of a connection after [`ServerConnection::handle_readable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +128,15 @@ pub trait Handler {
     }
 }
 
-/// Default time a reply write may wait for the client to drain its socket.
+/// Default deadline for writing one batch of replies (from the start of its
+/// write; not restarted when the client reads a little).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Queued reply bytes at which a batch ends (deferred replies: the caller
+/// must flush before more is handled) or is written out within the batch
+/// (immediate replies). Bounds the memory a client that does not read can
+/// make the connection hold to this plus one reply.
+pub const OUTBOX_HIGH: usize = 256 << 10;
 
 /// Largest REGION_READ/REGION_WRITE served by the in-place fast path of
 /// [`ServerConnection`] (trapped MMIO is 1–8 bytes); larger ones take the
@@ -228,6 +240,11 @@ pub struct ServerConnection {
     write_timeout: Duration,
     scratch: Vec<u8>,
     batch: usize,
+    /// Replies of the current batch, not yet written.
+    out: Outbox,
+    /// Replies wait for [`Self::flush_replies`] instead of being written
+    /// at the end of each batch.
+    deferred: bool,
     fast_path: bool,
     /// The fast path's reply (kept: no zeroing of the whole buffer per access).
     fast_reply: [u8; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
@@ -282,6 +299,8 @@ impl ServerConnection {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             scratch: Vec::new(),
             batch: usize::MAX,
+            out: Outbox::default(),
+            deferred: false,
             fast_path: true,
             fast_reply: [0; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
         })
@@ -312,9 +331,47 @@ impl ServerConnection {
         self.reader.has_frame()
     }
 
-    /// Sets how long a reply write may wait for the client (default 5 s).
+    /// Sets the deadline for writing one batch of replies (default 5 s):
+    /// a client that has not taken the whole batch by then is dropped,
+    /// however little it read meanwhile.
     pub fn set_write_timeout(&mut self, t: Duration) {
         self.write_timeout = t;
+    }
+
+    /// Deferred replies (`true`): [`Self::handle_buffered`] and
+    /// [`Self::handle_readable`] only queue the replies of their batch (a
+    /// batch also ends once [`OUTBOX_HIGH`] bytes are queued), and the caller
+    /// writes them with [`Self::flush_replies`] before handling more — e.g.
+    /// after releasing a lock, so that no lock is held while a client that
+    /// does not read stalls the write. Default (`false`): each call writes
+    /// its replies before it returns.
+    pub fn set_deferred_replies(&mut self, on: bool) {
+        self.deferred = on;
+    }
+
+    /// True when replies are queued, not yet written.
+    pub fn has_pending_replies(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Writes the queued replies, all of them within the write timeout from
+    /// now (a total deadline). `Closed`: the client is gone.
+    /// [`ServerError::ReplyDeadline`]: it did not take them in time (drop the
+    /// connection).
+    pub fn flush_replies(&mut self) -> Result<ConnStatus, ServerError> {
+        if self.out.is_empty() {
+            return Ok(ConnStatus::Open);
+        }
+        let deadline = Instant::now().checked_add(self.write_timeout);
+        match self.out.flush(self.sock.as_fd(), deadline) {
+            Ok(()) => Ok(ConnStatus::Open),
+            Err(TransportError::Disconnected) => Ok(ConnStatus::Closed),
+            Err(TransportError::Timeout) => Err(ServerError::ReplyDeadline {
+                timeout: self.write_timeout,
+                unsent: self.out.len(),
+            }),
+            Err(e) => Err(ServerError::Transport(e)),
+        }
     }
 
     /// The negotiation result, once VERSION succeeded.
@@ -393,7 +450,24 @@ impl ServerConnection {
         }
     }
 
+    /// One batch ([`Self::batch_of`]), then, unless replies are deferred,
+    /// its replies written (also the error reply before a close).
     fn handle(
+        &mut self,
+        h: &mut dyn Handler,
+        may_receive: bool,
+    ) -> Result<ConnStatus, ServerError> {
+        let status = self.batch_of(h, may_receive)?;
+        if self.deferred {
+            return Ok(status);
+        }
+        match self.flush_replies()? {
+            ConnStatus::Open => Ok(status),
+            ConnStatus::Closed => Ok(ConnStatus::Closed),
+        }
+    }
+
+    fn batch_of(
         &mut self,
         h: &mut dyn Handler,
         may_receive: bool,
@@ -403,6 +477,14 @@ impl ServerConnection {
         loop {
             if handled >= self.batch {
                 return Ok(ConnStatus::Open);
+            }
+            if self.out.len() >= OUTBOX_HIGH {
+                if self.deferred {
+                    return Ok(ConnStatus::Open);
+                }
+                if self.flush_replies()? == ConnStatus::Closed {
+                    return Ok(ConnStatus::Closed);
+                }
             }
             if let Some(r) = self.fast_path.then(|| self.fast_access(h)).flatten() {
                 handled += 1;
@@ -528,19 +610,12 @@ impl ServerConnection {
         let reply = &mut self.fast_reply;
         reply[..HEADER_SIZE].copy_from_slice(&hdr);
         reply[HEADER_SIZE..HEADER_SIZE + FIXED].copy_from_slice(&fixed);
-        let sent = send_bytes(
-            self.sock.as_fd(),
-            reply.get(..len).unwrap_or_default(),
-            Some(self.write_timeout),
-        );
-        Some(match sent {
-            Ok(()) => Ok(true),
-            Err(TransportError::Disconnected) => Ok(false),
-            Err(e) => Err(ServerError::Transport(e)),
-        })
+        self.out.push_bytes(reply.get(..len).unwrap_or_default());
+        Some(Ok(true))
     }
 
-    /// Sends the outcome; returns false when the connection must close.
+    /// Queues the reply for the outcome; returns false when the connection
+    /// must close (after that reply).
     fn respond(&mut self, req: &Header, outcome: Outcome) -> Result<bool, ServerError> {
         let (reply, close) = match outcome {
             Outcome::Silent => return Ok(true),
@@ -569,13 +644,7 @@ impl ServerConnection {
                     None => &[],
                 };
                 let hdr = Header::reply_to(req, fixed.len() + r.payload.len() + data.len());
-                send_message(
-                    self.sock.as_fd(),
-                    &hdr,
-                    &[fixed, &r.payload, data],
-                    &r.fds,
-                    Some(self.write_timeout),
-                )
+                self.out.push(&hdr, &[fixed, &r.payload, data], &r.fds)
             }
             Err(e) => {
                 log::debug!(
@@ -583,20 +652,23 @@ impl ServerConnection {
                     cmd::name(req.command),
                     req.msg_id
                 );
-                send_message(
-                    self.sock.as_fd(),
-                    &Header::error_reply(req, e.raw()),
-                    &[],
-                    &[],
-                    Some(self.write_timeout),
-                )
+                self.out.push(&Header::error_reply(req, e.raw()), &[], &[])
             }
         };
-        match r {
-            Ok(()) => Ok(!close),
-            Err(TransportError::Disconnected) => Ok(false),
-            Err(e) => Err(ServerError::Transport(e)),
+        if let Err(e) = r {
+            // The reply could not be queued (its fds could not be
+            // duplicated, e.g. EMFILE): the client gets that errno instead.
+            log::warn!(
+                "cannot queue the reply to {} (id {}): {e}",
+                cmd::name(req.command),
+                req.msg_id
+            );
+            let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+            self.out
+                .push(&Header::error_reply(req, errno.raw()), &[], &[])
+                .map_err(|e| ServerError::Transport(TransportError::Io(e)))?;
         }
+        Ok(!close)
     }
 
     fn dispatch(&mut self, m: Message, h: &mut dyn Handler) -> Outcome {

@@ -2,7 +2,10 @@
 //!
 //! * Sending: one `sendmsg` per message carries the fds with the first byte;
 //!   partial writes are continued (without fds); `MSG_NOSIGNAL` (no SIGPIPE);
-//!   a socket that stays full for the write timeout is an error.
+//!   the timeout is a total deadline for the whole message (not restarted when
+//!   the peer drains a little): a peer that has not taken it by then is an error.
+//!   [`Outbox`] queues several messages (with their fds) and writes them in as
+//!   few system calls as the fd boundaries allow, under one total deadline.
 //! * Receiving ([`MessageReader`]): resumable state machine over a receive
 //!   buffer: one `recvmsg` usually brings a whole message (header and payload)
 //!   and everything queued behind it; fds are attributed by the rule documented
@@ -13,6 +16,7 @@
 //!   skipped (consumed into a fixed scratch buffer) and reported, so the stream
 //!   never desyncs; a declared size beyond [`SKIP_LIMIT`] closes the connection.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -653,8 +657,9 @@ pub fn wait_fd(fd: BorrowedFd<'_>, events: i16, timeout: Option<Duration>) -> io
 }
 
 /// Sends one message: `header` followed by `parts`, with `fds` attached to
-/// the first byte. Handles partial writes and a full socket (waiting up to
-/// `timeout` for it to drain each time it is full).
+/// the first byte. Handles partial writes and a full socket; `timeout` is a
+/// total deadline for the whole message, counted from the first time the
+/// socket is full (`None`: wait as long as it takes).
 pub fn send_message(
     fd: BorrowedFd<'_>,
     header: &Header,
@@ -684,6 +689,7 @@ pub fn send_message(
     }
     let mut sent = 0usize;
     let mut fds_sent = fds.is_empty();
+    let mut deadline = Deadline::new(timeout);
     while sent < total {
         // Build the iovecs of what is left.
         let mut iov = [libc::iovec {
@@ -711,11 +717,7 @@ pub fn send_message(
                 sent += n;
                 fds_sent = true;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !wait_fd(fd, libc::POLLOUT, timeout).map_err(map_io)? {
-                    return Err(TransportError::Timeout);
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => deadline.wait_writable(fd)?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(map_io(e)),
         }
@@ -724,47 +726,234 @@ pub fn send_message(
 }
 
 /// Sends `bytes` (one whole message, no fds) with `send`, handling partial
-/// writes and a full socket like [`send_message`] (waiting up to `timeout`
-/// each time it is full). One system call in the usual case.
+/// writes and a full socket like [`send_message`] (`timeout`: total deadline
+/// from the first time the socket is full). One system call in the usual case.
 pub fn send_bytes(
     fd: BorrowedFd<'_>,
     bytes: &[u8],
     timeout: Option<Duration>,
 ) -> Result<(), TransportError> {
     let mut sent = 0usize;
+    let mut deadline = Deadline::new(timeout);
     while let Some(rest) = bytes.get(sent..).filter(|r| !r.is_empty()) {
-        // SAFETY: `rest` is a live buffer of `rest.len()` bytes; sendto only
-        // reads it; no address (NULL, 0) on a connected socket. The raw
-        // system call skips libc's cancellation-point bookkeeping (nothing
-        // here uses thread cancellation), which is most of a small send's
-        // user-space cost.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_sendto,
-                fd.as_raw_fd(),
-                rest.as_ptr(),
-                rest.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                std::ptr::null::<libc::sockaddr>(),
-                0 as libc::socklen_t,
-            )
-        } as isize;
-        if n >= 0 {
-            sent += n as usize;
-            continue;
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock => {
-                if !wait_fd(fd, libc::POLLOUT, timeout).map_err(map_io)? {
-                    return Err(TransportError::Timeout);
-                }
-            }
-            io::ErrorKind::Interrupted => {}
-            _ => return Err(map_io(e)),
+        match send_once(fd, rest) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => deadline.wait_writable(fd)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(map_io(e)),
         }
     }
     Ok(())
+}
+
+/// One non-blocking `send` of `bytes` (no fds); `WouldBlock` when the socket
+/// is full. A zero-byte result for a non-empty buffer is reported as
+/// `WouldBlock` too, so no caller can spin on it.
+fn send_once(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: `bytes` is a live buffer of `bytes.len()` bytes; sendto only
+    // reads it; no address (NULL, 0) on a connected socket. The raw system
+    // call skips libc's cancellation-point bookkeeping (nothing here uses
+    // thread cancellation), which is most of a small send's user-space cost.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd.as_raw_fd(),
+            bytes.as_ptr(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::socklen_t,
+        )
+    } as isize;
+    match n {
+        n if n < 0 => Err(io::Error::last_os_error()),
+        0 if !bytes.is_empty() => Err(io::ErrorKind::WouldBlock.into()),
+        n => Ok(n as usize),
+    }
+}
+
+/// A total deadline for a write, started the first time the socket is full
+/// (the common case never reads the clock).
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    timeout: Option<Duration>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    fn new(timeout: Option<Duration>) -> Self {
+        Deadline { timeout, at: None }
+    }
+
+    /// A deadline already running: `at` (`None`: never).
+    fn at(at: Option<Instant>) -> Self {
+        Deadline { timeout: None, at }
+    }
+
+    /// Waits until `fd` takes more bytes, at most until the deadline;
+    /// `Timeout` once it has passed. Never restarts the deadline.
+    fn wait_writable(&mut self, fd: BorrowedFd<'_>) -> Result<(), TransportError> {
+        if self.at.is_none() {
+            self.at = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        }
+        // No deadline (or one too far to represent): wait as long as it takes.
+        let left = self
+            .at
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if wait_fd(fd, libc::POLLOUT, left).map_err(map_io)? {
+            Ok(())
+        } else {
+            Err(TransportError::Timeout)
+        }
+    }
+}
+
+/// A message of an [`Outbox`] that carries fds: its byte range in the queue
+/// and the fds (owned duplicates), sent with its first byte.
+#[derive(Debug)]
+struct FdMessage {
+    start: usize,
+    end: usize,
+    fds: Vec<OwnedFd>,
+}
+
+/// Messages queued to be written later (e.g. after a lock is released), in
+/// order, with their fds.
+///
+/// [`Outbox::flush`] writes the queue with as few `send`s as the fds allow:
+/// runs of fd-less messages go out together; a message with fds is written
+/// by a `sendmsg` that starts at its first byte (the fds ride on it) and ends
+/// at its last, so a receiver attributing fds to the message that holds the
+/// last byte of the receive that returned them (the rule of
+/// [`MessageReader`]) sees them on the right message. The fds are duplicated
+/// when queued (`F_DUPFD_CLOEXEC`): the caller's may be closed meanwhile.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    bytes: Vec<u8>,
+    sent: usize,
+    with_fds: VecDeque<FdMessage>,
+}
+
+/// Capacity an [`Outbox`] keeps after a flush; more is released.
+const OUTBOX_KEEP: usize = 256 << 10;
+
+impl Outbox {
+    /// Bytes queued and not yet written.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+
+    /// Nothing queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues one message: `header` followed by `parts` (their total length
+    /// must be `header.size`), with duplicates of `fds`. On error (the
+    /// lengths disagree, or duplicating an fd failed, e.g. `EMFILE`) nothing
+    /// is queued.
+    pub fn push(&mut self, header: &Header, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+        let total = HEADER_SIZE + parts.iter().map(|p| p.len()).sum::<usize>();
+        if total != header.size as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("header size {} != message length {total}", header.size),
+            ));
+        }
+        let owned = fds
+            .iter()
+            .map(|&f| dup_cloexec(f))
+            .collect::<io::Result<Vec<_>>>()?;
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&header.encode());
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        if !owned.is_empty() {
+            self.with_fds.push_back(FdMessage {
+                start,
+                end: self.bytes.len(),
+                fds: owned,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues the bytes of whole messages without fds.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Writes everything queued to `fd` (non-blocking sends, waiting for the
+    /// socket to drain when it is full), all of it before `deadline` (`None`:
+    /// no limit): `Timeout` when the peer has not taken it by then, however
+    /// little it read meanwhile. On success the queue is empty; on error it
+    /// keeps what was not sent (the connection should be closed).
+    pub fn flush(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<(), TransportError> {
+        let mut wait = Deadline::at(deadline);
+        while self.sent < self.bytes.len() {
+            let (end, with_fds) = match self.with_fds.front() {
+                Some(m) if m.start == self.sent => (m.end, true),
+                Some(m) => (m.start, false),
+                None => (self.bytes.len(), false),
+            };
+            let chunk = self.bytes.get(self.sent..end).unwrap_or_default();
+            let r = if with_fds {
+                let raw: Vec<RawFd> = self
+                    .with_fds
+                    .front()
+                    .map(|m| m.fds.iter().map(AsRawFd::as_raw_fd).collect())
+                    .unwrap_or_default();
+                let iov = [libc::iovec {
+                    iov_base: chunk.as_ptr() as *mut libc::c_void,
+                    iov_len: chunk.len(),
+                }];
+                sendmsg_once(fd, &iov, &raw)
+            } else {
+                send_once(fd, chunk)
+            };
+            match r {
+                Ok(n) => {
+                    if with_fds {
+                        // Sent with this first part; the rest goes without.
+                        self.with_fds.pop_front();
+                    }
+                    self.sent += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait.wait_writable(fd)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_io(e)),
+            }
+        }
+        self.clear();
+        Ok(())
+    }
+
+    /// Drops everything queued (fds closed).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.sent = 0;
+        self.with_fds.clear();
+        if self.bytes.capacity() > OUTBOX_KEEP {
+            self.bytes.shrink_to(OUTBOX_KEEP);
+        }
+    }
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: an owned duplicate of `fd`.
+fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a caller-provided fd number; F_DUPFD_CLOEXEC creates a
+    // new fd (or fails) and touches no memory.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `n` was just created by fcntl and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 fn sendmsg_once(fd: BorrowedFd<'_>, iov: &[libc::iovec], fds: &[RawFd]) -> io::Result<usize> {
