@@ -82,11 +82,20 @@ pub trait Handler {
     /// DMA_UNMAP: validated request (a range, or all with `req.is_all()`).
     fn dma_unmap(&mut self, req: &DmaUnmap) -> Result<(), Errno>;
 
+    /// The number of DMA mappings the handler holds, if it counts them: the
+    /// connection then takes it as its count after every DMA_MAP/DMA_UNMAP
+    /// (a range unmap may remove any number of mappings). Default `None`:
+    /// the connection counts one per map and unmap.
+    fn dma_map_count(&self) -> Option<u32> {
+        None
+    }
+
     /// DEVICE_GET_INFO (`argsz` of the result is set by the connection).
     fn device_info(&mut self) -> Result<DeviceInfo, Errno>;
 
     /// DEVICE_GET_REGION_INFO: the region's info (incl. sparse areas) and, for
-    /// MMAP regions, a *borrowed* fd sent with the reply.
+    /// MMAP regions, a *borrowed* fd sent with the reply (with a full reply
+    /// only: a reply truncated by a small `argsz` carries none).
     fn region_info(&mut self, index: u32) -> Result<(RegionInfo, Option<RawFd>), Errno>;
 
     /// DEVICE_GET_REGION_IO_FDS: sub-regions and the (borrowed) fds they index.
@@ -137,6 +146,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// (immediate replies). Bounds the memory a client that does not read can
 /// make the connection hold to this plus one reply.
 pub const OUTBOX_HIGH: usize = 256 << 10;
+
+mod dma;
+pub use dma::DEFAULT_DMA_TIMEOUT;
 
 /// Largest REGION_READ/REGION_WRITE served by the in-place fast path of
 /// [`ServerConnection`] (trapped MMIO is 1–8 bytes); larger ones take the
@@ -248,6 +260,10 @@ pub struct ServerConnection {
     fast_path: bool,
     /// The fast path's reply (kept: no zeroing of the whole buffer per access).
     fast_reply: [u8; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
+    /// How long one server-to-client DMA_READ/DMA_WRITE waits for its reply.
+    dma_timeout: Duration,
+    /// Message id of the next server-to-client request.
+    next_dma_id: u16,
 }
 
 impl AsRawFd for ServerConnection {
@@ -303,6 +319,8 @@ impl ServerConnection {
             deferred: false,
             fast_path: true,
             fast_reply: [0; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
+            dma_timeout: DEFAULT_DMA_TIMEOUT,
+            next_dma_id: 0,
         })
     }
 
@@ -518,35 +536,41 @@ impl ServerConnection {
                 }
                 Err(e) => return Err(ServerError::Transport(e)),
             };
-            let (header, outcome) = match inc {
-                Incoming::Bad { header, error } => {
-                    crate::peer_warn!(
-                        "bad frame for {} (id {}): {:?}",
-                        cmd::name(header.command),
-                        header.msg_id,
-                        error
-                    );
-                    let e = match error {
-                        FrameError::Oversized => Errno::E2BIG,
-                        FrameError::Undersized | FrameError::TooManyFds => Errno::EINVAL,
-                    };
-                    let o = if header.is_reply() {
-                        Outcome::Silent
-                    } else {
-                        Outcome::Error(e)
-                    };
-                    (header, o)
-                }
-                Incoming::Message(m) => {
-                    let header = m.header;
-                    let o = self.dispatch(m, h);
-                    (header, o)
-                }
-            };
-            if !self.respond(&header, outcome)? {
+            if !self.serve_incoming(h, inc)? {
                 return Ok(ConnStatus::Closed);
             }
         }
+    }
+
+    /// Handles one received frame and sends its reply; false when the
+    /// connection must close.
+    fn serve_incoming(&mut self, h: &mut dyn Handler, inc: Incoming) -> Result<bool, ServerError> {
+        let (header, outcome) = match inc {
+            Incoming::Bad { header, error } => {
+                crate::peer_warn!(
+                    "bad frame for {} (id {}): {:?}",
+                    cmd::name(header.command),
+                    header.msg_id,
+                    error
+                );
+                let e = match error {
+                    FrameError::Oversized => Errno::E2BIG,
+                    FrameError::Undersized | FrameError::TooManyFds => Errno::EINVAL,
+                };
+                let o = if header.is_reply() {
+                    Outcome::Silent
+                } else {
+                    Outcome::Error(e)
+                };
+                (header, o)
+            }
+            Incoming::Message(m) => {
+                let header = m.header;
+                let o = self.dispatch(m, h);
+                (header, o)
+            }
+        };
+        self.respond(&header, outcome)
     }
 
     /// The fast path of the one request that dominates at run time, a trapped
@@ -705,7 +729,7 @@ impl ServerConnection {
         let out = match hdr.command {
             cmd::VERSION => Outcome::Error(Errno::EINVAL),
             cmd::DMA_MAP => {
-                let req = tri!(DmaMap::decode(&payload));
+                let req = tri!(DmaMap::decode_request(&payload));
                 let page = 1u64 << neg.server.pgsizes.trailing_zeros().min(63);
                 tri!(req.is_valid(neg.dma_exec(), page));
                 tri!(check_fds("DMA_MAP", &fds, 1));
@@ -714,23 +738,25 @@ impl ServerConnection {
                 }
                 let fd = fds.into_iter().next();
                 tri!(h.dma_map(&req, fd));
-                self.dma_maps += 1;
+                self.dma_maps = h.dma_map_count().unwrap_or(self.dma_maps + 1);
                 Outcome::Reply(Reply::empty())
             }
             cmd::DMA_UNMAP => {
-                let req = tri!(DmaUnmap::decode(&payload));
+                let req = tri!(DmaUnmap::decode_request(&payload));
                 tri!(req.is_valid());
                 tri!(check_fds("DMA_UNMAP", &fds, 0));
-                tri!(h.dma_unmap(&req));
-                if req.is_all() {
-                    self.dma_maps = 0;
-                } else {
-                    self.dma_maps = self.dma_maps.saturating_sub(1);
-                }
+                let r = h.dma_unmap(&req);
+                self.dma_maps = match h.dma_map_count() {
+                    Some(n) => n,
+                    None if r.is_err() => self.dma_maps,
+                    None if req.is_all() => 0,
+                    None => self.dma_maps.saturating_sub(1),
+                };
+                tri!(r);
                 Outcome::Reply(Reply::with(req.encode()))
             }
             cmd::DEVICE_GET_INFO => {
-                let req = tri!(DeviceInfo::decode(&payload));
+                let req = tri!(DeviceInfo::decode_request(&payload));
                 tri!(req.is_valid_request());
                 tri!(check_fds("DEVICE_GET_INFO", &fds, 0));
                 let mut info = tri!(h.device_info());
@@ -743,8 +769,15 @@ impl ServerConnection {
                 tri!(check_fds("DEVICE_GET_REGION_INFO", &fds, 0));
                 let (mut info, fd) = tri!(h.region_info(req.index));
                 info.index = req.index;
+                // A truncated reply (the capabilities do not fit the client's
+                // argsz) carries no fd: the client asks again with a larger
+                // argsz and gets it then. libvfio-user's client gives the first
+                // request no fd buffer; QEMU and the `vfio_user` crate use the
+                // fd of the full reply (docs/protocol.md).
+                let truncated = info.sparse.is_some() && (req.argsz as usize) < info.full_size();
                 let mut fds = Vec::new();
                 match fd {
+                    Some(_) if truncated && client_fds >= 1 => {}
                     Some(fd) if client_fds >= 1 => fds.push(fd),
                     Some(_) => {
                         // The client cannot receive fds: it must trap everything.
@@ -760,7 +793,7 @@ impl ServerConnection {
                 })
             }
             cmd::DEVICE_GET_REGION_IO_FDS => {
-                let req = tri!(RegionIoFdsRequest::decode(&payload));
+                let req = tri!(RegionIoFdsRequest::decode_request(&payload));
                 tri!(req.is_valid());
                 tri!(check_fds("DEVICE_GET_REGION_IO_FDS", &fds, 0));
                 let (subs, rfds) = tri!(h.region_io_fds(req.index));
@@ -781,7 +814,7 @@ impl ServerConnection {
                 })
             }
             cmd::DEVICE_GET_IRQ_INFO => {
-                let req = tri!(IrqInfo::decode(&payload));
+                let req = tri!(IrqInfo::decode_request(&payload));
                 tri!(req.is_valid_request());
                 tri!(check_fds("DEVICE_GET_IRQ_INFO", &fds, 0));
                 let mut info = tri!(h.irq_info(req.index));

@@ -391,9 +391,9 @@ fn inspect(sysfs_path: &Path) -> Result<(PathBuf, String, Bus, u32), VfioError> 
 
 /// Opens the VFIO device at `sysfs_path` (see the module documentation).
 pub fn open(sysfs_path: &Path, opts: &VfioOptions) -> Result<VfioDevice, VfioError> {
-    // VFIO first: on a host without it, no sysfs advice (rebinding a device
-    // to a driver that is not there) is useful.
-    if !Path::new("/dev/vfio").is_dir() {
+    // VFIO first (for a device that exists): on a host without it, no sysfs
+    // advice (rebinding a device to a driver that is not there) is useful.
+    if !Path::new("/dev/vfio").is_dir() && sysfs_path.exists() {
         return Err(VfioError::NoVfio("/dev/vfio".into()));
     }
     let (dev, name, bus, group_id) = inspect(sysfs_path)?;
