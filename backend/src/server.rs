@@ -416,7 +416,12 @@ impl Backend {
     /// mapping at all succeeds (type1 reports 0 bytes unmapped). QEMU unmaps
     /// sections it never got mapped (docs/protocol.md, DMA_UNMAP).
     fn unmap_range(&mut self, start: u64, size: u64) -> Result<(), Errno> {
-        let end = start.checked_add(size).ok_or(Errno::EINVAL)?;
+        let last = start
+            .checked_add(size.checked_sub(1).ok_or(Errno::EINVAL)?)
+            .ok_or(Errno::EINVAL)?;
+        // Exclusive end; a range ending at 2^64 is bounded by u64::MAX,
+        // which no mapping reaches (maps may not wrap).
+        let end = last.saturating_add(1);
         let fd_maps = self.dma.regions_in(start, end);
         let msg_maps = self.msgs.regions_in(start, end);
         let splits = fd_maps
@@ -1737,6 +1742,11 @@ mod tests {
         let m3 = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x4000, 0x1000);
         b.dma_map(&m3, Some(fd)).unwrap();
         assert_eq!(b.dma_map_count(), Some(2));
+        // A range ending at the top of the 64-bit space (QEMU's second half
+        // of a 2^64 vIOMMU unmap) is valid.
+        let top = DmaUnmap::new(0, 1 << 63, 1 << 63);
+        top.is_valid().unwrap();
+        b.dma_unmap(&top).unwrap();
         b.dma_unmap(&DmaUnmap::new(0, 0, 0x10_0000)).unwrap();
         assert_eq!(b.dma_map_count(), Some(0));
         assert!(!b.has_message_maps());
