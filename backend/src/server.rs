@@ -7,8 +7,11 @@
 //!   areas *minus* the pages that hold a clear register while the clear-register
 //!   policy is in force (they must trap); a region left without areas loses its
 //!   MMAP flag (the PL330 model has none anyway: one trapped 4 KiB frame).
-//! * **DMA**: `DMA_MAP` needs an fd (mapping without one, i.e. DMA_READ/WRITE
-//!   messages, is not supported: `EINVAL`); see [`crate::dma`]. EXEC: plain
+//! * **DMA**: `DMA_MAP` with an fd goes to [`crate::dma`]; without one the
+//!   client serves the range by DMA_READ/DMA_WRITE ([`crate::dma_msg`]: the
+//!   device stalls, `serve_transfers` exchanges the messages on the
+//!   connection thread while answering the client, the device runs again).
+//!   `DMA_UNMAP` follows Linux type1 (range; nothing mapped = success). EXEC: plain
 //!   clients get READ ⇒ EXEC; extension clients state EXEC; the extension reply
 //!   says `exec_enforced` = true for models, false for VFIO devices.
 //! * **EOI**: after a trapped access reaches the device, [`EoiEngine`] says which
@@ -420,7 +423,12 @@ impl Backend {
     /// mapping at all succeeds (type1 reports 0 bytes unmapped). QEMU unmaps
     /// sections it never got mapped (docs/protocol.md, DMA_UNMAP).
     fn unmap_range(&mut self, start: u64, size: u64) -> Result<(), Errno> {
-        let end = start.checked_add(size).ok_or(Errno::EINVAL)?;
+        let last = start
+            .checked_add(size.checked_sub(1).ok_or(Errno::EINVAL)?)
+            .ok_or(Errno::EINVAL)?;
+        // Exclusive end; a range ending at 2^64 is bounded by u64::MAX,
+        // which no mapping reaches (maps may not wrap).
+        let end = last.saturating_add(1);
         let fd_maps = self.dma.regions_in(start, end);
         let msg_maps = self.msgs.regions_in(start, end);
         let splits = fd_maps
@@ -1812,6 +1820,11 @@ mod tests {
         let m3 = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x4000, 0x1000);
         b.dma_map(&m3, Some(fd)).unwrap();
         assert_eq!(b.dma_map_count(), Some(2));
+        // A range ending at the top of the 64-bit space (QEMU's second half
+        // of a 2^64 vIOMMU unmap) is valid.
+        let top = DmaUnmap::new(0, 1 << 63, 1 << 63);
+        top.is_valid().unwrap();
+        b.dma_unmap(&top).unwrap();
         b.dma_unmap(&DmaUnmap::new(0, 0, 0x10_0000)).unwrap();
         assert_eq!(b.dma_map_count(), Some(0));
         assert!(!b.has_message_maps());
