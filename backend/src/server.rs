@@ -957,6 +957,9 @@ pub enum ServeError {
     /// Socket, socket activation, peer policy, privilege drop or seccomp setup.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// `NOTIFY_SOCKET` (systemd Type=notify) cannot be used.
+    #[error("systemd notification socket: {0}")]
+    Notify(std::io::Error),
     /// epoll/signalfd setup or wait failed.
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
@@ -1153,6 +1156,9 @@ fn test_forbidden_syscall() {
 /// checked against the peer policy ([`sandbox::check_peer`]): a refused peer is
 /// logged and closed before a single byte is read from it.
 pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
+    // systemd readiness (Type=notify): the datagram socket is made now, while
+    // the process has one thread and no filter; READY=1 follows "listening".
+    let notifier = sandbox::Notifier::from_env().map_err(ServeError::Notify)?;
     // Before any thread exists: one malloc arena, whose trimming stays
     // inside the seccomp allow-list (see `sandbox::prepare_allocator`).
     sandbox::prepare_allocator();
@@ -1247,11 +1253,17 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         },
         if args.no_mmap { ", no mmap" } else { "" }
     );
+    if let Some(n) = &notifier {
+        let status = format!("READY=1\nSTATUS=listening on {}", listen.path.display());
+        if let Err(e) = n.send(&status) {
+            log::warn!("sd_notify READY=1: {e}");
+        }
+    }
     let limits = Limits {
         max_dma_maps: args.max_dma_maps,
         ..Limits::default()
     };
-    EventLoop {
+    let result = EventLoop {
         epoll: &epoll,
         listener: &listener,
         shared: &shared,
@@ -1264,7 +1276,11 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         #[cfg(debug_assertions)]
         forbidden_hook,
     }
-    .run(&sig)
+    .run(&sig);
+    if let Some(n) = &notifier {
+        let _ = n.send("STOPPING=1");
+    }
+    result
 }
 
 /// Growing pause of the listener after a failed `accept` (the fd table is

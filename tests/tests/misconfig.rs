@@ -134,3 +134,34 @@ fn serve_of_a_vfio_device_without_vfio_says_so_and_suggests_no_unbind() {
         "{err}"
     );
 }
+
+/// systemd `Type=notify`: with NOTIFY_SOCKET set, `serve` sends READY=1 once
+/// its socket accepts clients (after the seccomp filter is on), and
+/// STOPPING=1 when a signal ends it.
+#[test]
+fn serve_notifies_systemd_readiness() {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let dir = TempDir::new("notify");
+    let notify = dir.0.join("notify.sock");
+    let rx = UnixDatagram::bind(&notify).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let sock = dir.0.join("s.sock");
+    let mut child = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
+        .args(["serve", "--device", "model:pl330", "--socket"])
+        .arg(&sock)
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = rx.recv(&mut buf).expect("READY=1 within the watchdog");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.starts_with("READY=1\nSTATUS=listening on "), "{msg}");
+    // Ready means ready: the socket accepts a client now.
+    UnixStream::connect(&sock).expect("connect after READY=1");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let n = rx.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
