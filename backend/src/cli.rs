@@ -269,6 +269,13 @@ pub struct ServeArgs {
     /// socket is used instead and left in place.
     #[arg(short, long)]
     pub socket: PathBuf,
+    /// Also serve live statistics on this Unix socket (off by default): each
+    /// peer is written one JSON snapshot of the session's and the process's
+    /// counters and closed; read it with `probe --stats`. Created like
+    /// --socket (--socket-mode/-owner/-group), removed on exit; peers pass
+    /// the --allow-uid/--allow-gid policy.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<PathBuf>,
     /// Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE.
     #[arg(short, long)]
     pub device: DeviceSpec,
@@ -329,6 +336,7 @@ impl ServeArgs {
     pub fn new(socket: PathBuf, device: DeviceSpec) -> Self {
         ServeArgs {
             socket,
+            stats_socket: None,
             device,
             profile: None,
             profile_name: None,

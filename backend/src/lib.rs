@@ -15,6 +15,7 @@ pub mod probe;
 pub mod profile;
 pub mod sandbox;
 pub mod server;
+pub mod stats;
 #[doc(hidden)]
 pub mod testing;
 pub mod vfio;

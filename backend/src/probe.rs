@@ -34,6 +34,7 @@ use vfio_sidecar_protocol::message::{
 use vfio_sidecar_protocol::{Client, ClientError, ClientOptions, Errno, TransportError};
 
 pub mod fdt;
+pub mod stats;
 
 use crate::device::{device_flags, irq_flags};
 use crate::dt::{device_nodes, DtDevice, DtParams, Node};
@@ -57,6 +58,10 @@ Examples:
 
   # Hex-dump PCI config space and the first register of BAR0:
   vfio-sidecar probe -s /run/edu.sock --read config:0:64 --read BAR0:0:4
+
+  # Live counters of the attached client (serve --stats-socket /run/pl330.stats):
+  vfio-sidecar probe --stats -s /run/pl330.stats
+  vfio-sidecar probe --stats -s /run/pl330.stats --prometheus
 
 Only VERSION, DEVICE_GET_INFO, GET_REGION_INFO, GET_IRQ_INFO and the extension's
 read-only queries are sent (plus a 256-byte config space read for PCI devices);
@@ -85,6 +90,14 @@ pub struct ProbeArgs {
     /// vfio-user client like QEMU does).
     #[arg(long)]
     pub plain: bool,
+    /// Read live statistics instead: --socket is then a `serve --stats-socket`
+    /// (works while a VMM is attached); prints the connected client's session
+    /// counters beside the process totals.
+    #[arg(long, conflicts_with_all = ["read", "plain"])]
+    pub stats: bool,
+    /// With --stats: print them in the Prometheus text exposition format.
+    #[arg(long, requires = "stats", conflicts_with = "json")]
+    pub prometheus: bool,
 }
 
 impl ProbeArgs {
@@ -96,6 +109,8 @@ impl ProbeArgs {
             read: Vec::new(),
             timeout: 5,
             plain: false,
+            stats: false,
+            prometheus: false,
         }
     }
 }
@@ -194,6 +209,22 @@ pub enum ProbeError {
     /// Output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
+    /// `--stats`: the statistics socket could not be read.
+    #[error("cannot read statistics from {path}: {source}")]
+    StatsRead {
+        /// Socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--stats`: what the socket sent is no statistics snapshot.
+    #[error("{path} sent no statistics snapshot: {detail}; --stats reads the socket of serve --stats-socket, not the vfio-user --socket")]
+    StatsFormat {
+        /// Socket.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 /// Negotiated capabilities as reported.
@@ -1192,6 +1223,20 @@ pub fn render_text(r: &ProbeReport) -> String {
 
 /// The `probe` subcommand: probe and print (text or JSON) to stdout.
 pub fn run_probe(args: &ProbeArgs) -> Result<(), ProbeError> {
+    if args.stats {
+        let format = if args.prometheus {
+            stats::Format::Prometheus
+        } else if args.json {
+            stats::Format::Json
+        } else {
+            stats::Format::Text
+        };
+        let out = stats::run(&args.socket, args.timeout, format)?;
+        use std::io::Write;
+        return std::io::stdout()
+            .write_all(out.as_bytes())
+            .map_err(ProbeError::Output);
+    }
     let report = probe(args)?;
     let out = if args.json {
         let mut j = serde_json::to_string_pretty(&report)

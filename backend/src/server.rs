@@ -62,6 +62,7 @@ use crate::profile::Profile;
 use crate::sandbox::{
     self, GroupSpec, PeerPolicy, SandboxError, SeccompProfile, SocketOpts, UserSpec,
 };
+use crate::stats::{Counting, Stats};
 
 mod refused;
 use refused::{RefusedPeers, TOKEN_REFUSED};
@@ -127,6 +128,8 @@ pub struct Backend {
     region_sizes: Vec<Option<u64>>,
     /// The event loop's registration of the device's poll fds, if attached.
     poller: Option<Poller>,
+    /// Session and process statistics ([`crate::stats`]).
+    stats: Stats,
 }
 
 /// The device poll fds registered with the event loop's epoll (see
@@ -185,6 +188,7 @@ impl Backend {
             no_mmap: false,
             region_sizes,
             poller: None,
+            stats: Stats::default(),
         })
     }
 
@@ -316,6 +320,7 @@ impl Backend {
             msgs: &self.msgs,
             deferred: &self.deferred,
         };
+        let mem = Counting::new(&mem, self.stats.dma());
         let more = self.dev.run_pending(&mem);
         let d = self.deferred_state();
         d.after_step();
@@ -380,6 +385,7 @@ impl Backend {
             msgs: &self.msgs,
             deferred: &self.deferred,
         };
+        let mem = Counting::new(&mem, self.stats.dma());
         if let Err(e) = self.dev.on_poll_fd(token, &mem) {
             log::warn!("device poll fd {token:#x}: {e}");
         }
@@ -484,6 +490,7 @@ impl Backend {
     pub fn client_gone(&mut self) {
         self.unwatch_poll_fds();
         self.log_counters("client disconnected");
+        self.stats.session_ended(self.dev.as_ref());
         self.unmap_all_dma();
         let info = self.dev.info();
         for index in 0..info.num_irqs {
@@ -631,6 +638,43 @@ impl Backend {
             irqs,
             dt_node_name: self.profile.node_name.clone(),
         }
+    }
+}
+
+/// Statistics hooks ([`crate::stats`]).
+impl Backend {
+    /// A client was accepted: its session's counters start from zero.
+    pub fn session_started(&mut self, cred: &sandbox::PeerCred) {
+        self.stats.session_started(self.dev.as_ref(), cred);
+    }
+
+    /// The session's error replies so far, as its connection counted them.
+    pub fn record_errors(&mut self, errors: &std::collections::BTreeMap<i32, u64>) {
+        self.stats.set_errors(errors);
+    }
+
+    /// Counts a refused connection (`busy`: EBUSY, else the peer policy).
+    pub fn count_refused(&mut self, busy: bool) {
+        if busy {
+            self.stats.refused_busy();
+        } else {
+            self.stats.refused_policy();
+        }
+    }
+
+    /// The statistics snapshot; `device` is `--device` as given.
+    pub fn stats_snapshot(&mut self, device: &str) -> crate::stats::Snapshot {
+        let about = crate::stats::SnapshotAbout {
+            device: device.to_string(),
+            profile: self.profile.name.clone(),
+            regions: self
+                .description()
+                .regions
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+        };
+        self.stats.snapshot(self.dev.as_ref(), about)
     }
 }
 
@@ -880,6 +924,7 @@ impl Handler for Backend {
 
     fn region_read(&mut self, region: u32, offset: u64, buf: &mut [u8]) -> Result<(), Errno> {
         self.check_access(region, offset, buf.len())?;
+        self.stats.mmio(region, offset, buf.len(), false);
         let r = self.dev.region_read(region, offset, buf);
         Self::unmask(self.dev.as_mut(), self.eoi.after_read());
         r.map_err(|e| {
@@ -890,11 +935,13 @@ impl Handler for Backend {
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
         self.check_access(region, offset, data.len())?;
+        self.stats.mmio(region, offset, data.len(), true);
         let mem = ClientMemory {
             table: &self.dma,
             msgs: &self.msgs,
             deferred: &self.deferred,
         };
+        let mem = Counting::new(&mem, self.stats.dma());
         let r = self.dev.region_write(region, offset, data, &mem);
         self.work_pending = true;
         if r.is_ok() {
@@ -914,6 +961,7 @@ impl Handler for Backend {
         self.work_pending = false;
         self.deferred_state().clear();
         self.unwatch_poll_fds();
+        self.stats.before_reset(self.dev.as_ref());
         let r = self.dev.reset().map_err(|e| errno_of(&e));
         self.watch_poll_fds();
         r
@@ -931,8 +979,8 @@ impl Handler for Backend {
         }
         (start..end)
             .map(|v| {
-                self.dev
-                    .irq_counters(index, v)
+                self.stats
+                    .session_irq(self.dev.as_ref(), index, v)
                     .map(|c| IrqStats {
                         device_events: c.device_events,
                         host_interrupts: c.host_interrupts,
@@ -960,6 +1008,9 @@ pub enum ServeError {
     /// `NOTIFY_SOCKET` (systemd Type=notify) cannot be used.
     #[error("systemd notification socket: {0}")]
     Notify(std::io::Error),
+    /// `--stats-socket` names the main socket.
+    #[error("--stats-socket {0} is the vfio-user socket: give the statistics socket its own path (e.g. the socket path plus .stats)")]
+    StatsSocketSame(PathBuf),
     /// epoll/signalfd setup or wait failed.
     #[error("event loop: {0}")]
     EventLoop(std::io::Error),
@@ -973,6 +1024,7 @@ const TOKEN_LISTEN: u64 = 1;
 const TOKEN_SIGNAL: u64 = 3;
 const TOKEN_KICK: u64 = 5;
 const TOKEN_DONE: u64 = 6;
+const TOKEN_STATS: u64 = 7;
 const TOKEN_DEVICE: u64 = 1 << 63;
 
 /// How long SIGTERM (or a new client) waits for the connection thread to
@@ -1067,6 +1119,26 @@ impl Drop for SocketGuard {
 
 fn ctl(epoll: &Epoll, op: ControlOperation, fd: RawFd, token: u64) -> std::io::Result<()> {
     epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token))
+}
+
+/// `--stats-socket`: the statistics listener (non-blocking, same mode and
+/// owner as the main socket) and the guard removing its file on exit.
+fn open_stats_listener(
+    args: &ServeArgs,
+    main: &std::path::Path,
+    opts: &SocketOpts,
+) -> Result<Option<(std::os::unix::net::UnixListener, SocketGuard)>, ServeError> {
+    let Some(path) = &args.stats_socket else {
+        return Ok(None);
+    };
+    if path == main || path == &args.socket {
+        return Err(ServeError::StatsSocketSame(path.clone()));
+    }
+    let l = sandbox::create_listener(path, opts)?;
+    let guard = SocketGuard(path.clone());
+    l.set_nonblocking(true).map_err(ServeError::EventLoop)?;
+    log::info!("statistics on {}", path.display());
+    Ok(Some((l, guard)))
 }
 
 /// Opens the device per `args` and builds the [`Backend`].
@@ -1182,6 +1254,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     listener
         .set_nonblocking(true)
         .map_err(ServeError::EventLoop)?;
+    let stats_listener = open_stats_listener(&args, &listen.path, &opts)?;
     let sig = SignalFd::new().map_err(ServeError::EventLoop)?;
     let epoll = Arc::new(Epoll::new().map_err(ServeError::EventLoop)?);
     let watch = |fd: RawFd, token: u64| {
@@ -1189,6 +1262,9 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     watch(listener.as_raw_fd(), TOKEN_LISTEN)?;
     watch(sig.fd.as_raw_fd(), TOKEN_SIGNAL)?;
+    if let Some((l, _)) = &stats_listener {
+        watch(l.as_raw_fd(), TOKEN_STATS)?;
+    }
     if let Some(ug) = &args.user {
         let group = ug.group.as_deref().map(GroupSpec::from);
         let c = sandbox::drop_privileges(&UserSpec::from(ug.user.as_str()), group.as_ref())?;
@@ -1273,6 +1349,9 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         client: None,
         refused: RefusedPeers::default(),
         accept: AcceptBackoff::default(),
+        stats: stats_listener
+            .as_ref()
+            .map(|l| (&l.0, args.device.to_string())),
         #[cfg(debug_assertions)]
         forbidden_hook,
     }
@@ -1326,6 +1405,8 @@ struct EventLoop<'a> {
     client: Option<ShutdownHandle>,
     refused: RefusedPeers,
     accept: AcceptBackoff,
+    /// `--stats-socket`: the statistics listener, and `--device` as given.
+    stats: Option<(&'a std::os::unix::net::UnixListener, String)>,
     #[cfg(debug_assertions)]
     forbidden_hook: bool,
 }
@@ -1382,6 +1463,7 @@ impl EventLoop<'_> {
                         return Ok(());
                     }
                     TOKEN_LISTEN => self.accept_pending()?,
+                    TOKEN_STATS => self.serve_stats(),
                     TOKEN_DONE => {
                         // The connection thread finished a client (cleaned up).
                         if self.shared.done.read().is_ok() {
@@ -1400,6 +1482,21 @@ impl EventLoop<'_> {
                 }
             }
             lock(self.shared).run_pending();
+        }
+    }
+
+    /// Statistics peers: one snapshot each, written without blocking.
+    fn serve_stats(&self) {
+        let Some((listener, device)) = &self.stats else {
+            return;
+        };
+        let mut doc = || crate::stats::encode(&lock(self.shared).stats_snapshot(device));
+        let refused = crate::stats::serve_peers(listener, self.policy, &mut doc)
+            .into_iter()
+            .filter(|s| *s == crate::stats::Sent::Refused)
+            .count();
+        for _ in 0..refused {
+            lock(self.shared).count_refused(false);
         }
     }
 
@@ -1471,6 +1568,7 @@ impl EventLoop<'_> {
             Err(e) => {
                 // Closed unread: the peer sees EOF (or ECONNRESET).
                 vfio_sidecar_protocol::peer_warn!("connection refused: {e}");
+                lock(self.shared).count_refused(false);
                 return Ok(());
             }
         };
@@ -1490,6 +1588,7 @@ impl EventLoop<'_> {
                 "second client refused: one client at a time (it gets EBUSY)"
             );
             self.refused.add(self.epoll, stream, Instant::now());
+            lock(self.shared).count_refused(true);
             return Ok(());
         }
         let mut conn = match ServerConnection::new(stream, self.limits) {
@@ -1516,6 +1615,7 @@ impl EventLoop<'_> {
             return Ok(());
         }
         let sock = conn.shutdown_handle();
+        lock(self.shared).session_started(&cred);
         if self.to_conn.send(conn).is_err() {
             return Err(ServeError::EventLoop(std::io::Error::other(
                 "the connection thread is gone",
@@ -1568,8 +1668,11 @@ fn connection_thread(conns: &mpsc::Receiver<ServerConnection>, shared: &Shared) 
             // The loop's handle keeps the socket open until `done`: the peer
             // sees the end now.
             conn.shutdown();
+            let mut b = lock(shared);
+            b.record_errors(conn.error_replies());
             drop(conn);
-            lock(shared).client_gone();
+            b.client_gone();
+            drop(b);
             if let Err(e) = shared.done.write(1) {
                 log::error!("cannot report the client's end to the loop: {e}");
             }
@@ -1619,6 +1722,7 @@ fn serve_connection(
         let mut b = lock(shared);
         let was_pending = b.work_pending;
         let status = conn.handle_buffered(&mut *b)?;
+        b.record_errors(conn.error_replies());
         debug_assert!(
             b.poll_fds_in_sync(),
             "device poll fds changed outside SET_IRQS/reset/cleanup"

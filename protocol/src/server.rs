@@ -23,6 +23,7 @@
 //! [`ServerConnection::flush_replies`] — e.g. after releasing a lock the
 //! handler needed, so that a client that stops reading stalls nobody else.
 
+use std::collections::BTreeMap;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -264,6 +265,8 @@ pub struct ServerConnection {
     dma_timeout: Duration,
     /// Message id of the next server-to-client request.
     next_dma_id: u16,
+    /// Error replies queued for this client, by errno (statistics).
+    error_replies: BTreeMap<i32, u64>,
 }
 
 impl AsRawFd for ServerConnection {
@@ -321,6 +324,7 @@ impl ServerConnection {
             fast_reply: [0; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
             dma_timeout: DEFAULT_DMA_TIMEOUT,
             next_dma_id: 0,
+            error_replies: BTreeMap::new(),
         })
     }
 
@@ -400,6 +404,16 @@ impl ServerConnection {
     /// The limits this connection enforces.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Error replies queued for this client so far, by errno (the
+    /// backend's per-session statistics).
+    pub fn error_replies(&self) -> &BTreeMap<i32, u64> {
+        &self.error_replies
+    }
+
+    fn count_error(&mut self, e: Errno) {
+        *self.error_replies.entry(e.raw()).or_insert(0) += 1;
     }
 
     /// Number of DMA mappings currently counted against `max_dma_maps`.
@@ -676,6 +690,7 @@ impl ServerConnection {
                     cmd::name(req.command),
                     req.msg_id
                 );
+                self.count_error(*e);
                 self.out.push(&Header::error_reply(req, e.raw()), &[], &[])
             }
         };
@@ -688,6 +703,7 @@ impl ServerConnection {
                 req.msg_id
             );
             let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+            self.count_error(errno);
             self.out
                 .push(&Header::error_reply(req, errno.raw()), &[], &[])
                 .map_err(|e| ServerError::Transport(TransportError::Io(e)))?;
