@@ -276,3 +276,86 @@ fn dt_schema_check(dir: &std::path::Path, dtb: &std::path::Path) {
     let errors = vfio_sidecar_tests::dt_schema::DtSchema::obtain(dir).errors(dtb);
     assert!(errors.is_empty(), "dt-schema errors: {errors:#?}");
 }
+
+/// Sum of (device events, host interrupts) over the IRQ rows of `c`.
+fn irq_sums(c: &vfio_sidecar::stats::Counters) -> (u64, u64) {
+    c.irqs.iter().fold((0, 0), |(e, h), r| {
+        (e + r.device_events, h + r.host_interrupts)
+    })
+}
+
+#[test]
+fn repeated_shim_runs_report_per_session_counters() {
+    if !kvm_available() {
+        return;
+    }
+    use vfio_sidecar::probe::stats::read_snapshot;
+    let dir = TempDir::new("shim-stats");
+    let stats = dir.0.join("s.stats");
+    let backend = Sidecar::start(
+        "model:pl330",
+        &[
+            "--eoi",
+            "clear-register",
+            "--stats-socket",
+            stats.to_str().unwrap(),
+        ],
+    );
+    // Two runs against one backend: each reports its own 6 events, one
+    // host interrupt per device event (1.00), nothing carried over.
+    for run in 1..=2u64 {
+        let (ok, v) = shim_run(&backend.socket, "clear-register", &[]);
+        assert!(ok, "run {run}: {v:#}");
+        all_verified(&v);
+        assert_eq!(irq(&v), (6, 6), "run {run}: per-session IRQ_STATS");
+        let s = read_snapshot(&stats, 5).unwrap();
+        assert_eq!(s.process.sessions, run);
+        assert_eq!(irq_sums(&s.process.counters), (6 * run, 6 * run));
+    }
+    // While a longer guest runs, the statistics socket shows that client's
+    // live session (its pid, counters growing from zero).
+    let shim = workspace_bin("vmm-shim", "vmm-shim");
+    let mut child = Command::new(shim)
+        .args(["run", "--socket"])
+        .arg(&backend.socket)
+        .args([
+            "--transfers",
+            "47",
+            "--max-size",
+            "40000",
+            "--timeout",
+            "60",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let live = loop {
+        let s = read_snapshot(&stats, 5).unwrap();
+        if let Some(sess) = s.session.filter(|v| v.client.pid == pid) {
+            if irq_sums(&sess.counters).0 > 0 {
+                break (sess, s.process);
+            }
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the guest ended before its session was seen live"
+        );
+        assert!(Instant::now() < deadline, "no live session");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (sess, process) = live;
+    assert_eq!(sess.number, 3);
+    let (events, host) = irq_sums(&sess.counters);
+    assert!(events <= 48, "session counts from zero: {events}");
+    assert!(
+        host <= events + 1,
+        "{host} host interrupts for {events} events"
+    );
+    assert_eq!(irq_sums(&process.counters).0, 12 + events);
+    assert!(sess.counters.dma.read_bytes.get() > 0);
+    assert!(child.wait().unwrap().success());
+}
