@@ -804,6 +804,71 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_does_not_read_never_blocks_the_writer() {
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        let dir = std::env::temp_dir().join(format!("vfio-sidecar-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.stats");
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let open = PeerPolicy::default();
+        // Nobody waiting: nothing done, the document is not even built.
+        let built = Cell::new(0);
+        let mut small = || {
+            built.set(built.get() + 1);
+            b"{}\n".to_vec()
+        };
+        assert!(serve_peers(&l, &open, &mut small).is_empty());
+        assert_eq!(built.get(), 0);
+        // Three peers: one document, built once, written whole to each.
+        let peers: Vec<UnixStream> = (0..3)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(serve_peers(&l, &open, &mut small), vec![Sent::Whole; 3]);
+        assert_eq!(built.get(), 1);
+        let mut got = String::new();
+        (&peers[0]).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "{}\n", "written, then closed");
+        // A document far larger than a socket buffer, to a peer that never
+        // reads: one non-blocking write, abandoned, the peer closed.
+        let idle = UnixStream::connect(&path).unwrap();
+        let mut huge = || vec![b' '; 64 << 20];
+        assert_eq!(serve_peers(&l, &open, &mut huge), vec![Sent::Partial]);
+        let mut n = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match (&idle).read(&mut buf).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        assert!(n > 0 && n < 64 << 20, "a part, then EOF: {n}");
+        // A peer the policy refuses gets nothing.
+        let refused = UnixStream::connect(&path).unwrap();
+        let only_other = PeerPolicy {
+            allow_uids: vec![u32::MAX - 1],
+            ..PeerPolicy::default()
+        };
+        assert_eq!(
+            serve_peers(&l, &only_other, &mut small),
+            vec![Sent::Refused]
+        );
+        got.clear();
+        (&refused).read_to_string(&mut got).unwrap();
+        assert!(got.is_empty());
+        // At most PEERS_PER_WAKEUP per call; the rest on the next.
+        let many: Vec<UnixStream> = (0..PEERS_PER_WAKEUP + 2)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(serve_peers(&l, &open, &mut small).len(), PEERS_PER_WAKEUP);
+        assert_eq!(serve_peers(&l, &open, &mut small).len(), 2);
+        drop(many);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn snapshot_round_trips_through_json() {
         let dev = scratch();
         let mut s = Stats::default();

@@ -98,28 +98,42 @@ fn region_name(s: &Snapshot, region: u32) -> &str {
     s.regions.get(region as usize).map_or("?", String::as_str)
 }
 
-/// One text row: label, session value (blank without a session), process value.
-fn row(out: &mut String, label: &str, session: Option<u64>, total: u64) {
-    let sess = session.map_or_else(|| "-".to_string(), |v| v.to_string());
-    let _ = writeln!(out, "  {label:<36} {sess:>14} {total:>14}");
+/// One table cell: "session / process" (just the process value without a
+/// session).
+fn cell(session: Option<u64>, total: u64) -> String {
+    match session {
+        Some(v) => format!("{v} / {total}"),
+        None => total.to_string(),
+    }
 }
 
-fn rw_rows(out: &mut String, what: &str, sess: Option<Rw>, total: Rw) {
-    row(
-        out,
-        &format!("{what} reads"),
-        sess.map(|r| r.reads),
-        total.reads,
-    );
-    row(
-        out,
-        &format!("{what} writes"),
-        sess.map(|r| r.writes),
-        total.writes,
-    );
+/// A table: a heading with column names, then labelled rows of cells.
+fn table(out: &mut String, heading: &str, cols: &[&str], rows: &[(String, Vec<String>)]) {
+    let _ = write!(out, "{heading:<24}");
+    for c in cols {
+        let _ = write!(out, " {c:>17}");
+    }
+    out.push('\n');
+    for (label, cells) in rows {
+        let _ = write!(out, "  {label:<22}");
+        for c in cells {
+            let _ = write!(out, " {c:>17}");
+        }
+        out.push('\n');
+    }
 }
 
-/// Text: the session's and the process's counters side by side.
+fn rw_cells(sess: Option<Rw>, total: Rw) -> Vec<String> {
+    vec![
+        cell(sess.map(|r| r.reads), total.reads),
+        cell(sess.map(|r| r.writes), total.writes),
+        cell(sess.map(|r| r.read_bytes), total.read_bytes),
+        cell(sess.map(|r| r.write_bytes), total.write_bytes),
+    ]
+}
+
+/// Text: the session's and the process's counters side by side
+/// ("session / process" in each cell while a client is connected).
 pub fn render_text(path: &Path, s: &Snapshot) -> String {
     let mut out = String::new();
     let p = &s.process;
@@ -137,55 +151,42 @@ pub fn render_text(path: &Path, s: &Snapshot) -> String {
         p.uptime_s, p.sessions, p.refused_busy, p.refused_policy
     );
     let sess = s.session.as_ref();
-    match sess {
-        Some(v) => {
-            let _ = writeln!(
-                out,
-                "session   #{}: client pid {} uid {} gid {}, connected {:.1} s",
-                v.number, v.client.pid, v.client.uid, v.client.gid, v.duration_s
-            );
-        }
-        None => {
-            let _ = writeln!(out, "session   none (no client connected)");
-        }
-    }
+    let _ = match sess {
+        Some(v) => writeln!(
+            out,
+            "session   #{}: client pid {} uid {} gid {}, connected {:.1} s \
+             (cells: session / process)",
+            v.number, v.client.pid, v.client.uid, v.client.gid, v.duration_s
+        ),
+        None => writeln!(out, "session   none: no client connected (cells: process)"),
+    };
     let sc: Option<&Counters> = sess.map(|v| &v.counters);
     let t = &p.counters;
-    let _ = writeln!(out, "  {:<36} {:>14} {:>14}", "", "session", "process");
-    for r in &t.irqs {
-        let m = sc.map(|c| {
-            c.irqs
-                .iter()
-                .find(|x| x.index == r.index && x.vector == r.vector)
-                .copied()
-                .unwrap_or_default()
-        });
-        let l = format!("IRQ {}.{}", r.index, r.vector);
-        row(
-            &mut out,
-            &format!("{l} device events"),
-            m.map(|x| x.device_events),
-            r.device_events,
-        );
-        row(
-            &mut out,
-            &format!("{l} host interrupts"),
-            m.map(|x| x.host_interrupts),
-            r.host_interrupts,
-        );
-        row(
-            &mut out,
-            &format!("{l} unmasks"),
-            m.map(|x| x.unmasks),
-            r.unmasks,
-        );
-        row(
-            &mut out,
-            &format!("{l} refires"),
-            m.map(|x| x.refires),
-            r.refires,
-        );
-    }
+    let irqs: Vec<(String, Vec<String>)> = t
+        .irqs
+        .iter()
+        .map(|r| {
+            let m = sc.map(|c| {
+                c.irqs
+                    .iter()
+                    .find(|x| x.index == r.index && x.vector == r.vector)
+                    .copied()
+                    .unwrap_or_default()
+            });
+            (
+                format!("{}.{}", r.index, r.vector),
+                vec![
+                    cell(m.map(|x| x.device_events), r.device_events),
+                    cell(m.map(|x| x.host_interrupts), r.host_interrupts),
+                    cell(m.map(|x| x.unmasks), r.unmasks),
+                    cell(m.map(|x| x.refires), r.refires),
+                ],
+            )
+        })
+        .collect();
+    let cols = ["device events", "host interrupts", "unmasks", "refires"];
+    table(&mut out, "IRQ index.vector", &cols, &irqs);
+    let mut mmio: Vec<(String, Vec<String>)> = Vec::new();
     for r in &t.mmio {
         let m = sc.map(|c| {
             c.mmio
@@ -194,8 +195,8 @@ pub fn render_text(path: &Path, s: &Snapshot) -> String {
                 .map(|x| x.rw)
                 .unwrap_or_default()
         });
-        let l = format!("MMIO region {} ({})", r.region, region_name(s, r.region));
-        rw_rows(&mut out, &l, m, r.rw);
+        let l = format!("region {} {}", r.region, region_name(s, r.region));
+        mmio.push((l, rw_cells(m, r.rw)));
     }
     for r in &t.mmio_pages {
         let m = sc.map(|c| {
@@ -205,48 +206,56 @@ pub fn render_text(path: &Path, s: &Snapshot) -> String {
                 .map(|x| x.rw)
                 .unwrap_or_default()
         });
-        rw_rows(
-            &mut out,
-            &format!("  page {}:{:#x}", r.region, r.offset),
-            m,
-            r.rw,
-        );
+        mmio.push((
+            format!("  page {}:{:#x}", r.region, r.offset),
+            rw_cells(m, r.rw),
+        ));
     }
     let o = t.mmio_other_pages;
     if o.reads + o.writes > 0 {
-        rw_rows(&mut out, "  other pages", sc.map(|c| c.mmio_other_pages), o);
+        mmio.push((
+            "  other pages".into(),
+            rw_cells(sc.map(|c| c.mmio_other_pages), o),
+        ));
     }
+    let cols = ["reads", "writes", "read bytes", "write bytes"];
+    table(&mut out, "MMIO (trapped)", &cols, &mmio);
     let d = &t.dma;
     let sd = sc.map(|c| &c.dma);
-    row(
+    let dma = vec![(
+        "device".to_string(),
+        vec![
+            cell(sd.map(|x| x.read_bytes.get()), d.read_bytes.get()),
+            cell(sd.map(|x| x.write_bytes.get()), d.write_bytes.get()),
+            cell(
+                sd.map(|x| x.reads.get() + x.writes.get()),
+                d.reads.get() + d.writes.get(),
+            ),
+            cell(sd.map(|x| x.faults.get()), d.faults.get()),
+        ],
+    )];
+    table(
         &mut out,
-        "DMA read bytes",
-        sd.map(|x| x.read_bytes.get()),
-        d.read_bytes.get(),
+        "DMA",
+        &["read bytes", "write bytes", "accesses", "faults"],
+        &dma,
     );
-    row(
-        &mut out,
-        "DMA write bytes",
-        sd.map(|x| x.write_bytes.get()),
-        d.write_bytes.get(),
-    );
-    row(
-        &mut out,
-        "DMA faults",
-        sd.map(|x| x.faults.get()),
-        d.faults.get(),
-    );
-    for e in &t.errors {
-        let m = sc.map(|c| {
-            c.errors
-                .iter()
-                .find(|x| x.errno == e.errno)
-                .map_or(0, |x| x.count)
-        });
-        row(&mut out, &format!("errors {}", e.name), m, e.count);
-    }
-    if t.errors.is_empty() {
-        row(&mut out, "errors", sc.map(|_| 0), 0);
+    let errors: Vec<(String, Vec<String>)> = t
+        .errors
+        .iter()
+        .map(|e| {
+            let m = sc.map(|c| {
+                c.errors
+                    .iter()
+                    .find(|x| x.errno == e.errno)
+                    .map_or(0, |x| x.count)
+            });
+            (e.name.clone(), vec![cell(m, e.count)])
+        })
+        .collect();
+    table(&mut out, "error replies", &["count"], &errors);
+    if errors.is_empty() {
+        out.push_str("  none\n");
     }
     out
 }
@@ -579,11 +588,13 @@ mod tests {
     fn text_shows_session_beside_process() {
         let text = render_text(Path::new("/x"), &snapshot());
         assert!(text.contains("session   #1: client pid 42"), "{text}");
-        let l = text.lines().find(|l| l.contains("errors EINVAL")).unwrap();
+        let l = text.lines().find(|l| l.contains("EINVAL")).unwrap();
         assert_eq!(
-            l.split_whitespace().rev().take(2).collect::<Vec<_>>(),
-            ["3", "3"]
+            l.split_whitespace().collect::<Vec<_>>(),
+            ["EINVAL", "3", "/", "3"]
         );
+        let l = text.lines().find(|l| l.contains("region 0")).unwrap();
+        assert!(l.contains("1 / 1"), "{l}");
     }
 
     #[test]
