@@ -391,19 +391,12 @@ impl Backend {
         }
     }
 
-    /// Logs the IRQ counters of every vector.
-    pub fn log_counters(&self, when: &str) {
-        let info = self.dev.info();
-        for i in 0..info.num_irqs {
-            if let Some(c) = self.dev.irq_counters(i, 0) {
-                log::info!(
-                    "{when}: IRQ {i}: device events {}, host interrupts {}, unmasks {}, refires {}",
-                    c.device_events,
-                    c.host_interrupts,
-                    c.unmasks,
-                    c.refires
-                );
-            }
+    /// Logs the IRQ counters of every vector: the session's, and every
+    /// session's in parentheses.
+    pub fn log_counters(&mut self, when: &str) {
+        self.stats.sample_irqs(self.dev.as_ref());
+        for line in self.stats.irq_lines() {
+            log::info!("{when}: {line}");
         }
     }
 

@@ -572,6 +572,30 @@ impl Stats {
         self.refused_policy += 1;
     }
 
+    /// One log line per sampled vector: the current session's counters and,
+    /// in parentheses, every session's (call after [`Stats::sample_irqs`]).
+    pub fn irq_lines(&self) -> Vec<String> {
+        self.current
+            .irqs
+            .iter()
+            .map(|(&(i, v), c)| {
+                let t = self.ended.irqs.get(&(i, v)).copied().unwrap_or_default();
+                format!(
+                    "IRQ {i}.{v}: device events {} ({} in all sessions), host interrupts {} ({}), \
+                     unmasks {} ({}), refires {} ({})",
+                    c.device_events,
+                    c.device_events + t.device_events,
+                    c.host_interrupts,
+                    c.host_interrupts + t.host_interrupts,
+                    c.unmasks,
+                    c.unmasks + t.unmasks,
+                    c.refires,
+                    c.refires + t.refires
+                )
+            })
+            .collect()
+    }
+
     /// The snapshot (after sampling the IRQ counters).
     pub fn snapshot(&mut self, dev: &dyn Device, about: SnapshotAbout) -> Snapshot {
         self.sample_irqs(dev);
