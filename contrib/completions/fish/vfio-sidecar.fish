@@ -34,6 +34,7 @@ complete -c vfio-sidecar -n "__fish_vfio_sidecar_needs_command" -f -a "list" -d 
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_needs_command" -f -a "bind" -d 'Bind a device to the VFIO driver of its bus (driver_override, unbind, drivers_probe); needs root unless --dry-run'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -s s -l socket -d 'Unix socket path to listen on (created with --socket-mode, removed on exit). Under systemd socket activation (LISTEN_FDS/LISTEN_PID) the inherited socket is used instead and left in place' -r -F
+complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l stats-socket -d 'Also serve live statistics on this Unix socket (off by default): each peer is written one JSON snapshot of the session\'s and the process\'s counters and closed; read it with `probe --stats`. Created like --socket (--socket-mode/-owner/-group), removed on exit; peers pass the --allow-uid/--allow-gid policy' -r -F
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -s d -l device -d 'Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l profile -d 'TOML file with extra device profiles (override built-in ones by name)' -r -F
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand serve" -l profile-name -d 'Use this profile (by name) instead of detecting it' -r
@@ -71,6 +72,8 @@ complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -s r -l
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -l timeout -d 'Seconds to wait for each reply' -r
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -l json -d 'Print one JSON object instead of text'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -l plain -d 'Do not propose the vfio-sidecar extension (see the device as a plain vfio-user client like QEMU does)'
+complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -l stats -d 'Read live statistics instead: --socket is then a `serve --stats-socket` (works while a VMM is attached); prints the connected client\'s session counters beside the process totals'
+complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -l prometheus -d 'With --stats: print them in the Prometheus text exposition format'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand probe" -s h -l help -d 'Print help'
 complete -c vfio-sidecar -n "__fish_vfio_sidecar_using_subcommand list" -l sysfs -d 'Root of sysfs (a fake tree for tests)' -r -F

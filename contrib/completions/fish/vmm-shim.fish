@@ -66,6 +66,7 @@ complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -l irq-base -d 'F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -s h -l help -d 'Print help'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -s s -l socket -d 'Unix socket path to listen on (created with --socket-mode, removed on exit). Under systemd socket activation (LISTEN_FDS/LISTEN_PID) the inherited socket is used instead and left in place' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -l stats-socket -d 'Also serve live statistics on this Unix socket (off by default): each peer is written one JSON snapshot of the session\'s and the process\'s counters and closed; read it with `probe --stats`. Created like --socket (--socket-mode/-owner/-group), removed on exit; peers pass the --allow-uid/--allow-gid policy' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -s d -l device -d 'Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -l profile -d 'TOML file with extra device profiles (override built-in ones by name)' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -l profile-name -d 'Use this profile (by name) instead of detecting it' -r
