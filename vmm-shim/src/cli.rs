@@ -53,6 +53,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the (hidden) backend variant's serve
+// options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the guest driver against a backend socket.
