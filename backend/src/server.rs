@@ -910,7 +910,11 @@ impl Handler for Backend {
     fn set_irqs(&mut self, req: &WireSetIrqs, fds: Vec<OwnedFd>) -> Result<(), Errno> {
         // May close or replace the device's poll fds (unmask eventfds).
         self.unwatch_poll_fds();
+        // VFIO restarts a vector's counters when its trigger is set: sample
+        // around it (crate::stats).
+        self.stats.sample_index(self.dev.as_ref(), req.index);
         let r = self.set_irqs_inner(req, fds);
+        self.stats.sample_index(self.dev.as_ref(), req.index);
         self.watch_poll_fds();
         r
     }
@@ -954,8 +958,10 @@ impl Handler for Backend {
         self.work_pending = false;
         self.deferred_state().clear();
         self.unwatch_poll_fds();
-        self.stats.before_reset(self.dev.as_ref());
+        // A reset may restart the device's counters: sample around it.
+        self.stats.sample_irqs(self.dev.as_ref());
         let r = self.dev.reset().map_err(|e| errno_of(&e));
+        self.stats.sample_irqs(self.dev.as_ref());
         self.watch_poll_fds();
         r
     }

@@ -496,10 +496,18 @@ impl Stats {
     /// Samples the first [`MAX_VECTORS`] vectors of every IRQ index.
     pub fn sample_irqs(&mut self, dev: &dyn Device) {
         for index in 0..dev.info().num_irqs {
-            let count = dev.irq_info(index).map_or(0, |i| i.count);
-            for v in 0..count.min(MAX_VECTORS) {
-                self.sample_vector(dev, index, v);
-            }
+            self.sample_index(dev, index);
+        }
+    }
+
+    /// Samples the first [`MAX_VECTORS`] vectors of one IRQ index. Called
+    /// before and after anything that may restart the device's counters
+    /// (SET_IRQS: VFIO counts from each trigger setup; reset), so growth
+    /// before the restart is taken and the restart itself adds nothing.
+    pub fn sample_index(&mut self, dev: &dyn Device, index: u32) {
+        let count = dev.irq_info(index).map_or(0, |i| i.count);
+        for v in 0..count.min(MAX_VECTORS) {
+            self.sample_vector(dev, index, v);
         }
     }
 
@@ -545,11 +553,6 @@ impl Stats {
     pub fn session_ended(&mut self, dev: &dyn Device) {
         self.fold(dev);
         self.session = None;
-    }
-
-    /// A device reset may restart its counters: take their growth first.
-    pub fn before_reset(&mut self, dev: &dyn Device) {
-        self.sample_irqs(dev);
     }
 
     /// A trapped MMIO access inside region `region` (bounds already checked).
@@ -721,7 +724,7 @@ pub fn encode(s: &Snapshot) -> Vec<u8> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::device::NoDmaMemory;
+    use crate::device::{DeviceError, NoDmaMemory};
 
     fn scratch() -> Box<dyn Device> {
         Box::new(crate::model::create(&"scratch".parse().unwrap(), false).unwrap())
@@ -768,18 +771,92 @@ mod tests {
         }
     }
 
+    /// The scratch model with host-interrupt counts set by the test (as a
+    /// VFIO device's: restarted when a trigger is set up).
+    struct Counted {
+        inner: Box<dyn Device>,
+        host: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Device for Counted {
+        fn info(&self) -> crate::device::DeviceInfo {
+            self.inner.info()
+        }
+        fn region_info(&self, i: u32) -> Result<crate::device::RegionInfo, DeviceError> {
+            self.inner.region_info(i)
+        }
+        fn irq_info(&self, i: u32) -> Result<crate::device::IrqInfo, DeviceError> {
+            self.inner.irq_info(i)
+        }
+        fn region_read(&mut self, i: u32, o: u64, d: &mut [u8]) -> Result<(), DeviceError> {
+            self.inner.region_read(i, o, d)
+        }
+        fn region_write(
+            &mut self,
+            i: u32,
+            o: u64,
+            d: &[u8],
+            m: &dyn DmaMemory,
+        ) -> Result<(), DeviceError> {
+            self.inner.region_write(i, o, d, m)
+        }
+        fn dma_map(&mut self, r: &crate::device::MappedRegion) -> Result<(), DeviceError> {
+            self.inner.dma_map(r)
+        }
+        fn dma_unmap(&mut self, r: &crate::device::MappedRegion) -> Result<(), DeviceError> {
+            self.inner.dma_unmap(r)
+        }
+        fn set_irqs(&mut self, req: crate::device::SetIrqs) -> Result<(), DeviceError> {
+            self.inner.set_irqs(req)
+        }
+        fn unmask_irq(&mut self, i: u32, v: u32) -> Result<(), DeviceError> {
+            self.inner.unmask_irq(i, v)
+        }
+        fn reset(&mut self) -> Result<(), DeviceError> {
+            self.inner.reset()
+        }
+        fn irq_counters(&self, i: u32, v: u32) -> Option<IrqCounters> {
+            (i == 0 && v == 0).then(|| IrqCounters {
+                host_interrupts: self.host.load(std::sync::atomic::Ordering::Relaxed),
+                ..IrqCounters::default()
+            })
+        }
+    }
+
     #[test]
     fn device_counter_growth_is_split_per_session() {
-        let dev = scratch();
-        let mut s = Stats::default();
-        // No device counting yet: zero rows, and a restarted counter (lower
-        // than the last reading) counts from zero again.
+        use std::sync::atomic::Ordering::Relaxed;
         assert_eq!(delta(5, 3), 2);
-        assert_eq!(delta(2, 7), 2);
-        s.session_started(dev.as_ref(), &cred(1));
-        let c = s.session_irq(dev.as_ref(), 0, 0).unwrap();
-        assert_eq!(c, IrqCounters::default());
-        assert!(s.session_irq(dev.as_ref(), 0, 1).is_none());
+        assert_eq!(delta(2, 7), 2, "a restarted counter counts from zero");
+        let host = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let dev = Counted {
+            inner: scratch(),
+            host: host.clone(),
+        };
+        let mut s = Stats::default();
+        s.session_started(&dev, &cred(1));
+        host.store(5, Relaxed);
+        assert_eq!(s.session_irq(&dev, 0, 0).unwrap().host_interrupts, 5);
+        assert!(s.session_irq(&dev, 0, 1).is_none(), "not counted there");
+        s.session_ended(&dev);
+        // The next client: its trigger setup restarts the device's count
+        // (sampled before and after, as the server does), then 7 more.
+        s.session_started(&dev, &cred(2));
+        s.sample_index(&dev, 0);
+        host.store(0, Relaxed);
+        s.sample_index(&dev, 0);
+        host.store(7, Relaxed);
+        assert_eq!(s.session_irq(&dev, 0, 0).unwrap().host_interrupts, 7);
+        let snap = s.snapshot(&dev, SnapshotAbout::default());
+        assert_eq!(snap.process.counters.irqs[0].host_interrupts, 12);
+        // A monotonic device (models) across sessions: only the growth.
+        s.session_ended(&dev);
+        s.session_started(&dev, &cred(3));
+        host.store(9, Relaxed);
+        assert_eq!(s.session_irq(&dev, 0, 0).unwrap().host_interrupts, 2);
+        let lines = s.irq_lines();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("host interrupts 2 (14)"), "{}", lines[0]);
     }
 
     #[test]
