@@ -1086,4 +1086,25 @@ mod tests {
         assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
         assert_eq!(replies_available(&b), 5);
     }
+
+    #[test]
+    fn error_replies_are_counted_by_errno() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut conn = ServerConnection::new(a, Limits::default()).unwrap();
+        assert!(conn.error_replies().is_empty());
+        // Three commands before VERSION (EINVAL each), one of them asking
+        // for no reply: two error replies counted.
+        let mut bytes = Vec::new();
+        for id in 0..2u16 {
+            bytes.extend_from_slice(&Header::command(id, cmd::DEVICE_GET_INFO, 0).encode());
+        }
+        let mut quiet = Header::command(2, cmd::DEVICE_GET_INFO, 0);
+        quiet.flags |= flags::NO_REPLY;
+        bytes.extend_from_slice(&quiet.encode());
+        (&b).write_all(&bytes).unwrap();
+        assert_eq!(conn.handle_readable(&mut Info).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 2);
+        assert_eq!(conn.error_replies(), &BTreeMap::from([(libc::EINVAL, 2)]));
+    }
 }
