@@ -1351,6 +1351,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         stats: stats_listener
             .as_ref()
             .map(|l| (&l.0, args.device.to_string())),
+        stats_accept: AcceptBackoff::default(),
         #[cfg(debug_assertions)]
         forbidden_hook,
     }
@@ -1406,6 +1407,7 @@ struct EventLoop<'a> {
     accept: AcceptBackoff,
     /// `--stats-socket`: the statistics listener, and `--device` as given.
     stats: Option<(&'a std::os::unix::net::UnixListener, String)>,
+    stats_accept: AcceptBackoff,
     #[cfg(debug_assertions)]
     forbidden_hook: bool,
 }
@@ -1414,14 +1416,24 @@ impl EventLoop<'_> {
     fn run(&mut self, sig: &SignalFd) -> Result<(), ServeError> {
         let mut events = vec![EpollEvent::default(); 16];
         let mut listening = true;
+        let mut stats_listening = self.stats.is_some();
         loop {
-            let timers = !self.refused.is_empty() || self.accept.until.is_some();
+            let timers = !self.refused.is_empty()
+                || self.accept.until.is_some()
+                || self.stats_accept.until.is_some();
             let now = timers.then(Instant::now);
             if let Some(now) = now {
                 self.refused.expire(self.epoll, now);
-                if self.accept.until.is_some_and(|t| t <= now) {
-                    self.accept.until = None;
+                for b in [&mut self.accept, &mut self.stats_accept] {
+                    if b.until.is_some_and(|t| t <= now) {
+                        b.until = None;
+                    }
                 }
+            }
+            let want = self.stats.is_some() && self.stats_accept.until.is_none();
+            if want != stats_listening {
+                self.watch_stats(want)?;
+                stats_listening = want;
             }
             // Watch the listener unless accepting is paused (backoff) or
             // the refused peers' set is full.
@@ -1434,10 +1446,14 @@ impl EventLoop<'_> {
             let timeout = if lock(self.shared).loop_has_work() {
                 0
             } else {
-                let next = [self.refused.next_deadline(), self.accept.until]
-                    .into_iter()
-                    .flatten()
-                    .min();
+                let next = [
+                    self.refused.next_deadline(),
+                    self.accept.until,
+                    self.stats_accept.until,
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 match (next, now) {
                     (Some(t), Some(now)) => {
                         let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
@@ -1484,19 +1500,42 @@ impl EventLoop<'_> {
         }
     }
 
-    /// Statistics peers: one snapshot each, written without blocking.
-    fn serve_stats(&self) {
+    /// Statistics peers: one snapshot each, written without blocking; a
+    /// failing `accept` pauses the statistics listener (as
+    /// [`AcceptBackoff`] does the main one).
+    fn serve_stats(&mut self) {
+        use crate::stats::Sent;
         let Some((listener, device)) = &self.stats else {
             return;
         };
         let mut doc = || crate::stats::encode(&lock(self.shared).stats_snapshot(device));
-        let refused = crate::stats::serve_peers(listener, self.policy, &mut doc)
-            .into_iter()
-            .filter(|s| *s == crate::stats::Sent::Refused)
-            .count();
-        for _ in 0..refused {
-            lock(self.shared).count_refused(false);
+        for sent in crate::stats::serve_peers(listener, self.policy, &mut doc) {
+            match sent {
+                Sent::Refused => lock(self.shared).count_refused(false),
+                Sent::AcceptFailed(errno) => {
+                    let pause = self.stats_accept.fail(Instant::now());
+                    vfio_sidecar_protocol::peer_warn!(
+                        "statistics socket: accept: {}; not accepting statistics peers for {pause:?}",
+                        std::io::Error::from_raw_os_error(errno)
+                    );
+                }
+                Sent::Whole | Sent::Partial => self.stats_accept.succeed(),
+            }
         }
+    }
+
+    fn watch_stats(&self, on: bool) -> Result<(), ServeError> {
+        let Some((l, _)) = &self.stats else {
+            return Ok(());
+        };
+        let fd = l.as_raw_fd();
+        let r = if on {
+            ctl(self.epoll, ControlOperation::Add, fd, TOKEN_STATS)
+        } else {
+            self.epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        };
+        r.map_err(ServeError::EventLoop)
     }
 
     fn watch_listener(&self, on: bool) -> Result<(), ServeError> {

@@ -649,6 +649,9 @@ pub enum Sent {
     Partial,
     /// The peer was refused by the peer policy (closed unwritten).
     Refused,
+    /// `accept` failed with this errno (e.g. EMFILE): no peer; the caller
+    /// pauses the listener (it stays readable) and retries later.
+    AcceptFailed(i32),
 }
 
 /// Writes `doc` to `fd` once, without blocking and without SIGPIPE.
@@ -672,7 +675,8 @@ fn send_once(fd: &impl AsRawFd, doc: &[u8]) -> std::io::Result<usize> {
 /// Serves the statistics peers waiting on `listener` (non-blocking), at most
 /// [`PEERS_PER_WAKEUP`]: each is checked against `policy`, written one
 /// snapshot (`doc`, built at most once per call) and closed. Returns what
-/// happened to each peer, for the log and the tests.
+/// happened to each peer, for the log and the tests; a failed `accept` ends
+/// the call with [`Sent::AcceptFailed`] last.
 pub fn serve_peers(
     listener: &UnixListener,
     policy: &PeerPolicy,
@@ -684,10 +688,16 @@ pub fn serve_peers(
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
-                // The listener stays readable: the next wake-up retries.
-                log::warn!("statistics socket: accept: {e}");
+                out.push(Sent::AcceptFailed(e.raw_os_error().unwrap_or(libc::EIO)));
                 break;
             }
         };

@@ -289,3 +289,83 @@ fn stats_socket_follows_the_socket_mode() {
     let mode = std::fs::metadata(&stats).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "default 0600");
 }
+
+/// User + system CPU ticks of `pid`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &s[s.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit kept).
+fn set_nofile(pid: u32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit(2) reading the current limits into `old`.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit(2) on our own child with a valid new limit.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// A statistics peer pending while the fd table is full: `accept` fails
+/// with EMFILE; the statistics listener backs off (bounded CPU and log
+/// lines, the main socket unaffected) and the peer gets its snapshot once
+/// fds are available again.
+#[test]
+fn stats_accept_failing_with_emfile_backs_off_and_recovers() {
+    use std::io::Read;
+    let (mut srv, stats, _dir) = start(&[]);
+    let pid = srv.pid();
+    set_nofile(pid, 3);
+    let mut peer = UnixStream::connect(&stats).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines0 = srv.log_text().lines().count();
+    let ticks0 = cpu_ticks(pid);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let ticks = cpu_ticks(pid) - ticks0;
+    let lines = srv.log_text().lines().count() - lines0;
+    println!("with the fd table full for 2 s: {ticks} CPU ticks, {lines} log lines");
+    assert!(
+        srv.log_text()
+            .contains("not accepting statistics peers for"),
+        "accept never failed: {}",
+        srv.log_text()
+    );
+    assert!(ticks < 40, "busy loop: {ticks} ticks of CPU in 2 s");
+    assert!(lines < 60, "log flood: {lines} lines in 2 s");
+    set_nofile(pid, 1024);
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut doc = Vec::new();
+    peer.read_to_end(&mut doc).unwrap();
+    let s: Snapshot = serde_json::from_slice(&doc).unwrap();
+    assert_eq!(s.process.sessions, 0);
+    // The vfio-user socket still serves.
+    let mut g = guest(&srv);
+    g.transfer();
+    drop(g);
+    assert!(srv.terminate().success());
+}
