@@ -177,7 +177,7 @@ pub enum ProbeError {
     #[error("permission denied connecting to {0}")]
     PermissionDenied(PathBuf),
     /// Another client is being served.
-    #[error("server at {0} is busy (EBUSY): it serves one client at a time and one is connected")]
+    #[error("server at {0} is busy (EBUSY): it serves one client at a time and one is connected (live counters while it is: serve --stats-socket, probe --stats)")]
     Busy(PathBuf),
     /// The peer does not speak vfio-user.
     #[error("{path} is not a vfio-user server: {detail}")]
