@@ -46,7 +46,9 @@ pub const SERVE_ENV: &str = "VFIO_SIDECAR_FUZZ_SERVE";
 /// Set to `resample` for the resample-EOI server.
 const EOI_ENV: &str = "VFIO_SIDECAR_FUZZ_EOI";
 /// How long a reply may take before the server counts as hung.
-pub const REPLY_WATCHDOG: Duration = Duration::from_secs(3);
+/// (Generous: a loaded CI machine must not look like a hang; a real hang is
+/// for ever. Below libFuzzer's `-timeout=20` of scripts/fuzz-ci.sh.)
+pub const REPLY_WATCHDOG: Duration = Duration::from_secs(10);
 /// Guest memory per memfd (16 pages).
 const MEM: u64 = 0x10000;
 const IOVA: u64 = 0x4000_0000;
@@ -363,7 +365,7 @@ pub enum Op {
     Unmap,
     /// DMA_UNMAP all.
     UnmapAll,
-    /// `index, efd`: trigger eventfd `efd % 4` (3 = none) of IRQ `index % 8`.
+    /// `index, efd`: trigger eventfd `efd % 4` (3 = none: de-assign) of IRQ `index % 8`.
     Trigger,
     /// `index, efd`: unmask (resample) eventfd of IRQ `index % 8`.
     Unmask,
@@ -538,9 +540,21 @@ pub fn run(servers: &mut Servers, data: &[u8]) {
     servers.alive(which);
 }
 
+/// A negotiated connection; retried for a while, since the server may still
+/// be cleaning up after the previous input's client (a busy slot gets EBUSY).
 fn connect_negotiated(path: &Path, extension: bool) -> Option<Client> {
-    let mut c = Client::connect(path, extension)?;
-    c.negotiate().then_some(c)
+    let deadline = Instant::now() + REPLY_WATCHDOG;
+    loop {
+        if let Some(mut c) = Client::connect(path, extension) {
+            if c.negotiate() {
+                return Some(c);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn step(c: &mut Client, fds: &mut Fds, input: &mut Input<'_>, op: u8) {
@@ -571,7 +585,8 @@ fn step(c: &mut Client, fds: &mut Fds, input: &mut Input<'_>, op: u8) {
             let action = if x == Op::Trigger as u8 { 32 } else { 16 };
             let p = set_irqs(4 | action, index, 1);
             if which == 3 {
-                c.send(cmd::DEVICE_SET_IRQS, &p, &[-1i32]);
+                // No fd: de-assign.
+                c.send(cmd::DEVICE_SET_IRQS, &p, &[]);
             } else {
                 c.send(cmd::DEVICE_SET_IRQS, &p, &[efd(fds, which)]);
             }

@@ -4,7 +4,7 @@
 //! corpus `fuzz/corpus/server_hostile/`, against two real serve loops with
 //! the default seccomp filter (this test binary re-executed with
 //! `VFIO_SIDECAR_FUZZ_SERVE` set, running `hostile_server_child`). A dead
-//! backend, a reply that does not come within 3 s, a broken reply stream or
+//! backend, a reply that does not come within 10 s, a broken reply stream or
 //! a backend that does not serve the next client fails the test.
 //!
 //! `WRITE_SEEDS=1 cargo test -p vfio-sidecar-tests --test
