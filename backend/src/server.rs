@@ -1112,6 +1112,9 @@ struct AcceptBackoff {
     until: Option<Instant>,
 }
 
+/// Connections accepted per wake-up of the loop at most.
+const ACCEPTS_PER_WAKEUP: usize = 64;
+
 /// First and longest pause of [`AcceptBackoff`].
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
@@ -1253,9 +1256,13 @@ impl EventLoop<'_> {
     }
 
     /// Accepts what the backlog holds, until it is empty, the refused set
-    /// is full, or `accept` fails (then backs off).
+    /// is full, `accept` fails (then backs off) or [`ACCEPTS_PER_WAKEUP`]
+    /// were taken (a connect flood cannot starve signals and device fds:
+    /// the listener stays readable for the next wake-up).
     fn accept_pending(&mut self) -> Result<(), ServeError> {
-        while !self.refused.is_full() && self.accept.until.is_none() {
+        let mut taken = 0;
+        while taken < ACCEPTS_PER_WAKEUP && !self.refused.is_full() && self.accept.until.is_none() {
+            taken += 1;
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     self.accept.succeed();

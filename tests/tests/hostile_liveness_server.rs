@@ -165,7 +165,7 @@ fn non_reading_client_delays_neither_ebusy_nor_sigterm() {
     drop(a);
 }
 
-/// Reads one byte every 100 ms from `sock` until EOF/error or `stop`.
+/// Reads up to `chunk` bytes every 100 ms from `sock` until EOF/error or `stop`.
 fn trickle(sock: UnixStream, chunk: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; chunk];
@@ -195,6 +195,8 @@ fn trickle_reader_delays_neither_ebusy_nor_sigterm() {
     stuff_until_backend_stalls(&a.sock, &pipelined_region_reads(0x1000, 4096, 64));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = trickle(a.sock.try_clone().unwrap(), 1, stop.clone());
+    // Trickle for a while (a timeout restarted by every read would never fire).
+    std::thread::sleep(Duration::from_secs(1));
     expect_ebusy(&srv.socket, "second client while the first trickles");
     let log = srv.log_text();
     assert!(
