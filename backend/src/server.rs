@@ -1298,16 +1298,16 @@ impl EventLoop<'_> {
                 return Ok(());
             }
         };
-        // A served client that has hung up no longer holds the slot: let
-        // its cleanup finish, then serve this one.
-        if self
-            .client
-            .as_ref()
-            .is_some_and(ShutdownHandle::peer_hung_up)
-            && readable_within(&self.shared.done, SHUTDOWN_WAIT)
-        {
-            let _ = self.shared.done.read();
-            self.client = None;
+        // A served client that has hung up no longer holds the slot: end
+        // its connection (the connection thread may be waiting to write
+        // replies it will never read: that ends now, not at their
+        // deadline), let its cleanup finish, then serve this one.
+        if let Some(old) = self.client.as_ref().filter(|c| c.peer_hung_up()) {
+            old.shutdown();
+            if readable_within(&self.shared.done, SHUTDOWN_WAIT) {
+                let _ = self.shared.done.read();
+                self.client = None;
+            }
         }
         if self.client.is_some() {
             vfio_sidecar_protocol::peer_warn!(

@@ -165,6 +165,27 @@ fn non_reading_client_delays_neither_ebusy_nor_sigterm() {
     drop(a);
 }
 
+/// A client that stops reading and half-closes its socket (it has hung up,
+/// as far as the slot is concerned): the next client is served without
+/// waiting for the first one's reply deadline (failure 4: the loop used to
+/// wait for the connection thread, stuck writing to it).
+#[test]
+fn half_closed_non_reader_frees_the_slot_without_its_deadline() {
+    let srv = Sidecar::start("model:scratch", &[]);
+    let a = Raw::negotiated(&srv.socket, true);
+    stuff_until_backend_stalls(&a.sock, &pipelined_region_reads(0x1000, 4096, 64));
+    a.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut b = Raw::negotiated(&srv.socket, true);
+    b.still_works();
+    let log = srv.log_text();
+    assert!(
+        !log.contains(DEADLINE_LOG),
+        "the next client waited for the first one's deadline: {log}"
+    );
+    signal_and_expect_clean_exit(srv, libc::SIGTERM);
+    drop(a);
+}
+
 /// Reads up to `chunk` bytes every 100 ms from `sock` until EOF/error or `stop`.
 fn trickle(sock: UnixStream, chunk: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
