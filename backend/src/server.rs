@@ -14,12 +14,19 @@
 //! * **EOI**: after a trapped access reaches the device, [`EoiEngine`] says which
 //!   IRQs to unmask (clear register written, or any access for first-access).
 //! * **Lifecycle**: one client at a time. A second connection is answered with an
-//!   `EBUSY` error reply to its VERSION and closed. When the client goes (clean or
+//!   `EBUSY` error reply to its first message (VERSION) and closed, however many
+//!   connect at once (`server/refused.rs`). When the client goes (clean or
 //!   killed): every DMA mapping is dropped (device notified, munmap, fd closed),
 //!   every IRQ eventfd released (`SET_IRQS` trigger disable, unmask eventfd
 //!   removed), the device reset when it supports reset, counters logged, and the
-//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed
-//!   (unless inherited through socket activation).
+//!   next client accepted. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2:
+//!   clean shutdown, socket file removed (unless inherited through socket
+//!   activation).
+//! * **Liveness**: the connection thread writes a batch's replies after it has
+//!   released the device lock, all within one total deadline; the event loop
+//!   never writes to the served client and never blocks on a peer; `accept`
+//!   failures pause the listener (growing back-off) instead of spinning. See
+//!   `docs/threat-model.md` §10.
 //! * **Sandbox** ([`run_serve`]): listener from [`crate::sandbox::open_listener`]
 //!   (socket activation preferred), `--user` privilege drop, the seccomp filter
 //!   (on by default, `--seccomp kill`) before the loop; every accepted peer is
