@@ -983,7 +983,8 @@ fn test_forbidden_syscall() {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT (see the module docs).
+/// Runs the server until a shutdown signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+/// SIGUSR1, SIGUSR2; see the module docs).
 ///
 /// Setup order (each step narrows what the next may do; see `crate::sandbox`):
 /// open the device ([`build_backend`]); resolve `--socket-owner/-group`,
