@@ -1163,14 +1163,7 @@ impl EventLoop<'_> {
         let mut events = vec![EpollEvent::default(); 16];
         let mut listening = true;
         loop {
-            let timers = !self.refused.is_empty() || self.accept.until.is_some();
-            let now = timers.then(Instant::now);
-            if let Some(now) = now {
-                self.refused.expire(self.epoll, now);
-                if self.accept.until.is_some_and(|t| t <= now) {
-                    self.accept.until = None;
-                }
-            }
+            let now = self.run_timers();
             // Watch the listener unless accepting is paused (backoff) or
             // the refused peers' set is full.
             let want = self.accept.until.is_none() && !self.refused.is_full();
@@ -1178,22 +1171,7 @@ impl EventLoop<'_> {
                 self.watch_listener(want)?;
                 listening = want;
             }
-            // Device work left pending: keep running it between events.
-            let timeout = if lock(self.shared).work_pending {
-                0
-            } else {
-                let next = [self.refused.next_deadline(), self.accept.until]
-                    .into_iter()
-                    .flatten()
-                    .min();
-                match (next, now) {
-                    (Some(t), Some(now)) => {
-                        let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
-                        i32::try_from(ms).unwrap_or(i32::MAX)
-                    }
-                    _ => -1,
-                }
-            };
+            let timeout = self.wait_timeout(now);
             let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -1228,6 +1206,39 @@ impl EventLoop<'_> {
                 }
             }
             lock(self.shared).run_pending();
+        }
+    }
+
+    /// Expires refused peers and ends an accept pause that is due; the
+    /// time it read (`None`: no timer runs, the clock was not read).
+    fn run_timers(&mut self) -> Option<Instant> {
+        if self.refused.is_empty() && self.accept.until.is_none() {
+            return None;
+        }
+        let now = Instant::now();
+        self.refused.expire(self.epoll, now);
+        if self.accept.until.is_some_and(|t| t <= now) {
+            self.accept.until = None;
+        }
+        Some(now)
+    }
+
+    /// The `epoll_wait` timeout (ms): 0 while device work is pending (it runs
+    /// between events), else until the next timer, else forever (-1).
+    fn wait_timeout(&self, now: Option<Instant>) -> i32 {
+        if lock(self.shared).work_pending {
+            return 0;
+        }
+        let next = [self.refused.next_deadline(), self.accept.until]
+            .into_iter()
+            .flatten()
+            .min();
+        match (next, now) {
+            (Some(t), Some(now)) => {
+                let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            }
+            _ => -1,
         }
     }
 
