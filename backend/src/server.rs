@@ -1474,6 +1474,21 @@ mod tests {
     }
 
     #[test]
+    fn accept_backoff_grows_to_its_cap_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let t = Instant::now();
+        let pauses: Vec<Duration> = (0..10).map(|_| b.fail(t)).collect();
+        assert_eq!(pauses[0], ACCEPT_PAUSE_MIN);
+        assert_eq!(pauses[1], ACCEPT_PAUSE_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
+        assert_eq!(b.until, Some(t + ACCEPT_PAUSE_MAX));
+        b.succeed();
+        assert_eq!(b.until, None);
+        assert_eq!(b.fail(t), ACCEPT_PAUSE_MIN);
+    }
+
+    #[test]
     fn clear_register_page_is_never_mmappable() {
         // Default scratch profile: INTCLR in page 0, the mmap area is page 1.
         let mut b = scratch_backend(None, None);
