@@ -165,7 +165,28 @@ fn non_reading_client_delays_neither_ebusy_nor_sigterm() {
     drop(a);
 }
 
-/// Reads one byte every 100 ms from `sock` until EOF/error or `stop`.
+/// A client that stops reading and half-closes its socket (it has hung up,
+/// as far as the slot is concerned): the next client is served without
+/// waiting for the first one's reply deadline (failure 4: the loop used to
+/// wait for the connection thread, stuck writing to it).
+#[test]
+fn half_closed_non_reader_frees_the_slot_without_its_deadline() {
+    let srv = Sidecar::start("model:scratch", &[]);
+    let a = Raw::negotiated(&srv.socket, true);
+    stuff_until_backend_stalls(&a.sock, &pipelined_region_reads(0x1000, 4096, 64));
+    a.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut b = Raw::negotiated(&srv.socket, true);
+    b.still_works();
+    let log = srv.log_text();
+    assert!(
+        !log.contains(DEADLINE_LOG),
+        "the next client waited for the first one's deadline: {log}"
+    );
+    signal_and_expect_clean_exit(srv, libc::SIGTERM);
+    drop(a);
+}
+
+/// Reads up to `chunk` bytes every 100 ms from `sock` until EOF/error or `stop`.
 fn trickle(sock: UnixStream, chunk: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; chunk];
@@ -195,6 +216,8 @@ fn trickle_reader_delays_neither_ebusy_nor_sigterm() {
     stuff_until_backend_stalls(&a.sock, &pipelined_region_reads(0x1000, 4096, 64));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = trickle(a.sock.try_clone().unwrap(), 1, stop.clone());
+    // Trickle for a while (a timeout restarted by every read would never fire).
+    std::thread::sleep(Duration::from_secs(1));
     expect_ebusy(&srv.socket, "second client while the first trickles");
     let log = srv.log_text();
     assert!(
