@@ -30,7 +30,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vfio_sidecar::device::{Device, DmaProt, IrqAction, IrqData, MappedRegion, NoDmaMemory, SetIrqs};
+use vfio_sidecar::device::{
+    Device, DmaProt, IrqAction, IrqData, MappedRegion, NoDmaMemory, SetIrqs,
+};
 use vfio_sidecar::vfio::{self, VfioOptions};
 use vfio_sidecar_protocol::testing;
 use vfio_sidecar_protocol::transport::wait_fd;
@@ -83,7 +85,8 @@ fn bind(dev: &Path, driver: &str) -> Result<(), String> {
     }
     sysfs_write(&dev.join("driver_override"), driver)?;
     sysfs_write(Path::new("/sys/bus/pci/drivers_probe"), &bdf(dev))?;
-    let now = std::fs::read_link(dev.join("driver")).map_err(|e| format!("no driver after probe: {e}"))?;
+    let now = std::fs::read_link(dev.join("driver"))
+        .map_err(|e| format!("no driver after probe: {e}"))?;
     match now.file_name().and_then(|n| n.to_str()) {
         Some(n) if n == driver => Ok(()),
         other => Err(format!("bound to {other:?}, not {driver}")),
@@ -99,7 +102,10 @@ fn unbind(dev: &Path) {
 }
 
 fn bdf(dev: &Path) -> String {
-    dev.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string()
+    dev.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Config space through sysfs (`config`): the guest kernel's view, i.e. what QEMU's
@@ -160,7 +166,10 @@ impl Bar {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap resource0: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap resource0: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Bar { ptr: p.cast(), len })
     }
@@ -296,7 +305,13 @@ fn pattern(seed: usize) -> impl Fn(usize) -> u8 {
 }
 
 /// DMA page 0 -> edu buffer -> page 1 and compares; the bus address of page i is `bus(i)`.
-fn dma_both_ways(r: &mut dyn Regs, pages: &PhysPages, bus: &dyn Fn(usize) -> u64, len: u32, seed: usize) -> Result<(), String> {
+fn dma_both_ways(
+    r: &mut dyn Regs,
+    pages: &PhysPages,
+    bus: &dyn Fn(usize) -> u64,
+    len: u32,
+    seed: usize,
+) -> Result<(), String> {
     pages.fill(0, pattern(seed));
     pages.fill(1, |_| 0);
     if !edu_dma(r, bus(0), 0x40000, len, false) {
@@ -308,7 +323,10 @@ fn dma_both_ways(r: &mut dyn Regs, pages: &PhysPages, bus: &dyn Fn(usize) -> u64
     let (want, got) = (pages.get(0, len as usize), pages.get(1, len as usize));
     match want.iter().zip(&got).position(|(a, b)| a != b) {
         None => Ok(()),
-        Some(i) => Err(format!("byte {i}: wrote {:#x}, read back {:#x}", want[i], got[i])),
+        Some(i) => Err(format!(
+            "byte {i}: wrote {:#x}, read back {:#x}",
+            want[i], got[i]
+        )),
     }
 }
 
@@ -320,20 +338,43 @@ fn pci(c: &mut Checks, dev: &Path, prefix: &str, dma: bool) {
         Err(e) => return c.check(false, &format!("{prefix}-ids"), &e),
     };
     let (v, d) = (cfg.read16(0), cfg.read16(2));
-    c.check(v == 0x1234 && d == 0x11e8, &format!("{prefix}-ids"), &format!("config vendor:device {v:04x}:{d:04x}"));
-    c.check(cfg.enable_mem_master(), &format!("{prefix}-enable"), &format!("command {:#06x} (memory + bus master)", cfg.read16(4)));
+    c.check(
+        v == 0x1234 && d == 0x11e8,
+        &format!("{prefix}-ids"),
+        &format!("config vendor:device {v:04x}:{d:04x}"),
+    );
+    c.check(
+        cfg.enable_mem_master(),
+        &format!("{prefix}-enable"),
+        &format!("command {:#06x} (memory + bus master)", cfg.read16(4)),
+    );
     let mut bar = match Bar::map(dev) {
         Ok(b) => b,
         Err(e) => return c.check(false, &format!("{prefix}-bar0-id"), &e),
     };
     let id = bar.rd(0);
-    c.check(id == EDU_ID, &format!("{prefix}-bar0-id"), &format!("BAR0[0] = {id:#010x}"));
+    c.check(
+        id == EDU_ID,
+        &format!("{prefix}-bar0-id"),
+        &format!("BAR0[0] = {id:#010x}"),
+    );
     bar.wr(4, 0x1234_5678);
     let l = bar.rd(4);
-    c.check(l == !0x1234_5678, &format!("{prefix}-liveness"), &format!("wrote 0x12345678, read {l:#010x}"));
+    c.check(
+        l == !0x1234_5678,
+        &format!("{prefix}-liveness"),
+        &format!("wrote 0x12345678, read {l:#010x}"),
+    );
     bar.wr(8, 10);
-    let f = (0..100).map(|_| bar.rd(0x20) & 1).find(|&busy| busy == 0).map(|_| bar.rd(8));
-    c.check(f == Some(3_628_800), &format!("{prefix}-factorial"), &format!("10! = {f:?}"));
+    let f = (0..100)
+        .map(|_| bar.rd(0x20) & 1)
+        .find(|&busy| busy == 0)
+        .map(|_| bar.rd(8));
+    c.check(
+        f == Some(3_628_800),
+        &format!("{prefix}-factorial"),
+        &format!("10! = {f:?}"),
+    );
     if !dma {
         return;
     }
@@ -344,28 +385,51 @@ fn pci(c: &mut Checks, dev: &Path, prefix: &str, dma: bool) {
             .and_then(|()| dma_both_ways(&mut bar, &p, &bus, 0x100, 31))
             .map(|()| format!("4 KiB and 256 B round trips at GPA {a:#x} -> edu -> {b:#x}"))
     });
-    c.check(r.is_ok(), &format!("{prefix}-dma"), &r.unwrap_or_else(|e| e));
+    c.check(
+        r.is_ok(),
+        &format!("{prefix}-dma"),
+        &r.unwrap_or_else(|e| e),
+    );
 }
 
 /// The count in /proc/interrupts for IRQ `irq` (sum over CPUs), None if absent.
 fn irq_count(irq: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/interrupts").ok()?;
-    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{irq}:")))?;
-    Some(line.split_whitespace().skip(1).map_while(|w| w.parse::<u64>().ok()).sum())
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{irq}:")))?;
+    Some(
+        line.split_whitespace()
+            .skip(1)
+            .map_while(|w| w.parse::<u64>().ok())
+            .sum(),
+    )
 }
 
 /// `uio`: INTx through uio_pci_generic (its handler is `pci_check_and_mask_intx`).
 fn uio(c: &mut Checks, dev: &Path) {
     let r = bind(dev, "uio_pci_generic");
-    c.check(r.is_ok(), "uio-bind", &r.clone().err().unwrap_or_else(|| "bound to uio_pci_generic (INTx masking supported)".into()));
+    c.check(
+        r.is_ok(),
+        "uio-bind",
+        &r.clone()
+            .err()
+            .unwrap_or_else(|| "bound to uio_pci_generic (INTx masking supported)".into()),
+    );
     if r.is_err() {
         return;
     }
-    let uio = std::fs::read_dir(dev.join("uio")).ok().and_then(|mut d| d.next()).and_then(|e| e.ok());
+    let uio = std::fs::read_dir(dev.join("uio"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok());
     let Some(uio) = uio.map(|e| PathBuf::from("/dev").join(e.file_name())) else {
         return c.check(false, "uio-intx", "no uio device under the PCI device");
     };
-    let irq = std::fs::read_to_string(dev.join("irq")).unwrap_or_default().trim().to_string();
+    let irq = std::fs::read_to_string(dev.join("irq"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let mut f = match OpenOptions::new().read(true).write(true).open(&uio) {
         Ok(f) => f,
         Err(e) => return c.check(false, "uio-intx", &format!("open {}: {e}", uio.display())),
@@ -376,13 +440,25 @@ fn uio(c: &mut Checks, dev: &Path) {
     };
     let before = irq_count(&irq).unwrap_or(0);
     let _ = f.write_all(&1u32.to_ne_bytes());
-    c.check(uio_wait(&f, 300).is_none(), "uio-no-spurious", "no interrupt before the device raises one");
+    c.check(
+        uio_wait(&f, 300).is_none(),
+        "uio-no-spurious",
+        "no interrupt before the device raises one",
+    );
     bar.wr(0x60, 1);
     let n1 = uio_wait(&f, 3000);
-    c.check(n1.is_some(), "uio-intx", &format!("raise 0x60 -> /dev/uio event {n1:?} (IRQ {irq})"));
+    c.check(
+        n1.is_some(),
+        "uio-intx",
+        &format!("raise 0x60 -> /dev/uio event {n1:?} (IRQ {irq})"),
+    );
     bar.wr(0x64, 1);
     let _ = f.write_all(&1u32.to_ne_bytes()); // unmask (command bit 10 cleared)
-    c.check(uio_wait(&f, 300).is_none(), "uio-ack-quiet", "after ack + re-enable nothing pending");
+    c.check(
+        uio_wait(&f, 300).is_none(),
+        "uio-ack-quiet",
+        "after ack + re-enable nothing pending",
+    );
     bar.wr(0x60, 1);
     let n2 = uio_wait(&f, 3000);
     bar.wr(0x64, 1);
@@ -393,7 +469,9 @@ fn uio(c: &mut Checks, dev: &Path) {
     c.check(
         n2.is_some() && delta <= 10,
         "uio-intx-again",
-        &format!("second event {n2:?}; {delta} interrupts on IRQ {irq} for 2 device events (no storm)"),
+        &format!(
+            "second event {n2:?}; {delta} interrupts on IRQ {irq} for 2 device events (no storm)"
+        ),
     );
     drop(bar);
     drop(f);
@@ -405,7 +483,10 @@ fn uio_wait(f: &File, ms: u64) -> Option<u32> {
     match wait_fd(f.as_fd(), libc::POLLIN, Some(Duration::from_millis(ms))) {
         Ok(true) => {
             let mut b = [0u8; 4];
-            (&*f).read_exact(&mut b).ok().map(|()| u32::from_ne_bytes(b))
+            (&*f)
+                .read_exact(&mut b)
+                .ok()
+                .map(|()| u32::from_ne_bytes(b))
         }
         _ => None,
     }
@@ -428,20 +509,38 @@ fn set_trigger(d: &mut vfio::VfioDevice, index: u32, fd: Option<&OwnedFd>) -> Re
         Some(fd) => (IrqData::Eventfd(vec![fd.try_clone().ok()]), 1),
         None => (IrqData::None, 0),
     };
-    d.set_irqs(SetIrqs { index, start: 0, count, action: IrqAction::Trigger, data })
-        .map_err(|e| format!("SET_IRQS index {index}: {e}"))
+    d.set_irqs(SetIrqs {
+        index,
+        start: 0,
+        count,
+        action: IrqAction::Trigger,
+        data,
+    })
+    .map_err(|e| format!("SET_IRQS index {index}: {e}"))
 }
 
 /// `vfio`: guest vfio-pci behind the vIOMMU, through the project's VFIO layer.
 fn guest_vfio(c: &mut Checks, dev: &Path) {
     let r = bind(dev, "vfio-pci");
     let grp = std::fs::read_link(dev.join("iommu_group")).ok();
-    c.check(r.is_ok() && grp.is_some(), "vfio-bind", &format!("{r:?}; IOMMU group {grp:?}"));
+    c.check(
+        r.is_ok() && grp.is_some(),
+        "vfio-bind",
+        &format!("{r:?}; IOMMU group {grp:?}"),
+    );
     let mut d = match vfio::open(dev, &VfioOptions::default()) {
         Ok(d) => d,
         Err(e) => return c.check(false, "vfio-open", &format!("vfio::open: {e}")),
     };
-    c.check(d.rd(0) == EDU_ID, "vfio-open", &format!("opened ({} IOMMU), BAR0[0] = {:#x}", d.iommu_backend(), d.rd(0)));
+    c.check(
+        d.rd(0) == EDU_ID,
+        "vfio-open",
+        &format!(
+            "opened ({} IOMMU), BAR0[0] = {:#x}",
+            d.iommu_backend(),
+            d.rd(0)
+        ),
+    );
     vfio_intx(c, &mut d);
     vfio_msi(c, &mut d);
     vfio_dma(c, &mut d);
@@ -454,7 +553,11 @@ fn vfio_intx(c: &mut Checks, d: &mut vfio::VfioDevice) {
     }
     d.wr(0x60, 1);
     let e1 = wait_event(&trig, 3000);
-    c.check(e1 != 0, "vfio-intx", "raise 0x60 -> INTx eventfd (vfio-pci default mode: PCI 2.3 masking)");
+    c.check(
+        e1 != 0,
+        "vfio-intx",
+        "raise 0x60 -> INTx eventfd (vfio-pci default mode: PCI 2.3 masking)",
+    );
     d.wr(0x64, 1);
     let _ = d.unmask_irq(0, 0);
     let quiet = wait_event(&trig, 300) == 0;
@@ -462,7 +565,14 @@ fn vfio_intx(c: &mut Checks, d: &mut vfio::VfioDevice) {
     let e2 = wait_event(&trig, 3000);
     d.wr(0x64, 1);
     let _ = d.unmask_irq(0, 0);
-    c.check(quiet && e2 != 0, "vfio-intx-unmask", &format!("quiet after ack + unmask: {quiet}; next raise delivered: {}", e2 != 0));
+    c.check(
+        quiet && e2 != 0,
+        "vfio-intx-unmask",
+        &format!(
+            "quiet after ack + unmask: {quiet}; next raise delivered: {}",
+            e2 != 0
+        ),
+    );
     let _ = set_trigger(d, 0, None);
 }
 
@@ -477,7 +587,11 @@ fn vfio_msi(c: &mut Checks, d: &mut vfio::VfioDevice) {
     d.wr(0x60, 1);
     let e2 = wait_event(&msi, 3000);
     d.wr(0x64, 1);
-    c.check(e1 != 0 && e2 != 0, "vfio-msi", &format!("two raises -> MSI eventfd {e1}, {e2}"));
+    c.check(
+        e1 != 0 && e2 != 0,
+        "vfio-msi",
+        &format!("two raises -> MSI eventfd {e1}, {e2}"),
+    );
     let _ = set_trigger(d, 1, None);
 }
 
@@ -491,25 +605,46 @@ fn vfio_dma(c: &mut Checks, d: &mut vfio::VfioDevice) {
         iova: IOVA,
         size: (3 * PAGE) as u64,
         host_addr: pages.ptr as u64,
-        prot: DmaProt { read: true, write: true, exec: false },
+        prot: DmaProt {
+            read: true,
+            write: true,
+            exec: false,
+        },
     };
     if let Err(e) = d.dma_map(&region) {
-        return c.check(false, "vfio-dma", &format!("MAP_DMA through the vIOMMU: {e}"));
+        return c.check(
+            false,
+            "vfio-dma",
+            &format!("MAP_DMA through the vIOMMU: {e}"),
+        );
     }
     let bus = |i: usize| IOVA + (i * PAGE) as u64;
     let r = dma_both_ways(d, &pages, &bus, PAGE as u32, 11);
-    c.check(r.is_ok(), "vfio-dma", &r.map(|()| format!("IOVA {IOVA:#x} -> edu -> IOVA {:#x}, 4 KiB", bus(1))).unwrap_or_else(|e| e));
+    c.check(
+        r.is_ok(),
+        "vfio-dma",
+        &r.map(|()| format!("IOVA {IOVA:#x} -> edu -> IOVA {:#x}, 4 KiB", bus(1)))
+            .unwrap_or_else(|e| e),
+    );
     let unmapped = d.dma_unmap(&region);
     pages.fill(2, |_| 0x5a);
     let _ = edu_dma(d, 0x40000, bus(2), 0x100, true);
     let untouched = pages.get(2, 0x100).iter().all(|&b| b == 0x5a);
-    c.check(unmapped.is_ok() && untouched, "vfio-dma-unmapped", &format!("UNMAP_DMA {unmapped:?}; DMA to the unmapped IOVA left memory untouched: {untouched}"));
+    c.check(
+        unmapped.is_ok() && untouched,
+        "vfio-dma-unmapped",
+        &format!(
+            "UNMAP_DMA {unmapped:?}; DMA to the unmapped IOVA left memory untouched: {untouched}"
+        ),
+    );
 }
 
 /// `dirty`: state a reset must clear.
 fn dirty(c: &mut Checks, dev: &Path) {
     unbind(dev);
-    let r = ConfigSpace::open(dev).map(|cfg| cfg.enable_mem_master()).and_then(|_| Bar::map(dev));
+    let r = ConfigSpace::open(dev)
+        .map(|cfg| cfg.enable_mem_master())
+        .and_then(|_| Bar::map(dev));
     let mut bar = match r {
         Ok(b) => b,
         Err(e) => return c.check(false, "reboot-dirty", &e),
@@ -518,7 +653,9 @@ fn dirty(c: &mut Checks, dev: &Path) {
     let loaded = pages.as_ref().map_err(String::clone).and_then(|p| {
         p.fill(0, |_| DIRTY_BYTE);
         let a = p.phys(0)?;
-        edu_dma(&mut bar, a, 0x40000, PAGE as u32, false).then_some(()).ok_or_else(|| "DMA did not complete".to_string())
+        edu_dma(&mut bar, a, 0x40000, PAGE as u32, false)
+            .then_some(())
+            .ok_or_else(|| "DMA did not complete".to_string())
     });
     // INTx disabled in the command register so the raised status does not storm an
     // unhandled line while nobody is bound.
@@ -528,14 +665,28 @@ fn dirty(c: &mut Checks, dev: &Path) {
     bar.wr(4, !DIRTY_LIVE);
     bar.wr(0x60, DIRTY_IRQ);
     bar.wr(0x80, DIRTY_SRC);
-    let ok = loaded.is_ok() && bar.rd(4) == DIRTY_LIVE && bar.rd(0x24) & DIRTY_IRQ != 0 && bar.rd(0x80) == DIRTY_SRC;
-    c.check(ok, "reboot-dirty", &format!("buffer {loaded:?}, liveness {:#x}, irq status {:#x}, DMA src {:#x}", bar.rd(4), bar.rd(0x24), bar.rd(0x80)));
+    let ok = loaded.is_ok()
+        && bar.rd(4) == DIRTY_LIVE
+        && bar.rd(0x24) & DIRTY_IRQ != 0
+        && bar.rd(0x80) == DIRTY_SRC;
+    c.check(
+        ok,
+        "reboot-dirty",
+        &format!(
+            "buffer {loaded:?}, liveness {:#x}, irq status {:#x}, DMA src {:#x}",
+            bar.rd(4),
+            bar.rd(0x24),
+            bar.rd(0x80)
+        ),
+    );
 }
 
 /// `clean`: after the reboot none of `dirty`'s state is left, and the device works.
 fn clean(c: &mut Checks, dev: &Path) {
     unbind(dev);
-    let r = ConfigSpace::open(dev).map(|cfg| (cfg.enable_mem_master(), cfg.read16(4))).and_then(|cmd| Bar::map(dev).map(|b| (cmd, b)));
+    let r = ConfigSpace::open(dev)
+        .map(|cfg| (cfg.enable_mem_master(), cfg.read16(4)))
+        .and_then(|cmd| Bar::map(dev).map(|b| (cmd, b)));
     let (cmd, mut bar) = match r {
         Ok(v) => v,
         Err(e) => return c.check(false, "reboot-clean", &e),
@@ -544,10 +695,15 @@ fn clean(c: &mut Checks, dev: &Path) {
     let buf = PhysPages::new(1).and_then(|p| {
         p.fill(0, |_| 0);
         let a = p.phys(0)?;
-        edu_dma(&mut bar, 0x40000, a, PAGE as u32, true).then_some(()).ok_or("DMA did not complete")?;
+        edu_dma(&mut bar, 0x40000, a, PAGE as u32, true)
+            .then_some(())
+            .ok_or("DMA did not complete")?;
         Ok(p.get(0, PAGE).iter().filter(|&&b| b == DIRTY_BYTE).count())
     });
-    let ok = live != DIRTY_LIVE && irq & DIRTY_IRQ == 0 && src != DIRTY_SRC && buf.as_ref().is_ok_and(|&n| n < 64);
+    let ok = live != DIRTY_LIVE
+        && irq & DIRTY_IRQ == 0
+        && src != DIRTY_SRC
+        && buf.as_ref().is_ok_and(|&n| n < 64);
     c.check(
         ok,
         "reboot-clean",
@@ -597,7 +753,11 @@ fn main() {
     }
     let mut c = Checks { failed: 0 };
     let Some(dev) = find_edu() else {
-        c.check(false, &format!("{mode}-found"), "no 1234:11e8 device in the guest");
+        c.check(
+            false,
+            &format!("{mode}-found"),
+            "no 1234:11e8 device in the guest",
+        );
         std::process::exit(1);
     };
     match mode {
