@@ -63,8 +63,12 @@
 //! MSI is used instead of INTx while the MSI index has a trigger eventfd or the
 //! MSI enable bit is set in config space (QEMU and cloud-hypervisor write MSI
 //! control through to the device, and the kernel's vfio-pci enables MSI when
-//! the trigger is set). INTx is asserted while the interrupt status is non-zero,
-//! MSI is not in use and the command register's INTx-disable bit is clear.
+//! the trigger is set). INTx is *pending* while the interrupt status is
+//! non-zero and MSI is not in use; PCI status bit 3 (Interrupt Status) shows
+//! exactly that, whatever the command register's INTx-disable bit says (as the
+//! PCI spec and edu.c's `pci_set_irq` do: Linux's `pci_check_and_mask_intx()`,
+//! used by `uio_pci_generic` and `vfio-pci`'s INTx masking, relies on it). The
+//! line is asserted while INTx is pending and the INTx-disable bit is clear.
 //!
 //! Options: `dma-bits=N` (12..=64, default 28).
 
@@ -175,6 +179,10 @@ pub const DMA_IRQ: u32 = 0x100;
 
 const PCI_COMMAND: usize = 0x04;
 const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+const PCI_STATUS: usize = 0x06;
+/// PCI status bit 3, Interrupt Status: the function's INTx is pending
+/// (whether or not command bit 10 keeps it off the pin).
+pub const PCI_STATUS_INTERRUPT: u16 = 1 << 3;
 const MSI_FLAGS_ENABLE: u16 = 0x0001;
 
 /// PCI config space with a per-byte write mask.
@@ -269,6 +277,17 @@ impl Config {
 
     fn intx_disabled(&self) -> bool {
         self.u16_at(PCI_COMMAND) & PCI_COMMAND_INTX_DISABLE != 0
+    }
+
+    /// Sets or clears status bit 3 (read-only for the client: not in `wmask`).
+    fn set_interrupt_status(&mut self, pending: bool) {
+        let st = self.u16_at(PCI_STATUS);
+        let st = if pending {
+            st | PCI_STATUS_INTERRUPT
+        } else {
+            st & !PCI_STATUS_INTERRUPT
+        };
+        put16(&mut self.bytes, PCI_STATUS, st);
     }
 }
 
@@ -381,9 +400,15 @@ impl Edu {
         self.config.msi_enabled() || self.msi.held_fds() > 0
     }
 
-    /// The INTx line level.
+    /// INTx pending: an interrupt is raised and MSI is not in use (what
+    /// edu.c's `pci_set_irq` asserts, and PCI status bit 3 reports).
+    pub fn intx_pending(&self) -> bool {
+        self.regs.irq_status != 0 && !self.msi_in_use()
+    }
+
+    /// The INTx line level: pending and not disabled by command bit 10.
     pub fn intx_level(&self) -> bool {
-        self.regs.irq_status != 0 && !self.msi_in_use() && !self.config.intx_disabled()
+        self.intx_pending() && !self.config.intx_disabled()
     }
 
     fn raise(&mut self, bits: u32) {
@@ -398,6 +423,7 @@ impl Edu {
     }
 
     fn sync_irqs(&mut self) {
+        self.config.set_interrupt_status(self.intx_pending());
         let level = self.intx_level();
         self.intx.update(&[level]);
         for _ in 0..std::mem::take(&mut self.msi_pending) {
@@ -895,6 +921,55 @@ mod tests {
         d.reset().unwrap();
         assert_eq!(rd32(&mut d, 0, regs::IRQ_STATUS), 0);
         assert_eq!(rd32(&mut d, 7, 0x10), 0);
+    }
+
+    fn status_reg(d: &mut Edu) -> u16 {
+        (rd32(d, pci_region::CONFIG, 0x04) >> 16) as u16
+    }
+
+    /// PCI status bit 3 follows the pending INTx, whatever command bit 10
+    /// says (what `pci_check_and_mask_intx()` reads), and never with MSI.
+    #[test]
+    fn status_interrupt_bit_follows_pending_intx() {
+        let mut d = Edu::new(28);
+        assert_eq!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
+        wr32(&mut d, 0, regs::IRQ_RAISE, 0x40);
+        assert_ne!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
+        assert!(d.intx_level());
+        // INTx disabled (Linux's PCI 2.3 masking): the pin drops, the status stays.
+        wr32(
+            &mut d,
+            pci_region::CONFIG,
+            0x04,
+            u32::from(PCI_COMMAND_INTX_DISABLE),
+        );
+        assert!(!d.intx_level());
+        assert_ne!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
+        // The status bit is read-only for the client.
+        d.region_write(pci_region::CONFIG, 0x06, &[0, 0], &NoDmaMemory)
+            .unwrap();
+        assert_ne!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
+        // Acked: clear, while disabled too; the capability-list bit is kept.
+        wr32(&mut d, 0, regs::IRQ_ACK, 0x40);
+        let st = status_reg(&mut d);
+        assert_eq!(st & PCI_STATUS_INTERRUPT, 0);
+        assert_eq!(st & 0x10, 0x10);
+        // Raised while disabled: pending, reported, not on the pin; enabling
+        // INTx again puts it on the pin.
+        wr32(&mut d, 0, regs::IRQ_RAISE, 1);
+        assert_ne!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
+        assert!(!d.intx_level());
+        wr32(&mut d, pci_region::CONFIG, 0x04, 0);
+        assert!(d.intx_level());
+        // Reset: clear.
+        d.reset().unwrap();
+        assert_eq!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
+        // MSI in use: interrupts are messages, no INTx status.
+        let msi = eventfd();
+        set_trigger(&mut d, pci_irq::MSI, &msi);
+        wr32(&mut d, 0, regs::IRQ_RAISE, 1);
+        assert_eq!(count(&msi), 1);
+        assert_eq!(status_reg(&mut d) & PCI_STATUS_INTERRUPT, 0);
     }
 
     struct FakeMem(RefCell<Vec<u8>>);
