@@ -77,6 +77,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 # initramfs = the cached base + guest.sh + the guest binary with its libraries
 mkdir -p "$work/extra/bin"
@@ -97,6 +98,7 @@ cp "$QI_KERNEL" "$work/vmlinuz"
 
 # ---- the backend: one process for every QEMU below
 sock=$work/edu.sock
+[ ${#sock} -lt 100 ] || { echo "qemu-interop: socket path $sock is too long for a Unix socket (set VFIO_SIDECAR_CACHE to a shorter directory)" >&2; summary; exit 1; }
 "$backend_bin" serve --socket "$sock" --device model:edu 2> "$work/backend.log" &
 bpid=$!
 for _ in $(seq 100); do grep -q 'listening on' "$work/backend.log" && break; sleep 0.1; done
@@ -115,6 +117,7 @@ qemu() {
     local name=$1 marker=$2; shift 2
     local serial=$work/$name.serial.log deadline=$(( $(date +%s) + ${QI_TIMEOUT:-150} ))
     : > "$serial"
+    log "$name: chroot $R qemu-system-x86_64 $*"
     chroot "$R" qemu-system-x86_64 "$@" < /dev/null > "$serial" 2> "$work/$name.qemu.log" &
     qpid=$!
     while kill -0 "$qpid" 2>/dev/null; do
