@@ -375,9 +375,11 @@ impl RegionInfoRequest {
         })
     }
 
-    /// Decodes (ignores the fields that must be zero).
+    /// Decodes (ignores the fields that must be zero). Zero padding after
+    /// the 32 bytes is accepted (see `decode_padded`): libvfio-user's client
+    /// sends its second request with the payload as long as its argsz.
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let f: RegionInfoFixed = decode_exact(Self::NAME, payload)?;
+        let f: RegionInfoFixed = wire::decode_padded(Self::NAME, payload)?;
         Ok(RegionInfoRequest {
             argsz: f.argsz,
             index: f.index,

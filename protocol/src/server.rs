@@ -81,7 +81,8 @@ pub trait Handler {
     fn device_info(&mut self) -> Result<DeviceInfo, Errno>;
 
     /// DEVICE_GET_REGION_INFO: the region's info (incl. sparse areas) and, for
-    /// MMAP regions, a *borrowed* fd sent with the reply.
+    /// MMAP regions, a *borrowed* fd sent with the reply (with a full reply
+    /// only: a reply truncated by a small `argsz` carries none).
     fn region_info(&mut self, index: u32) -> Result<(RegionInfo, Option<RawFd>), Errno>;
 
     /// DEVICE_GET_REGION_IO_FDS: sub-regions and the (borrowed) fds they index.
@@ -633,7 +634,7 @@ impl ServerConnection {
         let out = match hdr.command {
             cmd::VERSION => Outcome::Error(Errno::EINVAL),
             cmd::DMA_MAP => {
-                let req = tri!(DmaMap::decode(&payload));
+                let req = tri!(DmaMap::decode_request(&payload));
                 let page = 1u64 << neg.server.pgsizes.trailing_zeros().min(63);
                 tri!(req.is_valid(neg.dma_exec(), page));
                 tri!(check_fds("DMA_MAP", &fds, 1));
@@ -646,7 +647,7 @@ impl ServerConnection {
                 Outcome::Reply(Reply::empty())
             }
             cmd::DMA_UNMAP => {
-                let req = tri!(DmaUnmap::decode(&payload));
+                let req = tri!(DmaUnmap::decode_request(&payload));
                 tri!(req.is_valid());
                 tri!(check_fds("DMA_UNMAP", &fds, 0));
                 tri!(h.dma_unmap(&req));
@@ -658,7 +659,7 @@ impl ServerConnection {
                 Outcome::Reply(Reply::with(req.encode()))
             }
             cmd::DEVICE_GET_INFO => {
-                let req = tri!(DeviceInfo::decode(&payload));
+                let req = tri!(DeviceInfo::decode_request(&payload));
                 tri!(req.is_valid_request());
                 tri!(check_fds("DEVICE_GET_INFO", &fds, 0));
                 let mut info = tri!(h.device_info());
@@ -671,8 +672,15 @@ impl ServerConnection {
                 tri!(check_fds("DEVICE_GET_REGION_INFO", &fds, 0));
                 let (mut info, fd) = tri!(h.region_info(req.index));
                 info.index = req.index;
+                // A truncated reply (the capabilities do not fit the client's
+                // argsz) carries no fd: the client asks again with a larger
+                // argsz and gets it then. libvfio-user's client gives the first
+                // request no fd buffer; QEMU and the `vfio_user` crate use the
+                // fd of the full reply (docs/protocol.md).
+                let truncated = info.sparse.is_some() && (req.argsz as usize) < info.full_size();
                 let mut fds = Vec::new();
                 match fd {
+                    Some(_) if truncated && client_fds >= 1 => {}
                     Some(fd) if client_fds >= 1 => fds.push(fd),
                     Some(_) => {
                         // The client cannot receive fds: it must trap everything.
@@ -688,7 +696,7 @@ impl ServerConnection {
                 })
             }
             cmd::DEVICE_GET_REGION_IO_FDS => {
-                let req = tri!(RegionIoFdsRequest::decode(&payload));
+                let req = tri!(RegionIoFdsRequest::decode_request(&payload));
                 tri!(req.is_valid());
                 tri!(check_fds("DEVICE_GET_REGION_IO_FDS", &fds, 0));
                 let (subs, rfds) = tri!(h.region_io_fds(req.index));
@@ -709,7 +717,7 @@ impl ServerConnection {
                 })
             }
             cmd::DEVICE_GET_IRQ_INFO => {
-                let req = tri!(IrqInfo::decode(&payload));
+                let req = tri!(IrqInfo::decode_request(&payload));
                 tri!(req.is_valid_request());
                 tri!(check_fds("DEVICE_GET_IRQ_INFO", &fds, 0));
                 let mut info = tri!(h.irq_info(req.index));

@@ -93,6 +93,12 @@ macro_rules! fixed_payload {
             pub fn decode(payload: &[u8]) -> Result<Self, $crate::error::DecodeError> {
                 $crate::message::wire::decode_exact(Self::NAME, payload)
             }
+
+            /// Decodes a request: [`Self::SIZE`] bytes, or more when every
+            /// extra byte is zero (see [`decode_padded`]); no validation.
+            pub fn decode_request(payload: &[u8]) -> Result<Self, $crate::error::DecodeError> {
+                $crate::message::wire::decode_padded(Self::NAME, payload)
+            }
         }
     };
 }
@@ -199,6 +205,27 @@ pub(super) fn encode_wire<T: Wire>(x: &T) -> Vec<u8> {
 
 pub(super) fn decode_exact<T: Wire>(what: &'static str, payload: &[u8]) -> Result<T, DecodeError> {
     Reader::exact(what, payload, T::SIZE)?.get()
+}
+
+/// Decodes a request structure that may be followed by zero padding: VFIO's
+/// `argsz` rule lets a client send a larger buffer than the structure it
+/// fills (libvfio-user's client sends its whole `argsz`-sized, zeroed buffer
+/// with `GET_REGION_INFO`), and Linux's `copy_struct_from_user` accepts such
+/// a larger structure when the bytes it does not know are zero. Non-zero
+/// extra bytes (fields this side does not know) are refused.
+pub(crate) fn decode_padded<T: Wire>(what: &'static str, payload: &[u8]) -> Result<T, DecodeError> {
+    let (head, pad) = payload.split_at(payload.len().min(T::SIZE));
+    if pad.iter().any(|&b| b != 0) {
+        return Err(DecodeError::invalid(
+            what,
+            format!(
+                "{} bytes after the {}-byte structure are not zero",
+                pad.len(),
+                T::SIZE
+            ),
+        ));
+    }
+    decode_exact(what, head)
 }
 
 pub(super) fn len_u32(n: usize) -> u32 {
