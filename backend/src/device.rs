@@ -210,6 +210,38 @@ pub enum DmaFault {
         /// Length.
         len: usize,
     },
+    /// The memory was mapped without an fd: the server fetches (or stores)
+    /// it with DMA_READ/DMA_WRITE messages once the device step returns, then
+    /// runs the device again. The device must leave its state as if the
+    /// access had not been attempted (a bus stall) and retry it on its next
+    /// `run_pending`; the retried access then completes or faults.
+    #[error("DMA {access:?} at IOVA {iova:#x} (+{len}) waits for the client (fd-less mapping)")]
+    Deferred {
+        /// Kind of access.
+        access: DmaAccess,
+        /// First byte.
+        iova: u64,
+        /// Length.
+        len: usize,
+    },
+    /// The client did not serve a DMA_READ/DMA_WRITE of an fd-less mapping
+    /// (no answer in time, an error reply, or a reply that did not match).
+    #[error("DMA {access:?} at IOVA {iova:#x} (+{len}) failed: the client did not serve it")]
+    Remote {
+        /// Kind of access.
+        access: DmaAccess,
+        /// First byte.
+        iova: u64,
+        /// Length.
+        len: usize,
+    },
+}
+
+impl DmaFault {
+    /// True for [`DmaFault::Deferred`]: stall and retry, not a fault.
+    pub fn is_deferred(&self) -> bool {
+        matches!(self, DmaFault::Deferred { .. })
+    }
 }
 
 /// Guest memory as a model's DMA engine sees it: through the client's mappings,

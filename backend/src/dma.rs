@@ -609,6 +609,26 @@ impl DmaTable {
         })
     }
 
+    /// Every entry that intersects `[start, end)`, in IOVA order (for a
+    /// range unmap).
+    pub fn regions_in(&self, start: u64, end: u64) -> Vec<MappedRegion> {
+        let before = self
+            .entries
+            .range(..start)
+            .next_back()
+            .filter(|(&s, e)| s + e.size > start);
+        before
+            .into_iter()
+            .chain(self.entries.range(start..end))
+            .map(|(&iova, e)| MappedRegion {
+                iova,
+                size: e.size,
+                host_addr: e.map.as_ptr() as u64,
+                prot: e.prot,
+            })
+            .collect()
+    }
+
     /// The piece of `[cur, end)` that starts at `cur`: (entry, offset in entry,
     /// piece length), checking mapping and permission.
     fn piece(

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod device;
 pub mod dma;
+pub mod dma_msg;
 pub mod dt;
 pub mod host;
 pub mod irq;

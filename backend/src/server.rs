@@ -52,6 +52,7 @@ use crate::device::{
     MappedRegion, SetIrqs, SparseArea,
 };
 use crate::dma::DmaTable;
+use crate::dma_msg::{ClientMemory, Deferred, MessageMaps, Transfer};
 use crate::irq::{EoiEngine, EoiPolicy};
 use crate::profile::Profile;
 use crate::sandbox::{
@@ -98,6 +99,10 @@ pub fn subtract_trapped(areas: &[SparseArea], trapped: &[(u64, u64)]) -> Vec<Spa
 pub struct Backend {
     dev: Box<dyn Device>,
     dma: DmaTable,
+    /// Mappings without an fd (served by DMA_READ/DMA_WRITE messages).
+    msgs: MessageMaps,
+    /// The message transfers device steps wait for, and their results.
+    deferred: std::sync::Mutex<Deferred>,
     eoi: EoiEngine,
     profile: Profile,
     is_model: bool,
@@ -161,6 +166,8 @@ impl Backend {
         Ok(Backend {
             dev,
             dma,
+            msgs: MessageMaps::default(),
+            deferred: std::sync::Mutex::new(Deferred::default()),
             eoi,
             profile,
             is_model,
@@ -280,12 +287,78 @@ impl Backend {
     }
 
     /// Runs the device's pending work once; true while more is pending.
+    /// The event loop's call: while the client has fd-less mappings the
+    /// device's work runs on the connection thread only
+    /// ([`Backend::run_pending_here`]), which can reach that memory.
     pub fn run_pending(&mut self) -> bool {
+        if !self.msgs.is_empty() {
+            return false;
+        }
+        self.run_pending_here()
+    }
+
+    /// Runs the device's pending work once on the thread that serves the
+    /// connection; true while more is pending (or a message transfer is
+    /// waiting).
+    pub fn run_pending_here(&mut self) -> bool {
         if !self.work_pending {
             return false;
         }
-        self.work_pending = self.dev.run_pending(&self.dma);
+        let mem = ClientMemory {
+            table: &self.dma,
+            msgs: &self.msgs,
+            deferred: &self.deferred,
+        };
+        let more = self.dev.run_pending(&mem);
+        let d = self.deferred_state();
+        d.after_step();
+        let waiting = d.has_needs();
+        self.work_pending = more || waiting;
         self.work_pending
+    }
+
+    fn deferred_state(&mut self) -> &mut Deferred {
+        self.deferred
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Device work the event loop runs (none while fd-less mappings exist:
+    /// the connection thread runs it then).
+    fn loop_has_work(&self) -> bool {
+        self.work_pending && self.msgs.is_empty()
+    }
+
+    /// True when the client has mappings without an fd.
+    pub fn has_message_maps(&self) -> bool {
+        !self.msgs.is_empty()
+    }
+
+    /// The message transfers device steps are waiting for.
+    pub fn take_transfers(&mut self) -> Vec<Transfer> {
+        self.deferred_state().take_needs()
+    }
+
+    /// Checks a transfer against the fd-less mappings as they are now (the
+    /// client may have unmapped the range meanwhile).
+    pub fn transfer_still_mapped(&self, t: &Transfer) -> bool {
+        match t {
+            Transfer::Read { iova, len, access } => self.msgs.check(*iova, *len, *access).is_ok(),
+            Transfer::Write { iova, data } => self
+                .msgs
+                .check(*iova, data.len(), crate::device::DmaAccess::Write)
+                .is_ok(),
+        }
+    }
+
+    /// Records the outcome of a transfer; the device's next step uses it.
+    pub fn transfer_done(&mut self, t: Transfer, read: Option<Vec<u8>>, ok: bool) {
+        let d = self.deferred_state();
+        match t {
+            Transfer::Read { iova, len, .. } => d.fetched(iova, len, read.filter(|_| ok)),
+            Transfer::Write { iova, data } => d.stored(iova, data, ok),
+        }
+        self.work_pending = true;
     }
 
     /// Device poll fds (tokens as the device gave them).
@@ -295,7 +368,12 @@ impl Backend {
 
     /// A device poll fd fired.
     pub fn on_poll_fd(&mut self, token: u64) {
-        if let Err(e) = self.dev.on_poll_fd(token, &self.dma) {
+        let mem = ClientMemory {
+            table: &self.dma,
+            msgs: &self.msgs,
+            deferred: &self.deferred,
+        };
+        if let Err(e) = self.dev.on_poll_fd(token, &mem) {
             log::warn!("device poll fd {token:#x}: {e}");
         }
     }
@@ -327,6 +405,60 @@ impl Backend {
             }
         }
         self.dma.clear();
+        self.msgs.clear();
+        self.deferred_state().clear();
+    }
+
+    /// DMA_UNMAP of a range, as Linux VFIO type1 (`vfio_dma_do_unmap`)
+    /// answers it: every mapping inside the range goes (fd mappings: the
+    /// device first, as in [`Backend::unmap_all_dma`]); a range that would
+    /// split a mapping is `EINVAL` and changes nothing; a range with no
+    /// mapping at all succeeds (type1 reports 0 bytes unmapped). QEMU unmaps
+    /// sections it never got mapped (docs/protocol.md, DMA_UNMAP).
+    fn unmap_range(&mut self, start: u64, size: u64) -> Result<(), Errno> {
+        let last = start
+            .checked_add(size.checked_sub(1).ok_or(Errno::EINVAL)?)
+            .ok_or(Errno::EINVAL)?;
+        // Exclusive end; a range ending at 2^64 is bounded by u64::MAX,
+        // which no mapping reaches (maps may not wrap).
+        let end = last.saturating_add(1);
+        let fd_maps = self.dma.regions_in(start, end);
+        let msg_maps = self.msgs.regions_in(start, end);
+        let splits = fd_maps
+            .iter()
+            .map(|r| (r.iova, r.size))
+            .chain(msg_maps.iter().copied())
+            .any(|(a, s)| a < start || a.saturating_add(s) > end);
+        if splits {
+            log::debug!("DMA unmap {start:#x}+{size:#x} would split a mapping: EINVAL");
+            return Err(Errno::EINVAL);
+        }
+        if fd_maps.is_empty() && msg_maps.is_empty() {
+            log::debug!("DMA unmap {start:#x}+{size:#x}: nothing mapped there (success)");
+            return Ok(());
+        }
+        let mut result = Ok(());
+        for r in fd_maps {
+            if let Err(e) = self.dev.dma_unmap(&r) {
+                // The IOMMU may still map it: never free it, and tell the client.
+                self.quarantine(&r, &e);
+                result = Err(errno_of(&e));
+                continue;
+            }
+            if let Err(e) = self.dma.unmap(r.iova, r.size) {
+                result = Err(Errno(e.errno()));
+            }
+        }
+        if !msg_maps.is_empty() {
+            for (a, s) in msg_maps {
+                self.msgs.unmap(a, s);
+            }
+            // Nothing fetched from the range outlives it; a device step still
+            // waiting for it runs again and now faults.
+            self.deferred_state().clear();
+            self.work_pending = true;
+        }
+        result
     }
 
     /// The device (IOMMU) failed to drop a mapping: it may still reach those
@@ -588,16 +720,42 @@ impl Handler for Backend {
     }
 
     fn dma_map(&mut self, req: &DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno> {
-        let Some(fd) = fd else {
-            log::warn!("DMA_MAP without an fd (DMA_READ/WRITE mode) is not supported");
-            return Err(Errno::EINVAL);
-        };
         let p = req.prot(self.dma_exec);
         let prot = DmaProt {
             read: p.read,
             write: p.write,
             exec: p.exec,
         };
+        if self.dma.len() + self.msgs.len() >= self.dma.limit() {
+            return Err(Errno::ENOSPC);
+        }
+        let Some(fd) = fd else {
+            // The client serves this range with DMA_READ/DMA_WRITE.
+            self.msgs
+                .map(req.address, req.size, prot, &self.dma)
+                .map_err(|e| {
+                    log::debug!("{e}");
+                    Errno(e.errno())
+                })?;
+            log::debug!(
+                "DMA map {:#x}+{:#x} without an fd (DMA_READ/DMA_WRITE) r{} w{} x{}",
+                req.address,
+                req.size,
+                prot.read as u8,
+                prot.write as u8,
+                prot.exec as u8
+            );
+            return Ok(());
+        };
+        let end = req.address.saturating_add(req.size);
+        if let Some(&(existing, _)) = self.msgs.regions_in(req.address, end).first() {
+            log::debug!(
+                "DMA map {:#x}+{:#x} overlaps the fd-less mapping at {existing:#x}",
+                req.address,
+                req.size
+            );
+            return Err(Errno::EEXIST);
+        }
         let region = self
             .dma
             .map(req.address, req.size, fd, req.offset, prot)
@@ -630,18 +788,11 @@ impl Handler for Backend {
             self.unmap_all_dma();
             return Ok(());
         }
-        let Some(r) = self.dma.get_exact(req.address, req.size) else {
-            return Err(Errno::EINVAL);
-        };
-        if let Err(e) = self.dev.dma_unmap(&r) {
-            // The IOMMU may still map it: never free it, and tell the client.
-            self.quarantine(&r, &e);
-            return Err(errno_of(&e));
-        }
-        self.dma
-            .unmap(req.address, req.size)
-            .map(|_| ())
-            .map_err(|e| Errno(e.errno()))
+        self.unmap_range(req.address, req.size)
+    }
+
+    fn dma_map_count(&self) -> Option<u32> {
+        u32::try_from(self.dma.len() + self.msgs.len()).ok()
     }
 
     fn device_info(&mut self) -> Result<WireDeviceInfo, Errno> {
@@ -732,7 +883,12 @@ impl Handler for Backend {
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
         self.check_access(region, offset, data.len())?;
-        let r = self.dev.region_write(region, offset, data, &self.dma);
+        let mem = ClientMemory {
+            table: &self.dma,
+            msgs: &self.msgs,
+            deferred: &self.deferred,
+        };
+        let r = self.dev.region_write(region, offset, data, &mem);
         self.work_pending = true;
         if r.is_ok() {
             let unmask = self.eoi.after_write(region, offset, data);
@@ -749,6 +905,7 @@ impl Handler for Backend {
 
     fn reset(&mut self) -> Result<(), Errno> {
         self.work_pending = false;
+        self.deferred_state().clear();
         self.unwatch_poll_fds();
         let r = self.dev.reset().map_err(|e| errno_of(&e));
         self.watch_poll_fds();
@@ -1116,7 +1273,7 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
         // A refused connection's message may sit complete in its receive
         // buffer (not making its socket readable): do not sleep then. Device
         // work left pending: keep running it between events.
-        let pending = lock(&shared).work_pending;
+        let pending = lock(&shared).loop_has_work();
         let timeout = if pending || buffered(&rejecting) {
             0
         } else {
@@ -1344,6 +1501,33 @@ fn serve_connection(
     shared: &Shared,
 ) -> Result<(), vfio_sidecar_protocol::ServerError> {
     loop {
+        // With fd-less mappings the device's pending work runs on this
+        // thread (it may need DMA_READ/DMA_WRITE): no blocking wait while
+        // there is some and the client is quiet.
+        let busy = {
+            let b = lock(shared);
+            b.work_pending && b.has_message_maps()
+        };
+        if busy
+            && !conn.has_buffered_message()
+            && !vfio_sidecar_protocol::transport::wait_fd(
+                std::os::fd::AsFd::as_fd(conn),
+                libc::POLLIN,
+                Some(std::time::Duration::ZERO),
+            )
+            .map_err(|e| {
+                vfio_sidecar_protocol::ServerError::Transport(
+                    vfio_sidecar_protocol::TransportError::Io(e),
+                )
+            })?
+        {
+            let mut b = lock(shared);
+            b.run_pending_here();
+            if serve_transfers(conn, &mut b) == ConnStatus::Closed {
+                return Ok(());
+            }
+            continue;
+        }
         if conn.receive_blocking()? == ConnStatus::Closed {
             return Ok(());
         }
@@ -1354,19 +1538,71 @@ fn serve_connection(
             b.poll_fds_in_sync(),
             "device poll fds changed outside SET_IRQS/reset/cleanup"
         );
-        // One budget of device work now, as after every batch; the loop
-        // runs the rest between its events.
-        let pending = b.run_pending();
-        drop(b);
         if status == ConnStatus::Closed {
             return Ok(());
         }
+        // One budget of device work now, as after every batch; the loop
+        // runs the rest between its events (this thread does while the
+        // client has fd-less mappings), after the message transfers the
+        // device waits for.
+        b.run_pending_here();
+        if serve_transfers(conn, &mut b) == ConnStatus::Closed {
+            return Ok(());
+        }
+        let pending = b.loop_has_work();
+        drop(b);
         if pending && !was_pending {
             if let Err(e) = shared.kick.write(1) {
                 log::warn!("cannot wake the event loop for device work: {e}");
             }
         }
     }
+}
+
+/// Rounds of message transfers and device retries per call of
+/// [`serve_transfers`]; more stays pending for the next.
+const TRANSFER_ROUNDS: usize = 64;
+
+/// Sends the DMA_READ/DMA_WRITE requests device steps wait for (serving the
+/// client's own requests while each reply is awaited), records the results
+/// and runs the device again, until a step waits for nothing more. A
+/// transfer the client does not serve becomes a DMA fault of the retried
+/// access. `Closed`: the client went away meanwhile.
+fn serve_transfers(conn: &mut ServerConnection, b: &mut Backend) -> ConnStatus {
+    for _ in 0..TRANSFER_ROUNDS {
+        let transfers = b.take_transfers();
+        if transfers.is_empty() {
+            return ConnStatus::Open;
+        }
+        for t in transfers {
+            if !b.transfer_still_mapped(&t) {
+                b.transfer_done(t, None, false);
+                continue;
+            }
+            let r = match &t {
+                Transfer::Read { iova, len, .. } => {
+                    let mut buf = vec![0u8; *len];
+                    conn.dma_read(&mut *b, *iova, &mut buf).map(|()| Some(buf))
+                }
+                Transfer::Write { iova, data } => {
+                    conn.dma_write(&mut *b, *iova, data).map(|()| None)
+                }
+            };
+            match r {
+                Ok(data) => b.transfer_done(t, data, true),
+                Err(e) => {
+                    log::warn!("device DMA to client memory mapped without an fd failed: {e}");
+                    let fatal = e.is_fatal();
+                    b.transfer_done(t, None, false);
+                    if fatal {
+                        return ConnStatus::Closed;
+                    }
+                }
+            }
+        }
+        b.run_pending_here();
+    }
+    ConnStatus::Open
 }
 
 #[cfg(test)]
@@ -1483,13 +1719,37 @@ mod tests {
             Vec::new(),
         );
         b.set_irqs(&req, Vec::new()).unwrap();
-        // DMA_MAP without fd, unmap of nothing.
-        let m = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x1000, 0x1000);
-        assert_eq!(b.dma_map(&m, None), Err(Errno::EINVAL));
+        // DMA_MAP without an fd: a range served by messages; no overlap with
+        // it (with or without an fd).
+        let m = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x1000, 0x2000);
+        b.dma_map(&m, None).unwrap();
+        assert!(b.has_message_maps());
+        assert_eq!(b.dma_map_count(), Some(1));
+        let m2 = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x2000, 0x1000);
+        assert_eq!(b.dma_map(&m2, None), Err(Errno::EEXIST));
+        let fd = crate::dma::memfd("overlap", 0x1000).unwrap();
+        assert_eq!(b.dma_map(&m2, Some(fd)), Err(Errno::EEXIST));
+        // Unmap as Linux VFIO type1: a range splitting a mapping is EINVAL,
+        // a range with nothing mapped succeeds, a covering range removes
+        // every mapping inside it.
         assert_eq!(
             b.dma_unmap(&DmaUnmap::new(0, 0x1000, 0x1000)),
             Err(Errno::EINVAL)
         );
+        b.dma_unmap(&DmaUnmap::new(0, 0x10_0000, 0x1000)).unwrap();
+        assert_eq!(b.dma_map_count(), Some(1));
+        let fd = crate::dma::memfd("second", 0x1000).unwrap();
+        let m3 = DmaMap::new(msg::DMA_MAP_FLAG_READ, 0, 0x4000, 0x1000);
+        b.dma_map(&m3, Some(fd)).unwrap();
+        assert_eq!(b.dma_map_count(), Some(2));
+        // A range ending at the top of the 64-bit space (QEMU's second half
+        // of a 2^64 vIOMMU unmap) is valid.
+        let top = DmaUnmap::new(0, 1 << 63, 1 << 63);
+        top.is_valid().unwrap();
+        b.dma_unmap(&top).unwrap();
+        b.dma_unmap(&DmaUnmap::new(0, 0, 0x10_0000)).unwrap();
+        assert_eq!(b.dma_map_count(), Some(0));
+        assert!(!b.has_message_maps());
         // Stats need a valid range.
         assert!(b.irq_stats(0, 0, 1).is_ok());
         assert_eq!(b.irq_stats(0, 1, 1), Err(Errno::EINVAL));

@@ -249,6 +249,64 @@ pub enum ServerError {
     Protocol(String),
 }
 
+/// Why a server-to-client `DMA_READ`/`DMA_WRITE` did not complete (the
+/// device layer turns every one into a DMA fault; the connection stays up
+/// unless the error says the peer is gone).
+#[derive(Debug, Error)]
+pub enum DmaXferError {
+    /// Called before VERSION was negotiated.
+    #[error("DMA request before VERSION negotiation")]
+    NotNegotiated,
+    /// The client did not answer within the DMA reply timeout.
+    #[error("client did not answer {command} at {address:#x} within {timeout_ms} ms")]
+    Timeout {
+        /// `DMA_READ` or `DMA_WRITE`.
+        command: &'static str,
+        /// Client DMA address of the piece.
+        address: u64,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The client answered with an error reply.
+    #[error("client refused {command} at {address:#x}: {errno}")]
+    Remote {
+        /// `DMA_READ` or `DMA_WRITE`.
+        command: &'static str,
+        /// Client DMA address of the piece.
+        address: u64,
+        /// The errno of the reply.
+        errno: Errno,
+    },
+    /// The reply did not match the request (address, count, data length).
+    #[error("bad {command} reply from the client: {reason}")]
+    BadReply {
+        /// `DMA_READ` or `DMA_WRITE`.
+        command: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The client went away (or the connection must close) while the
+    /// request was outstanding.
+    #[error("client disconnected during {command}")]
+    Disconnected {
+        /// `DMA_READ` or `DMA_WRITE`.
+        command: &'static str,
+    },
+    /// Socket error.
+    #[error("transport error during DMA request: {0}")]
+    Transport(#[from] TransportError),
+}
+
+impl DmaXferError {
+    /// True when the connection is unusable afterwards.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            DmaXferError::Disconnected { .. } | DmaXferError::Transport(_)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ pub mod transport;
 
 pub use caps::{Capabilities, Limits, Negotiated, SidecarCaps};
 
-pub use error::{ClientError, DecodeError, Errno, ServerError, TransportError};
+pub use error::{ClientError, DecodeError, DmaXferError, Errno, ServerError, TransportError};
 
 pub use client::{Client, ClientOptions, DmaProt};
 pub use server::{ConnStatus, Handler, ServerConnection, ShutdownHandle};

@@ -258,7 +258,7 @@ impl DmaUnmap {
     }
 
     /// Validates: argsz >= 24; flags 0 or ALL; ALL needs address = size = 0;
-    /// otherwise a non-zero, non-overflowing range.
+    /// otherwise a non-zero range whose last byte does not wrap.
     pub fn is_valid(&self) -> Result<(), DecodeError> {
         let w = Self::NAME;
         check_argsz(w, self.argsz, Self::SIZE)?;
@@ -274,7 +274,10 @@ impl DmaUnmap {
             }
             return Ok(());
         }
-        if self.size == 0 || self.address.checked_add(self.size).is_none() {
+        // As Linux type1: the last byte must not wrap; a range may end at
+        // the top of the 64-bit space (QEMU splits a 2^64 vIOMMU unmap into
+        // two halves, the second ending there).
+        if self.size == 0 || self.address.checked_add(self.size - 1).is_none() {
             return Err(DecodeError::invalid(w, "empty or overflowing range"));
         }
         Ok(())

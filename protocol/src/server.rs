@@ -77,6 +77,14 @@ pub trait Handler {
     /// DMA_UNMAP: validated request (a range, or all with `req.is_all()`).
     fn dma_unmap(&mut self, req: &DmaUnmap) -> Result<(), Errno>;
 
+    /// The number of DMA mappings the handler holds, if it counts them: the
+    /// connection then takes it as its count after every DMA_MAP/DMA_UNMAP
+    /// (a range unmap may remove any number of mappings). Default `None`:
+    /// the connection counts one per map and unmap.
+    fn dma_map_count(&self) -> Option<u32> {
+        None
+    }
+
     /// DEVICE_GET_INFO (`argsz` of the result is set by the connection).
     fn device_info(&mut self) -> Result<DeviceInfo, Errno>;
 
@@ -126,6 +134,9 @@ pub trait Handler {
 
 /// Default time a reply write may wait for the client to drain its socket.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+mod dma;
+pub use dma::DEFAULT_DMA_TIMEOUT;
 
 /// Largest REGION_READ/REGION_WRITE served by the in-place fast path of
 /// [`ServerConnection`] (trapped MMIO is 1–8 bytes); larger ones take the
@@ -232,6 +243,10 @@ pub struct ServerConnection {
     fast_path: bool,
     /// The fast path's reply (kept: no zeroing of the whole buffer per access).
     fast_reply: [u8; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
+    /// How long one server-to-client DMA_READ/DMA_WRITE waits for its reply.
+    dma_timeout: Duration,
+    /// Message id of the next server-to-client request.
+    next_dma_id: u16,
 }
 
 impl AsRawFd for ServerConnection {
@@ -285,6 +300,8 @@ impl ServerConnection {
             batch: usize::MAX,
             fast_path: true,
             fast_reply: [0; HEADER_SIZE + RegionAccess::SIZE + FAST_ACCESS_MAX],
+            dma_timeout: DEFAULT_DMA_TIMEOUT,
+            next_dma_id: 0,
         })
     }
 
@@ -437,35 +454,41 @@ impl ServerConnection {
                 }
                 Err(e) => return Err(ServerError::Transport(e)),
             };
-            let (header, outcome) = match inc {
-                Incoming::Bad { header, error } => {
-                    crate::peer_warn!(
-                        "bad frame for {} (id {}): {:?}",
-                        cmd::name(header.command),
-                        header.msg_id,
-                        error
-                    );
-                    let e = match error {
-                        FrameError::Oversized => Errno::E2BIG,
-                        FrameError::Undersized | FrameError::TooManyFds => Errno::EINVAL,
-                    };
-                    let o = if header.is_reply() {
-                        Outcome::Silent
-                    } else {
-                        Outcome::Error(e)
-                    };
-                    (header, o)
-                }
-                Incoming::Message(m) => {
-                    let header = m.header;
-                    let o = self.dispatch(m, h);
-                    (header, o)
-                }
-            };
-            if !self.respond(&header, outcome)? {
+            if !self.serve_incoming(h, inc)? {
                 return Ok(ConnStatus::Closed);
             }
         }
+    }
+
+    /// Handles one received frame and sends its reply; false when the
+    /// connection must close.
+    fn serve_incoming(&mut self, h: &mut dyn Handler, inc: Incoming) -> Result<bool, ServerError> {
+        let (header, outcome) = match inc {
+            Incoming::Bad { header, error } => {
+                crate::peer_warn!(
+                    "bad frame for {} (id {}): {:?}",
+                    cmd::name(header.command),
+                    header.msg_id,
+                    error
+                );
+                let e = match error {
+                    FrameError::Oversized => Errno::E2BIG,
+                    FrameError::Undersized | FrameError::TooManyFds => Errno::EINVAL,
+                };
+                let o = if header.is_reply() {
+                    Outcome::Silent
+                } else {
+                    Outcome::Error(e)
+                };
+                (header, o)
+            }
+            Incoming::Message(m) => {
+                let header = m.header;
+                let o = self.dispatch(m, h);
+                (header, o)
+            }
+        };
+        self.respond(&header, outcome)
     }
 
     /// The fast path of the one request that dominates at run time, a trapped
@@ -643,19 +666,21 @@ impl ServerConnection {
                 }
                 let fd = fds.into_iter().next();
                 tri!(h.dma_map(&req, fd));
-                self.dma_maps += 1;
+                self.dma_maps = h.dma_map_count().unwrap_or(self.dma_maps + 1);
                 Outcome::Reply(Reply::empty())
             }
             cmd::DMA_UNMAP => {
                 let req = tri!(DmaUnmap::decode_request(&payload));
                 tri!(req.is_valid());
                 tri!(check_fds("DMA_UNMAP", &fds, 0));
-                tri!(h.dma_unmap(&req));
-                if req.is_all() {
-                    self.dma_maps = 0;
-                } else {
-                    self.dma_maps = self.dma_maps.saturating_sub(1);
-                }
+                let r = h.dma_unmap(&req);
+                self.dma_maps = match h.dma_map_count() {
+                    Some(n) => n,
+                    None if r.is_err() => self.dma_maps,
+                    None if req.is_all() => 0,
+                    None => self.dma_maps.saturating_sub(1),
+                };
+                tri!(r);
                 Outcome::Reply(Reply::with(req.encode()))
             }
             cmd::DEVICE_GET_INFO => {

@@ -47,8 +47,12 @@
 //! has already received (QEMU: after a 100 ms timer) — a driver polls `RUN` in
 //! both cases; a buffer range outside
 //! the 4 KiB window is logged and dropped (QEMU aborts with `hw_error`); a DMA
-//! fault (unmapped IOVA) is logged and the transfer skipped, the completion
-//! interrupt still raised (as `pci_dma_read` errors are ignored by edu.c);
+//! fault (unmapped IOVA, or memory mapped without an fd that the client did
+//! not serve by DMA_READ/DMA_WRITE) is logged and the transfer skipped, the
+//! completion interrupt still raised (as `pci_dma_read` errors are ignored by
+//! edu.c); a transfer to memory mapped without an fd stalls (RUN stays set)
+//! until the server has exchanged the messages, so the data is in place before
+//! RUN clears and the interrupt is raised;
 //! DEVICE_RESET resets the registers too (edu.c has no reset handler).
 //!
 //! # Interrupts (the 5 vfio-pci IRQ indices, flags as Linux vfio-pci reports them)
@@ -545,8 +549,12 @@ impl Edu {
                 None => Ok(()),
             }
         };
-        if let Err(e) = r {
-            log::warn!("edu: DMA fault: {e}");
+        match r {
+            // Memory the client serves by messages: stall, the server fetches
+            // (or stores) it and runs this again; nothing has changed yet.
+            Err(e) if e.is_deferred() => return,
+            Err(e) => log::warn!("edu: DMA fault: {e}"),
+            Ok(()) => {}
         }
         self.regs.dma_cmd &= !dma_cmd::RUN;
         if cmd & dma_cmd::IRQ != 0 {

@@ -533,13 +533,22 @@ impl Pl330 {
         // the 4 KiB page. If that fails (the instruction may be shorter and
         // end before the unfetchable bytes) fall back to byte 0, then the rest.
         let in_page = (pc % AXI_BOUNDARY) as usize + insn::MAX_INSN_LEN <= AXI_BOUNDARY as usize;
-        let whole = in_page
-            && mem
-                .dma_read(u64::from(pc), &mut buf, DmaAccess::Fetch)
-                .is_ok();
-        if !whole && mem_read(mem, pc, &mut buf[..1], DmaAccess::Fetch).is_err() {
-            self.fault_channel(c, FaultType::InstrFetchErr.bit());
-            return Step::Left;
+        // Memory the client serves by messages (DmaFault::Deferred): the
+        // channel stalls before anything changes and fetches again later.
+        let whole = match in_page.then(|| mem.dma_read(u64::from(pc), &mut buf, DmaAccess::Fetch)) {
+            Some(Ok(())) => true,
+            Some(Err(e)) if e.is_deferred() => return Step::Stalled,
+            _ => false,
+        };
+        if !whole {
+            match mem_read(mem, pc, &mut buf[..1], DmaAccess::Fetch) {
+                Ok(()) => {}
+                Err(e) if e.is_deferred() => return Step::Stalled,
+                Err(_) => {
+                    self.fault_channel(c, FaultType::InstrFetchErr.bit());
+                    return Step::Left;
+                }
+            }
         }
         let Some(len) = insn::insn_len(buf[0]) else {
             self.fault_channel(c, FaultType::UndefInstr.bit());
@@ -547,9 +556,13 @@ impl Pl330 {
         };
         if !whole && len > 1 {
             if let Some(rest) = buf.get_mut(1..len) {
-                if mem_read(mem, pc.wrapping_add(1), rest, DmaAccess::Fetch).is_err() {
-                    self.fault_channel(c, FaultType::InstrFetchErr.bit());
-                    return Step::Left;
+                match mem_read(mem, pc.wrapping_add(1), rest, DmaAccess::Fetch) {
+                    Ok(()) => {}
+                    Err(e) if e.is_deferred() => return Step::Stalled,
+                    Err(_) => {
+                        self.fault_channel(c, FaultType::InstrFetchErr.bit());
+                        return Step::Left;
+                    }
                 }
             }
         }
@@ -805,16 +818,19 @@ impl Pl330 {
         let Some(data) = buf.get_mut(..total) else {
             return Flow::Fault(FaultType::MfifoErr);
         };
-        let ok = if spec.inc {
-            mem_read(mem, sar, data, DmaAccess::Read).is_ok()
+        let r = if spec.inc {
+            mem_read(mem, sar, data, DmaAccess::Read)
         } else {
             // Fixed address: every beat reads the same (shortened) beat.
             let beat = (spec.size - (sar & (spec.size - 1))) as usize;
             data.chunks_mut(beat.max(1))
-                .all(|chunk| mem_read(mem, sar, chunk, DmaAccess::Read).is_ok())
+                .try_for_each(|chunk| mem_read(mem, sar, chunk, DmaAccess::Read))
         };
-        if !ok {
-            return Flow::Fault(FaultType::DataReadErr);
+        match r {
+            Ok(()) => {}
+            // Served by messages: retry the instruction once fetched.
+            Err(e) if e.is_deferred() => return Flow::Stall,
+            Err(_) => return Flow::Fault(FaultType::DataReadErr),
         }
         self.stats.bytes_loaded += total as u64;
         if let Some(ch) = self.channels.get_mut(c) {
@@ -824,6 +840,17 @@ impl Pl330 {
             }
         }
         Flow::Next
+    }
+
+    /// Removes the `total` bytes a DMAST took from channel `c`'s MFIFO.
+    fn drain_mfifo(&mut self, c: usize, zero: bool, total: usize) {
+        if zero {
+            return;
+        }
+        if let Some(ch) = self.channels.get_mut(c) {
+            let n = total.min(ch.mfifo.len());
+            ch.mfifo.drain(..n);
+        }
     }
 
     /// DMAST (`single`: one beat) or DMASTZ (`zero`): writes one burst at DAR
@@ -847,23 +874,28 @@ impl Pl330 {
             return Flow::Fault(FaultType::MfifoErr);
         };
         if !zero {
-            let Some(ch) = self.channels.get_mut(c) else {
-                return Flow::Leave;
-            };
-            for (d, s) in data.iter_mut().zip(ch.mfifo.drain(..total)) {
-                *d = s;
+            // Copied, not drained: a store to memory served by messages
+            // retries with the same data.
+            for (d, s) in data.iter_mut().zip(ch.mfifo.iter()) {
+                *d = *s;
             }
         }
-        let ok = if spec.inc {
-            mem_write(mem, dar, data).is_ok()
+        let r = if spec.inc {
+            mem_write(mem, dar, data)
         } else {
             let beat = (spec.size - (dar & (spec.size - 1))) as usize;
             data.chunks(beat.max(1))
-                .all(|chunk| mem_write(mem, dar, chunk).is_ok())
+                .try_for_each(|chunk| mem_write(mem, dar, chunk))
         };
-        if !ok {
-            return Flow::Fault(FaultType::DataWriteErr);
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_deferred() => return Flow::Stall,
+            Err(_) => {
+                self.drain_mfifo(c, zero, total);
+                return Flow::Fault(FaultType::DataWriteErr);
+            }
         }
+        self.drain_mfifo(c, zero, total);
         self.stats.bytes_stored += total as u64;
         if spec.inc {
             if let Some(ch) = self.channels.get_mut(c) {

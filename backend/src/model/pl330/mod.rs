@@ -664,6 +664,10 @@ impl Pl330 {
 /// Probes a 1-byte instruction fetch (the DMAGO execute gate).
 fn fetchable(mem: &dyn DmaMemory, addr: u32) -> bool {
     let mut b = [0u8; 1];
-    mem.dma_read(u64::from(addr), &mut b, DmaAccess::Fetch)
-        .is_ok()
+    // Deferred: mapped without an fd and executable (the permission was
+    // checked); the channel's first fetch gets the bytes.
+    match mem.dma_read(u64::from(addr), &mut b, DmaAccess::Fetch) {
+        Ok(()) => true,
+        Err(e) => e.is_deferred(),
+    }
 }
