@@ -547,12 +547,12 @@ fn guest_vfio(c: &mut Checks, dev: &Path) {
         ),
     );
     let irq = std::fs::read_to_string(dev.join("irq")).unwrap_or_default();
-    vfio_intx(c, &mut d, irq.trim());
+    vfio_intx(c, &mut d, dev, irq.trim());
     vfio_msi(c, &mut d);
     vfio_dma(c, &mut d);
 }
 
-fn vfio_intx(c: &mut Checks, d: &mut vfio::VfioDevice, irq: &str) {
+fn vfio_intx(c: &mut Checks, d: &mut vfio::VfioDevice, dev: &Path, irq: &str) {
     let trig = eventfd();
     if let Err(e) = set_trigger(d, 0, Some(&trig)) {
         return c.check(false, "vfio-intx", &e);
@@ -560,10 +560,13 @@ fn vfio_intx(c: &mut Checks, d: &mut vfio::VfioDevice, irq: &str) {
     let before = irq_count(irq).unwrap_or(0);
     d.wr(0x60, 1);
     let e1 = wait_event(&trig, 3000);
+    // sysfs config reads the device's own command register (vfio-pci virtualizes bit 10
+    // only in the user's view): its handler masked the line there.
+    let masked = ConfigSpace::open(dev).is_ok_and(|cfg| cfg.read16(4) & 0x400 != 0);
     c.check(
-        e1 != 0,
+        e1 != 0 && masked,
         "vfio-intx",
-        "raise 0x60 -> INTx eventfd (vfio-pci default mode: PCI 2.3 masking)",
+        &format!("raise 0x60 -> INTx eventfd {e1} (vfio-pci default mode: its handler set INTx-disable: {masked})"),
     );
     d.wr(0x64, 1);
     let _ = d.unmask_irq(0, 0);
