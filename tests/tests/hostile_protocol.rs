@@ -315,7 +315,12 @@ fn every_fixed_size_command_rejects_short_and_long_payloads() {
         .contains(c);
         let pad = if padded { 0xa5u8 } else { 0 };
         let mut bad: Vec<Vec<u8>> = vec![p.iter().copied().chain([pad]).collect()];
-        bad.push(p.iter().copied().chain([0, 0, 0, pad, 0, 0, 0, 0]).collect());
+        bad.push(
+            p.iter()
+                .copied()
+                .chain([0, 0, 0, pad, 0, 0, 0, 0])
+                .collect(),
+        );
         if padded && !*needs_fd && *c != cmd::DMA_UNMAP {
             let ok: Vec<u8> = p.iter().copied().chain([0u8; 8]).collect();
             let m = r.call(*c, &ok, &[]);
