@@ -59,6 +59,10 @@ summary() {
     [ "$pass" = "$n" ]
 }
 
+if [ "$(id -u)" != 0 ]; then
+    echo "qemu-interop: needs root (QEMU runs in the trixie root by chroot; scripts/trixie-root.sh uses debootstrap)" >&2
+    summary; exit 1
+fi
 out=$("$here/setup.sh") || { echo "qemu-interop: setup.sh failed (see above)" >&2; summary; exit 1; }
 eval "$(grep '^QI_' <<< "$out")"
 : "${QI_ROOT:?}" "${QI_KERNEL:?}" "${QI_INITRD:?}" "${QI_QEMU_VERSION:?}"
