@@ -7,8 +7,11 @@
 //!   areas *minus* the pages that hold a clear register while the clear-register
 //!   policy is in force (they must trap); a region left without areas loses its
 //!   MMAP flag (the PL330 model has none anyway: one trapped 4 KiB frame).
-//! * **DMA**: `DMA_MAP` needs an fd (mapping without one, i.e. DMA_READ/WRITE
-//!   messages, is not supported: `EINVAL`); see [`crate::dma`]. EXEC: plain
+//! * **DMA**: `DMA_MAP` with an fd goes to [`crate::dma`]; without one the
+//!   client serves the range by DMA_READ/DMA_WRITE ([`crate::dma_msg`]: the
+//!   device stalls, `serve_transfers` exchanges the messages on the
+//!   connection thread while answering the client, the device runs again).
+//!   `DMA_UNMAP` follows Linux type1 (range; nothing mapped = success). EXEC: plain
 //!   clients get READ ⇒ EXEC; extension clients state EXEC; the extension reply
 //!   says `exec_enforced` = true for models, false for VFIO devices.
 //! * **EOI**: after a trapped access reaches the device, [`EoiEngine`] says which

@@ -375,6 +375,49 @@ impl Client {
         }
     }
 
+    /// Serves the server's DMA_READ/DMA_WRITE requests (with the callback
+    /// of [`Client::set_dma_handler`]) for up to `timeout` without sending a
+    /// request of its own: what a client does while it waits for an
+    /// interrupt rather than a reply, so a device reaching memory mapped
+    /// without an fd keeps going. Returns the number of requests served;
+    /// replies that arrive meanwhile (stale ones, after a timeout) are
+    /// dropped.
+    pub fn serve_requests(&mut self, timeout: Duration) -> Result<usize, ClientError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut served = 0;
+        loop {
+            match self.reader.take() {
+                Ok(Some(Incoming::Message(m))) if m.header.is_reply() => {
+                    log::warn!(
+                        "dropping stale reply id {} for {}",
+                        m.header.msg_id,
+                        cmd::name(m.header.command)
+                    );
+                }
+                Ok(Some(Incoming::Message(m))) => {
+                    self.serve_server_request(m)?;
+                    served += 1;
+                }
+                Ok(Some(Incoming::Bad { header, .. })) => {
+                    if !header.is_reply() && !header.no_reply() {
+                        self.send_error(&header, Errno::EINVAL)?;
+                    }
+                }
+                Ok(None) => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero())
+                        || !wait_fd(self.sock.as_fd(), libc::POLLIN, left)
+                            .map_err(|e| ClientError::Transport(TransportError::Io(e)))?
+                    {
+                        return Ok(served);
+                    }
+                    self.reader.fill(self.sock.as_fd(), false)?;
+                }
+                Err(e) => return Err(ClientError::from(e)),
+            }
+        }
+    }
+
     fn send_error(&mut self, req: &Header, e: Errno) -> Result<(), ClientError> {
         send_message(
             self.sock.as_fd(),

@@ -213,6 +213,13 @@ fn dma_through_messages_both_ways() {
     assert!(log.contains("without an fd (DMA_READ/DMA_WRITE)"), "{log}");
 }
 
+/// The raw reply a test sends to a server request (header, payload, fds),
+/// or `None`: never answered.
+type Answer = Option<(Header, Vec<u8>, Vec<RawFd>)>;
+
+/// How a raw client answers the server's requests.
+type Serve<'a> = &'a mut dyn FnMut(&Message, &UnixStream) -> Answer;
+
 /// A raw vfio-user client: exact control over what it answers.
 struct Raw {
     s: UnixStream,
@@ -262,14 +269,7 @@ impl Raw {
     /// Sends a command and waits for its reply; server requests seen
     /// meanwhile go to `serve`, which returns the raw reply to send (header,
     /// payload, fds) or nothing (never answered).
-    #[allow(clippy::type_complexity)]
-    fn call(
-        &mut self,
-        command: u16,
-        payload: &[u8],
-        fds: &[RawFd],
-        serve: &mut dyn FnMut(&Message, &UnixStream) -> Option<(Header, Vec<u8>, Vec<RawFd>)>,
-    ) -> Message {
+    fn call(&mut self, command: u16, payload: &[u8], fds: &[RawFd], serve: Serve<'_>) -> Message {
         let id = self.send(command, payload, fds);
         loop {
             let m = self.next(Duration::from_secs(20)).expect("reply");
@@ -283,12 +283,7 @@ impl Raw {
         }
     }
 
-    fn region(
-        &mut self,
-        off: u64,
-        data: Option<u64>,
-        serve: &mut dyn FnMut(&Message, &UnixStream) -> Option<(Header, Vec<u8>, Vec<RawFd>)>,
-    ) -> u64 {
+    fn region(&mut self, off: u64, data: Option<u64>, serve: Serve<'_>) -> u64 {
         // edu: registers below 0x80 are 4 bytes wide, the DMA ones 8.
         let w: usize = if off < 0x80 { 4 } else { 8 };
         let (c, p) = match data {
@@ -313,14 +308,7 @@ impl Raw {
 
     /// Starts an edu DMA and polls RUN, serving with `serve`; the number of
     /// polls answered while it ran.
-    fn dma(
-        &mut self,
-        src: u64,
-        dst: u64,
-        len: u64,
-        to_ram: bool,
-        serve: &mut dyn FnMut(&Message, &UnixStream) -> Option<(Header, Vec<u8>, Vec<RawFd>)>,
-    ) -> usize {
+    fn dma(&mut self, src: u64, dst: u64, len: u64, to_ram: bool, serve: Serve<'_>) -> usize {
         self.region(regs::DMA_SRC, Some(src), serve);
         self.region(regs::DMA_DST, Some(dst), serve);
         self.region(regs::DMA_CNT, Some(len), serve);
@@ -337,7 +325,7 @@ impl Raw {
     }
 }
 
-fn no_serve(_: &Message, _: &UnixStream) -> Option<(Header, Vec<u8>, Vec<RawFd>)> {
+fn no_serve(_: &Message, _: &UnixStream) -> Answer {
     None
 }
 

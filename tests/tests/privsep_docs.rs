@@ -95,6 +95,7 @@ fn every_error_message_is_in_the_troubleshooting_table() {
         "backend/src/sandbox.rs".to_string(),
         "backend/src/host.rs".to_string(),
         "backend/src/dma.rs".to_string(),
+        "backend/src/dma_msg.rs".to_string(),
         "backend/src/profile.rs".to_string(),
         "backend/src/dt.rs".to_string(),
         "backend/src/device.rs".to_string(),

@@ -141,6 +141,9 @@ enum Step {
     Progress,
     /// The instruction must wait for MFIFO space other channels hold.
     Stalled,
+    /// The instruction waits for memory the client serves by messages
+    /// (`DmaFault::Deferred`); it runs again once the server fetched it.
+    Waiting,
     /// The channel left the Executing state (end, kill, fault, wait).
     Left,
 }
@@ -153,6 +156,9 @@ enum Flow {
     Jump(u32),
     /// Retry the same instruction later (MFIFO space).
     Stall,
+    /// Retry the same instruction once the server has exchanged the DMA
+    /// messages it waits for (memory mapped without an fd).
+    Wait,
     /// The channel stopped or waits; the PC stays at this instruction.
     Leave,
     /// Precise/imprecise abort: fault, PC stays at this instruction.
@@ -464,6 +470,7 @@ impl Pl330 {
         while budget > 0 {
             let mut active = false;
             let mut progressed = false;
+            let mut waiting = false;
             // The channel after which this run stopped (budget or time).
             let mut cut = None;
             let start = self.rr_next % n;
@@ -485,6 +492,10 @@ impl Pl330 {
                             break;
                         }
                         Step::Stalled => break,
+                        Step::Waiting => {
+                            waiting = true;
+                            break;
+                        }
                     }
                 }
                 if budget == 0 {
@@ -509,6 +520,11 @@ impl Pl330 {
             }
             self.rr_next = (start + 1) % n;
             if !active {
+                break;
+            }
+            if !progressed && waiting {
+                // Channels wait for the client's memory: the server runs
+                // this again once it is here.
                 break;
             }
             if !progressed {
@@ -537,13 +553,13 @@ impl Pl330 {
         // channel stalls before anything changes and fetches again later.
         let whole = match in_page.then(|| mem.dma_read(u64::from(pc), &mut buf, DmaAccess::Fetch)) {
             Some(Ok(())) => true,
-            Some(Err(e)) if e.is_deferred() => return Step::Stalled,
+            Some(Err(e)) if e.is_deferred() => return Step::Waiting,
             _ => false,
         };
         if !whole {
             match mem_read(mem, pc, &mut buf[..1], DmaAccess::Fetch) {
                 Ok(()) => {}
-                Err(e) if e.is_deferred() => return Step::Stalled,
+                Err(e) if e.is_deferred() => return Step::Waiting,
                 Err(_) => {
                     self.fault_channel(c, FaultType::InstrFetchErr.bit());
                     return Step::Left;
@@ -558,7 +574,7 @@ impl Pl330 {
             if let Some(rest) = buf.get_mut(1..len) {
                 match mem_read(mem, pc.wrapping_add(1), rest, DmaAccess::Fetch) {
                     Ok(()) => {}
-                    Err(e) if e.is_deferred() => return Step::Stalled,
+                    Err(e) if e.is_deferred() => return Step::Waiting,
                     Err(_) => {
                         self.fault_channel(c, FaultType::InstrFetchErr.bit());
                         return Step::Left;
@@ -602,6 +618,7 @@ impl Pl330 {
                 }
                 Step::Stalled
             }
+            Flow::Wait => Step::Waiting,
             Flow::Leave => {
                 ch.stalls = 0;
                 Step::Left
@@ -829,7 +846,7 @@ impl Pl330 {
         match r {
             Ok(()) => {}
             // Served by messages: retry the instruction once fetched.
-            Err(e) if e.is_deferred() => return Flow::Stall,
+            Err(e) if e.is_deferred() => return Flow::Wait,
             Err(_) => return Flow::Fault(FaultType::DataReadErr),
         }
         self.stats.bytes_loaded += total as u64;
@@ -889,7 +906,7 @@ impl Pl330 {
         };
         match r {
             Ok(()) => {}
-            Err(e) if e.is_deferred() => return Flow::Stall,
+            Err(e) if e.is_deferred() => return Flow::Wait,
             Err(_) => {
                 self.drain_mfifo(c, zero, total);
                 return Flow::Fault(FaultType::DataWriteErr);
