@@ -137,8 +137,8 @@ pub trait Handler {
     }
 }
 
-/// Default deadline for writing one batch of replies (from the start of its
-/// write; not restarted when the client reads a little).
+/// Default deadline for writing one batch of replies (counted from the first
+/// time the socket is full; not restarted when the client reads a little).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Queued reply bytes at which a batch ends (deferred replies: the caller
