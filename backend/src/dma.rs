@@ -19,8 +19,9 @@
 //!   so once a VFIO device fd is registered no anon-inode fd can be DMA-mapped —
 //!   none of them is RAM anyway;
 //! * at least one of read/write/exec;
-//! * `DMA_UNMAP` must match an entry exactly (`EINVAL` otherwise, per the spec), or
-//!   is "unmap all".
+//! * [`DmaTable::unmap`] removes exactly one entry (`EINVAL` otherwise); the
+//!   server's range unmap (Linux type1 rules) finds the entries with
+//!   [`DmaTable::regions_in`].
 //!
 //! EXEC ([`prot_from_flags`], design.md §3): a client that did not negotiate the
 //! extension gets upstream semantics (a readable mapping is also executable); an
