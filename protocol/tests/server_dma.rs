@@ -166,3 +166,80 @@ fn client_that_never_answers_times_out() {
     let e = r.unwrap_err();
     assert!(e.contains("did not answer DMA_READ"), "{e}");
 }
+
+/// A client that floods commands (each answered) but never answers the
+/// server's DMA_READ: the server's wait still ends while the flood goes on
+/// (its deadline holds whatever the client sends), with a timeout error.
+#[test]
+fn flooding_client_cannot_stretch_the_wait() {
+    use common::RawPeer;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use vfio_sidecar_protocol::header::{command as cmd, Header};
+    use vfio_sidecar_protocol::message::RegionAccess;
+    let (a, b) = UnixStream::pair().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = std::thread::spawn(move || {
+        let mut h = ToyHandler::default();
+        let mut conn = ServerConnection::new(b, Limits::default()).unwrap();
+        conn.set_dma_timeout(Duration::from_millis(300));
+        loop {
+            if !wait_fd(conn.as_fd(), libc::POLLIN, Some(Duration::from_secs(20))).unwrap() {
+                return;
+            }
+            if conn.handle_readable(&mut h).unwrap() == ConnStatus::Closed {
+                return;
+            }
+            if !h.writes.is_empty() {
+                let mut buf = vec![0u8; 64];
+                let r = conn.dma_read(&mut h, 0x1000, &mut buf);
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+                h.writes.clear();
+            }
+        }
+    });
+    let mut p = RawPeer::new(a);
+    assert!(!p
+        .version(&vfio_sidecar_protocol::Capabilities::default())
+        .header
+        .is_error());
+    let mut w = RegionAccess::encode_fixed(0x10, 0, 4).to_vec();
+    w.extend_from_slice(&[5, 5, 5, 5]);
+    p.send(cmd::REGION_WRITE, &w, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        let mut q = RawPeer::new(p.sock.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut msg = Header::command(7, cmd::REGION_READ, 16).encode().to_vec();
+            msg.extend_from_slice(&RegionAccess::encode_fixed(0x10, 0, 4));
+            while !stop.load(Ordering::Relaxed) && q.try_send_bytes(&msg) {}
+        })
+    };
+    let reader = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if p.recv_timeout(Duration::from_millis(200)).is_some() {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    // The wait ends while the flood is still going on.
+    let r = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server's DMA wait never ended");
+    assert!(!flood.is_finished(), "the flood was still running");
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let replies = reader.join().unwrap();
+    let e = r.unwrap_err();
+    assert!(e.contains("did not answer DMA_READ"), "{e}");
+    assert!(
+        replies > 1,
+        "the flood was answered while the server waited"
+    );
+    srv.join().unwrap();
+}
