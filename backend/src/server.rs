@@ -1611,14 +1611,12 @@ fn serve_connection(
     conn: &mut ServerConnection,
     shared: &Shared,
 ) -> Result<(), vfio_sidecar_protocol::ServerError> {
+    // With fd-less mappings the device's pending work runs on this thread
+    // (it may need DMA_READ/DMA_WRITE): no blocking wait while there is some
+    // and the client is quiet. Only this thread changes that state, so it is
+    // taken from the last time the backend was locked here.
+    let mut busy = false;
     loop {
-        // With fd-less mappings the device's pending work runs on this
-        // thread (it may need DMA_READ/DMA_WRITE): no blocking wait while
-        // there is some and the client is quiet.
-        let busy = {
-            let b = lock(shared);
-            b.work_pending && b.has_message_maps()
-        };
         if busy
             && !conn.has_buffered_message()
             && !vfio_sidecar_protocol::transport::wait_fd(
@@ -1637,6 +1635,7 @@ fn serve_connection(
             if serve_transfers(conn, &mut b) == ConnStatus::Closed {
                 return Ok(());
             }
+            busy = b.work_pending && b.has_message_maps();
             continue;
         }
         if conn.receive_blocking()? == ConnStatus::Closed {
@@ -1670,6 +1669,7 @@ fn serve_connection(
             return Ok(());
         }
         let pending = b.loop_has_work();
+        busy = b.work_pending && b.has_message_maps();
         drop(b);
         if pending && !was_pending {
             if let Err(e) = shared.kick.write(1) {
