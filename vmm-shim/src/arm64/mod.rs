@@ -16,6 +16,7 @@
 pub mod exit;
 pub mod fdt;
 pub mod image;
+pub mod irq;
 pub mod layout;
 pub mod summary;
 pub mod uart;

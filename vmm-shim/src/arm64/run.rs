@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::fdt::{guest_fdt, MachineSpec};
 use super::image::{self, ImageError};
+use super::irq::{Relay, RelayedLine};
 use super::layout::*;
 use super::summary::{IrqWiring, LinuxOptions, LinuxSummary};
 use super::uart::Uart;
@@ -84,14 +85,6 @@ fn rng_seed() -> Vec<u8> {
         return Vec::new(); // no seed then: the guest gathers entropy itself
     }
     b
-}
-
-/// One wired interrupt and its eventfds.
-struct Wire {
-    index: u32,
-    spi: u32,
-    _trigger: EventFd,
-    resample: EventFd,
 }
 
 /// Boots the kernel of `opts` against `backend`, the guest console going to
@@ -181,27 +174,30 @@ pub fn run_linux<W: Write>(
     let at = DevicePlacement { reg, spis };
 
     // Interrupts: every SPI is a level irqfd (the line drops at the guest's
-    // EOI, as the vGIC needs for a level interrupt); the resamplefd is the
-    // backend's unmask eventfd with --eoi resample, else the shim counts the
-    // guest's EOIs on it.
-    let efd = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(LinuxError::EventFd);
+    // EOI, as the vGIC needs for a level interrupt). With --eoi resample the
+    // resamplefd is the backend's unmask eventfd and the backend triggers KVM
+    // directly; otherwise the shim relays (irq.rs) so that a signal arriving
+    // while the line is raised is delivered after the EOI, not lost.
     let resample_policy = opts.eoi == EoiPolicy::Resample;
-    let mut wires = Vec::new();
+    let mut direct = Vec::new();
+    let mut relayed = Vec::new();
     for (irq, &spi) in desc.irqs.iter().zip(&at.spis) {
-        let trigger = efd()?;
-        let resample = efd()?;
-        vm.register_level_irqfd(&trigger, &resample, spi)?;
-        backend.set_irq_trigger(irq.index, 0, borrowed(&trigger))?;
+        let line = RelayedLine::new().map_err(LinuxError::EventFd)?;
+        vm.register_level_irqfd(&line.to_kvm, &line.resample, spi)?;
         if resample_policy {
-            backend.set_irq_unmask_fd(irq.index, 0, borrowed(&resample))?;
+            backend.set_irq_trigger(irq.index, 0, borrowed(&line.to_kvm))?;
+            backend.set_irq_unmask_fd(irq.index, 0, borrowed(&line.resample))?;
+            direct.push(line);
+        } else {
+            backend.set_irq_trigger(irq.index, 0, borrowed(&line.from_backend))?;
+            relayed.push(line);
         }
-        wires.push(Wire {
-            index: irq.index,
-            spi,
-            _trigger: trigger,
-            resample,
-        });
     }
+    let relay = if relayed.is_empty() {
+        None
+    } else {
+        Some(Relay::start(relayed).map_err(LinuxError::EventFd)?)
+    };
 
     let spec = MachineSpec {
         ram_size,
@@ -230,20 +226,19 @@ pub fn run_linux<W: Write>(
     let stop = vm.run(&mut bus, backend, &mut uart, opts.timeout)?;
     let guest_time = t_guest.elapsed();
 
+    let relayed = relay.map(Relay::stop).unwrap_or_default();
     let mut irqs = Vec::new();
-    for w in &wires {
-        let guest_eois = if resample_policy {
-            None
-        } else {
-            Some(w.resample.read().unwrap_or(0))
-        };
+    for (k, (irq, &spi)) in desc.irqs.iter().zip(&at.spis).enumerate() {
+        let r = relayed.get(k);
         irqs.push(IrqWiring {
-            index: w.index,
-            spi: w.spi,
-            stats: backend.irq_stats(w.index, 0)?,
-            guest_eois,
+            index: irq.index,
+            spi,
+            stats: backend.irq_stats(irq.index, 0)?,
+            guest_eois: r.map(|r| r.eois),
+            deferred: r.map(|r| r.deferred),
         });
     }
+    drop(direct);
     let c = vm.counters();
     Ok(LinuxSummary {
         stop,

@@ -42,6 +42,9 @@ pub struct IrqWiring {
     /// Guest EOIs seen on the resamplefd (None: the backend consumes it,
     /// `--eoi resample`).
     pub guest_eois: Option<u64>,
+    /// Backend signals that arrived while the guest's line was still raised
+    /// and were delivered after its EOI (None: not relayed, `--eoi resample`).
+    pub deferred: Option<u64>,
 }
 
 /// The result of a boot.
@@ -175,10 +178,13 @@ impl std::fmt::Display for LinuxSummary {
         }
         writeln!(f, "  interrupts    EOI policy {}", self.eoi.as_str())?;
         for i in &self.irqs {
-            let eois = i
+            let mut eois = i
                 .guest_eois
                 .map(|n| format!(", {n} guest EOIs"))
                 .unwrap_or_default();
+            if let Some(d) = i.deferred.filter(|&d| d > 0) {
+                eois.push_str(&format!(" ({d} deferred to an EOI)"));
+            }
             match i.stats {
                 Some(s) => writeln!(
                     f,
@@ -249,6 +255,7 @@ mod tests {
                         refires: 9,
                     }),
                     guest_eois: Some(10),
+                    deferred: Some(0),
                 },
                 IrqWiring {
                     index: 1,
@@ -260,6 +267,7 @@ mod tests {
                         refires: 11,
                     }),
                     guest_eois: Some(10),
+                    deferred: Some(0),
                 },
             ],
             mmio_per_region: BTreeMap::from([(0, 400)]),
