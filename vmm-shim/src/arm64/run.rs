@@ -234,6 +234,7 @@ pub fn run_linux<W: Write>(
             index: irq.index,
             spi,
             stats: backend.irq_stats(irq.index, 0)?,
+            delivered: r.map(|r| r.raises),
             guest_eois: r.map(|r| r.eois),
             deferred: r.map(|r| r.deferred),
         });

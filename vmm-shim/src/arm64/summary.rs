@@ -39,6 +39,9 @@ pub struct IrqWiring {
     pub spi: u32,
     /// The backend's counters (None: IRQ_STATS not supported).
     pub stats: Option<IrqStats>,
+    /// Interrupts the shim delivered (line raises; None: not relayed,
+    /// `--eoi resample`, where the backend triggers KVM directly).
+    pub delivered: Option<u64>,
     /// Guest EOIs seen on the resamplefd (None: the backend consumes it,
     /// `--eoi resample`).
     pub guest_eois: Option<u64>,
@@ -178,10 +181,13 @@ impl std::fmt::Display for LinuxSummary {
         }
         writeln!(f, "  interrupts    EOI policy {}", self.eoi.as_str())?;
         for i in &self.irqs {
-            let mut eois = i
-                .guest_eois
-                .map(|n| format!(", {n} guest EOIs"))
-                .unwrap_or_default();
+            let mut eois = String::new();
+            if let Some(n) = i.delivered {
+                eois.push_str(&format!(", {n} delivered"));
+            }
+            if let Some(n) = i.guest_eois {
+                eois.push_str(&format!(", {n} guest EOIs"));
+            }
             if let Some(d) = i.deferred.filter(|&d| d > 0) {
                 eois.push_str(&format!(" ({d} deferred to an EOI)"));
             }
@@ -254,6 +260,7 @@ mod tests {
                         unmasks: 19,
                         refires: 9,
                     }),
+                    delivered: Some(10),
                     guest_eois: Some(10),
                     deferred: Some(0),
                 },
@@ -266,6 +273,7 @@ mod tests {
                         unmasks: 21,
                         refires: 11,
                     }),
+                    delivered: Some(10),
                     guest_eois: Some(10),
                     deferred: Some(0),
                 },
