@@ -9,7 +9,7 @@ use std::time::Instant;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::fdt::{guest_fdt, MachineSpec};
+use super::fdt::{device_placement, guest_fdt, MachineSpec};
 use super::image::{self, ImageError};
 use super::irq::{Relay, RelayedLine};
 use super::layout::*;
@@ -17,10 +17,13 @@ use super::summary::{IrqWiring, LinuxOptions, LinuxSummary};
 use super::uart::Uart;
 use super::vm::{ArmVm, ArmVmError};
 use crate::backend::{Backend, EoiPolicy};
-use crate::dtb::{self, DeviceNodes, DevicePlacement, DtbError};
+use crate::dtb::{self, DeviceNodes, DtbError};
 use crate::link::ProtoBackend;
 use crate::memory::{GuestRam, MemoryError};
-use crate::mmio::{place_regions, sparse_slots, LinkError, MmioBus, PlacementError, RegionSpec};
+use crate::mmio::{
+    place_regions, sparse_slots, LinkError, MmioBus, PlacedRegion, PlacementError, RegionSpec,
+};
+use vfio_sidecar_protocol::ext::DeviceDescription;
 
 /// Errors of a Linux boot (each one line: the shim's exit reason).
 #[derive(Debug, Error)]
@@ -87,14 +90,9 @@ fn rng_seed() -> Vec<u8> {
     b
 }
 
-/// Boots the kernel of `opts` against `backend`, the guest console going to
-/// `console`.
-pub fn run_linux<W: Write>(
-    backend: &mut ProtoBackend,
-    opts: &LinuxOptions,
-    console: W,
-) -> Result<LinuxSummary, LinuxError> {
-    let t0 = Instant::now();
+/// Reads the kernel (and initrd), creates guest RAM and loads them where the
+/// boot protocol wants them.
+fn load_boot(opts: &LinuxOptions) -> Result<(GuestRam, BootLayout), LinuxError> {
     let kernel = read_file("kernel", &opts.kernel)?;
     let header = image::parse(&kernel)?;
     let initrd = match &opts.initrd {
@@ -108,16 +106,15 @@ pub fn run_linux<W: Write>(
     if let (Some(data), Some((start, _))) = (&initrd, boot.initrd) {
         ram.write(start - RAM_BASE, data)?;
     }
-    drop((kernel, initrd));
-    let mut vm = ArmVm::new(&ram, 1)?;
+    Ok((ram, boot))
+}
 
-    let exec_negotiated = backend.exec_negotiated();
-    let table = ram_dma_table(ram_size, exec_negotiated, opts.no_exec);
-    for e in &table {
-        backend.dma_map(e, ram.fd())?;
-    }
-
-    // Regions: placed in the device window; sparse areas become slots.
+/// Places the device's regions in the device window and maps their sparse
+/// areas as memory slots (the rest traps).
+fn map_regions(
+    backend: &mut ProtoBackend,
+    vm: &mut ArmVm<'_>,
+) -> Result<Vec<PlacedRegion>, LinuxError> {
     let regions = backend.regions()?;
     let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
     let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END)?;
@@ -134,44 +131,53 @@ pub fn run_linux<W: Write>(
         };
         vm.map_sparse(&slot, fd.as_fd(), *off)?;
     }
+    Ok(placed)
+}
+
+/// The device's nodes from the backend's DTB, or from its description when it
+/// sent none; and a word on which.
+fn device_nodes(
+    desc: &DeviceDescription,
+    backend_dtb: &[u8],
+) -> Result<(DeviceNodes, &'static str), LinuxError> {
+    if backend_dtb.is_empty() {
+        return Ok((
+            DeviceNodes::from_description(desc),
+            "built from the backend's description (it sent no DTB)",
+        ));
+    }
+    Ok((
+        DeviceNodes::from_dtb(&dtb::parse(backend_dtb)?, desc)?,
+        "the backend's DTB node, placed by the shim",
+    ))
+}
+
+/// Boots the kernel of `opts` against `backend`, the guest console going to
+/// `console`.
+pub fn run_linux<W: Write>(
+    backend: &mut ProtoBackend,
+    opts: &LinuxOptions,
+    console: W,
+) -> Result<LinuxSummary, LinuxError> {
+    let t0 = Instant::now();
+    let (ram, boot) = load_boot(opts)?;
+    let mut vm = ArmVm::new(&ram, 1)?;
+
+    let exec_negotiated = backend.exec_negotiated();
+    let table = ram_dma_table(ram.size(), exec_negotiated, opts.no_exec);
+    for e in &table {
+        backend.dma_map(e, ram.fd())?;
+    }
+
+    let placed = map_regions(backend, &mut vm)?;
 
     // The device node, as the backend describes it, at the shim's addresses.
     let (desc, backend_dtb) = backend
         .client()
         .device_desc()
         .map_err(|e| LinuxError::Link(LinkError::Transport(e.to_string())))?;
-    let (nodes, how) = if backend_dtb.is_empty() {
-        (
-            DeviceNodes::from_description(&desc),
-            "built from the backend's description (it sent no DTB)",
-        )
-    } else {
-        (
-            DeviceNodes::from_dtb(&dtb::parse(&backend_dtb)?, &desc)?,
-            "the backend's DTB node, placed by the shim",
-        )
-    };
-    let mut reg = Vec::new();
-    for r in &desc.regions {
-        let p = placed.iter().find(|p| p.index == r.index).ok_or_else(|| {
-            LinuxError::Device(format!(
-                "the description names region {} ({}), which the device does not have",
-                r.index, r.name
-            ))
-        })?;
-        reg.push((p.gpa, p.size));
-    }
-    let max_spis = GIC_NR_IRQS - 32 - DEVICE_SPI_BASE;
-    if desc.irqs.len() as u32 > max_spis {
-        return Err(LinuxError::Device(format!(
-            "{} interrupts described; the inner GIC has room for {max_spis}",
-            desc.irqs.len()
-        )));
-    }
-    let spis: Vec<u32> = (0..desc.irqs.len() as u32)
-        .map(|k| DEVICE_SPI_BASE + k)
-        .collect();
-    let at = DevicePlacement { reg, spis };
+    let (nodes, how) = device_nodes(&desc, &backend_dtb)?;
+    let at = device_placement(&desc, &placed).map_err(LinuxError::Device)?;
 
     // Interrupts: every SPI is a level irqfd (the line drops at the guest's
     // EOI, as the vGIC needs for a level interrupt). With --eoi resample the
@@ -200,7 +206,7 @@ pub fn run_linux<W: Write>(
     };
 
     let spec = MachineSpec {
-        ram_size,
+        ram_size: ram.size(),
         mpidrs: vm.mpidrs()?,
         bootargs: opts.append.clone(),
         initrd: boot.initrd,
