@@ -17,7 +17,7 @@ use super::summary::{IrqWiring, LinuxOptions, LinuxSummary};
 use super::uart::Uart;
 use super::vm::{ArmVm, ArmVmError};
 use crate::backend::{Backend, EoiPolicy};
-use crate::dtb::{self, DeviceNodes, DtbError};
+use crate::dtb::{self, DeviceNodes, DevicePlacement, DtbError};
 use crate::link::ProtoBackend;
 use crate::memory::{GuestRam, MemoryError};
 use crate::mmio::{
@@ -152,6 +152,42 @@ fn device_nodes(
     ))
 }
 
+/// The device's interrupts: every SPI is a level irqfd (the line drops at the
+/// guest's EOI, as the vGIC needs for a level interrupt). With `--eoi
+/// resample` the resamplefd is the backend's unmask eventfd and the backend
+/// triggers KVM directly (those lines are returned, to be kept open);
+/// otherwise the shim relays them (irq.rs) so that a signal arriving while the
+/// line is raised is delivered after the EOI, not lost.
+fn wire_irqs(
+    backend: &mut ProtoBackend,
+    vm: &ArmVm<'_>,
+    desc: &DeviceDescription,
+    at: &DevicePlacement,
+    eoi: EoiPolicy,
+) -> Result<(Vec<RelayedLine>, Option<Relay>), LinuxError> {
+    let resample_policy = eoi == EoiPolicy::Resample;
+    let mut direct = Vec::new();
+    let mut relayed = Vec::new();
+    for (irq, &spi) in desc.irqs.iter().zip(&at.spis) {
+        let line = RelayedLine::new().map_err(LinuxError::EventFd)?;
+        vm.register_level_irqfd(&line.to_kvm, &line.resample, spi)?;
+        if resample_policy {
+            backend.set_irq_trigger(irq.index, 0, borrowed(&line.to_kvm))?;
+            backend.set_irq_unmask_fd(irq.index, 0, borrowed(&line.resample))?;
+            direct.push(line);
+        } else {
+            backend.set_irq_trigger(irq.index, 0, borrowed(&line.from_backend))?;
+            relayed.push(line);
+        }
+    }
+    let relay = if relayed.is_empty() {
+        None
+    } else {
+        Some(Relay::start(relayed).map_err(LinuxError::EventFd)?)
+    };
+    Ok((direct, relay))
+}
+
 /// Boots the kernel of `opts` against `backend`, the guest console going to
 /// `console`.
 pub fn run_linux<W: Write>(
@@ -179,31 +215,7 @@ pub fn run_linux<W: Write>(
     let (nodes, how) = device_nodes(&desc, &backend_dtb)?;
     let at = device_placement(&desc, &placed).map_err(LinuxError::Device)?;
 
-    // Interrupts: every SPI is a level irqfd (the line drops at the guest's
-    // EOI, as the vGIC needs for a level interrupt). With --eoi resample the
-    // resamplefd is the backend's unmask eventfd and the backend triggers KVM
-    // directly; otherwise the shim relays (irq.rs) so that a signal arriving
-    // while the line is raised is delivered after the EOI, not lost.
-    let resample_policy = opts.eoi == EoiPolicy::Resample;
-    let mut direct = Vec::new();
-    let mut relayed = Vec::new();
-    for (irq, &spi) in desc.irqs.iter().zip(&at.spis) {
-        let line = RelayedLine::new().map_err(LinuxError::EventFd)?;
-        vm.register_level_irqfd(&line.to_kvm, &line.resample, spi)?;
-        if resample_policy {
-            backend.set_irq_trigger(irq.index, 0, borrowed(&line.to_kvm))?;
-            backend.set_irq_unmask_fd(irq.index, 0, borrowed(&line.resample))?;
-            direct.push(line);
-        } else {
-            backend.set_irq_trigger(irq.index, 0, borrowed(&line.from_backend))?;
-            relayed.push(line);
-        }
-    }
-    let relay = if relayed.is_empty() {
-        None
-    } else {
-        Some(Relay::start(relayed).map_err(LinuxError::EventFd)?)
-    };
+    let (direct, relay) = wire_irqs(backend, &vm, &desc, &at, opts.eoi)?;
 
     let spec = MachineSpec {
         ram_size: ram.size(),
