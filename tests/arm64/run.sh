@@ -136,6 +136,15 @@ case $fe$ee in *[!0-9]*|'') errs+=("exec-off: no transfer result from the inner 
 say "exec-off: pl330's own fault report in the inner dmesg: $(result exec-off pl330_report)"
 grep -q 'INNER-AMBA .*driver=dma-pl330' "$log" || errs+=("no AMBA device bound to dma-pl330 in the inner machine")
 grep -q 'Loaded driver for PL330 DMAC-' "$log" || errs+=("no 'Loaded driver for PL330 DMAC-' in the inner dmesg")
+# figures for docs/benchmarks.md (not asserted: TCG timing says nothing about hardware)
+grep -a 'INNER-BENCH sidecar_dmatest: bench' "$log" | tr -d '\r' | tr ' ' '\n' | awk -F= '
+    $1 == "size" { s = $2 } $1 == "n" { n = $2 } $1 == "ns" { ns = $2 }
+    $1 == "ok" { if (ns > 0) printf "arm64 bench: %8d B  %3d transfers  %8.1f transfers/s  %7.2f MB/s  (%d verified)\n",
+                                 s, n, n * 1e9 / ns, s * n * 1e3 / ns, $2 }'
+for c in clear-register first-access exec-off; do
+    h=$(irq $c host); e=$(irq $c events)
+    [ -n "$e" ] && say "$c: backend IRQ counters: $e device events, $h host interrupts ($(ratio "$h" "$e") per event), unmasks $(irq $c unmasks), refires $(irq $c refires)"
+done
 for e in "${errs[@]}"; do echo "arm64 harness: FAILED at step 'results': $e" >&2; done
 echo "arm64 Linux pl330: $V/$T transfers verified, host interrupts per device event $C (clear-register), $F (first-access), exec-off fault seen: $seen"
 [ ${#errs[@]} = 0 ]
