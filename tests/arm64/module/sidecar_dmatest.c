@@ -23,7 +23,6 @@
  * directly: Linux's own driver (pl330.ko) does.
  */
 #include <linux/completion.h>
-#include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/dmaengine.h>
 #include <linux/kthread.h>
@@ -264,8 +263,8 @@ static int chan_thread(void *arg)
 	}
 	kfree(xs);
 out:
-	complete(&t->finished);
-	return 0;
+	/* the module's text must outlive the thread: init waits for this */
+	kthread_complete_and_exit(&t->finished, 0);
 }
 
 static void run_bench(struct chan_test *t)
