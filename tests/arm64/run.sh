@@ -17,7 +17,9 @@
 # Env: TIMEOUT [1500] s for the outer QEMU; ARM64_ARTIFACTS [<repo>/target/arm64-harness] where the console log
 #      goes; CONFIGS [clear-register first-access exec-off]; DMATEST_COUNT [64] transfers per channel;
 #      DMATEST_CHANNELS [4]; DMATEST_MAX_SIZE [1048576]; DMATEST_BENCH [1] (clear-register run only);
-#      SHIM_EXTRA [] more vmm-shim linux options; OUTER_SMP [2]; OUTER_MEM [2G].
+#      SHIM_EXTRA [] more vmm-shim linux options; SHIM_TIMEOUT [600] s per inner run; OUTER_SMP [2];
+#      OUTER_MEM [2G]; HOSTILE_TESTS [] aarch64 test executables of the hostile suites (cargo test --no-run
+#      --target aarch64-unknown-linux-gnu): run in the outer machine against the aarch64 backend first.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -64,6 +66,15 @@ interp=$(inroot aarch64-linux-gnu-readelf -l "$rtmp/root/bin/vfio-sidecar" | sed
 [ "$interp" = /lib/ld-linux-aarch64.so.1 ] || fail initramfs "unexpected ELF interpreter '$interp'"
 cp -L "$R$libdir/ld-linux-aarch64.so.1" "$w/root/lib/" || fail initramfs "no $libdir/ld-linux-aarch64.so.1 in the root"
 todo=("$rtmp/root/bin/vfio-sidecar" "$rtmp/root/bin/vmm-shim"); libs=()
+# stretch: aarch64 hostile-suite executables (HOSTILE_TESTS), run by the outer /init before the configs
+hostile=()
+for t in ${HOSTILE_TESTS:-}; do
+    [ "$(od -An -tx1 -j18 -N2 "$t" 2>/dev/null | tr -d ' ')" = b700 ] || fail initramfs "HOSTILE_TESTS: $t is not an aarch64 executable"
+    mkdir -p "$w/root/t/deps"; ln -sf /bin/vfio-sidecar "$w/root/t/vfio-sidecar"
+    cp "$t" "$w/root/t/deps/" && inroot aarch64-linux-gnu-strip --strip-debug "$rtmp/root/t/deps/${t##*/}" \
+        || fail initramfs "cannot copy $t"
+    todo+=("$rtmp/root/t/deps/${t##*/}"); hostile+=("${t##*/}")
+done
 while [ ${#todo[@]} -gt 0 ]; do
     f=${todo[0]}; todo=("${todo[@]:1}")
     for l in $(needed "$f"); do
@@ -141,6 +152,11 @@ grep -a 'INNER-BENCH sidecar_dmatest: bench' "$log" | tr -d '\r' | tr ' ' '\n' |
     $1 == "size" { s = $2 } $1 == "n" { n = $2 } $1 == "ns" { ns = $2 }
     $1 == "ok" { if (ns > 0) printf "arm64 bench: %8d B  %3d transfers  %8.1f transfers/s  %7.2f MB/s  (%d verified)\n",
                                  s, n, n * 1e9 / ns, s * n * 1e3 / ns, $2 }'
+for t in "${hostile[@]}"; do
+    n=${t%-*}; l=$(grep -a "^ARM64-HOSTILE suite=$n " "$log" | tail -1)
+    say "hostile suite on aarch64: ${l:-$n: no result}"
+    case $l in *" rc=0 "*) ;; *) errs+=("hostile suite $n failed on the aarch64 backend: ${l:-no result}") ;; esac
+done
 for c in clear-register first-access exec-off; do
     h=$(irq $c host); e=$(irq $c events)
     [ -n "$e" ] && say "$c: backend IRQ counters: $e device events, $h host interrupts ($(ratio "$h" "$e") per event), unmasks $(irq $c unmasks), refires $(irq $c refires)"
