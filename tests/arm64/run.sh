@@ -90,7 +90,7 @@ dm="dmatest_count=${DMATEST_COUNT:-64} dmatest_channels=${DMATEST_CHANNELS:-4} d
 cat > "$w/root/harness.env" <<EOF
 CONFIGS="${CONFIGS:-clear-register first-access exec-off}"
 DMATEST_ARGS="$dm"
-INNER_APPEND="console=ttyAMA0 panic=-1 quiet"
+INNER_APPEND="console=ttyS0 panic=-1 quiet"
 SHIM_TIMEOUT=${SHIM_TIMEOUT:-600}
 SHIM_EXTRA="${SHIM_EXTRA:-}"
 BENCH=${DMATEST_BENCH:-1}
@@ -152,6 +152,13 @@ grep -a 'INNER-BENCH sidecar_dmatest: bench' "$log" | tr -d '\r' | tr ' ' '\n' |
     $1 == "size" { s = $2 } $1 == "n" { n = $2 } $1 == "ns" { ns = $2 }
     $1 == "ok" { if (ns > 0) printf "arm64 bench: %8d B  %3d transfers  %8.1f transfers/s  %7.2f MB/s  (%d verified)\n",
                                  s, n, n * 1e9 / ns, s * n * 1e3 / ns, $2 }'
+for c in clear-register first-access exec-off; do
+    # MMIO exits of the PL330 region (vmm-shim's --json summary) per transfer the module ran
+    j=$(grep -a "^ARM64-JSON config=$c " "$log" | tail -1)
+    m=$(sed -n 's/.*"mmio_per_region": *{ *"0": *\([0-9]*\).*/\1/p' <<< "$j")
+    n=$(( $(result $c verified 2>/dev/null || echo 0) + 0 ))
+    [ -n "$m" ] && [ "$n" -gt 0 ] && say "$c: $m MMIO exits of the PL330 region, $(ratio "$m" "$n") per verified transfer"
+done
 for t in "${hostile[@]}"; do
     n=${t%-*}; l=$(grep -a "^ARM64-HOSTILE suite=$n " "$log" | tail -1)
     say "hostile suite on aarch64: ${l:-$n: no result}"
