@@ -275,7 +275,7 @@ static void run_bench(struct chan_test *t)
 
 	for (s = 0; s < ARRAY_SIZE(bsizes); s++) {
 		u64 t0, ns;
-		unsigned int reps = bsizes[s] >= 1048576 ? 8 : 32;
+		unsigned int reps = bsizes[s] >= 1048576 ? 4 : 8;
 
 		if (bsizes[s] > max_size)
 			break;
