@@ -16,7 +16,7 @@
 #
 # Env: TIMEOUT [1500] s for the outer QEMU; ARM64_ARTIFACTS [<repo>/target/arm64-harness] where the console log
 #      goes; CONFIGS [clear-register first-access exec-off]; DMATEST_COUNT [32] transfers per channel;
-#      DMATEST_CHANNELS [4]; DMATEST_MAX_SIZE [1048576]; DMATEST_BENCH [1] (clear-register run only);
+#      DMATEST_CHANNELS [4]; DMATEST_TIMEOUT_MS [60000] per transfer (exec-off: 3000); DMATEST_MAX_SIZE [1048576]; DMATEST_BENCH [1] (clear-register run only);
 #      SHIM_EXTRA [] more vmm-shim linux options; SHIM_TIMEOUT [600] s per inner run; OUTER_SMP [2];
 #      OUTER_MEM [2G]; HOSTILE_TESTS [] aarch64 test executables of the hostile suites (cargo test --no-run
 #      --target aarch64-unknown-linux-gnu): run in the outer machine against the aarch64 backend first.
@@ -86,7 +86,7 @@ done
 cp "$ARM64_IMAGE" "$w/root/guest/Image" && cp "$ARM64_INNER_INITRD" "$w/root/guest/inner.cpio" \
     || fail initramfs "cannot copy the inner kernel/initramfs"
 install -m755 "$here/init-outer" "$w/root/init"
-dm="dmatest_count=${DMATEST_COUNT:-32} dmatest_channels=${DMATEST_CHANNELS:-4} dmatest_max_size=${DMATEST_MAX_SIZE:-1048576}"
+dm="dmatest_count=${DMATEST_COUNT:-32} dmatest_channels=${DMATEST_CHANNELS:-4} dmatest_max_size=${DMATEST_MAX_SIZE:-1048576} dmatest_timeout_ms=${DMATEST_TIMEOUT_MS:-60000}"
 cat > "$w/root/harness.env" <<EOF
 CONFIGS="${CONFIGS:-clear-register first-access exec-off}"
 DMATEST_ARGS="$dm"
