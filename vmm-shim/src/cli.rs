@@ -10,7 +10,8 @@ pub use vfio_sidecar::cli::parse_u64;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
-use crate::runner::{EoiPolicy, RunOptions};
+use crate::backend::EoiPolicy;
+use crate::plan::RunOptions;
 
 /// Examples shown after `--help`.
 pub const EXAMPLES: &str = "\
@@ -32,6 +33,10 @@ Examples:
   # Write an ARM guest device tree holding the node the backend describes:
   vmm-shim dtb --socket /tmp/pl330.sock -o guest.dtb
 
+  # On an arm64 host: boot Linux with the device (Linux's own pl330 driver):
+  vmm-shim linux --socket /tmp/pl330.sock --kernel Image --initrd initrd.cpio \\
+      --append 'console=ttyS0 panic=-1' --json summary.json
+
 What a run does: guest RAM is one memfd, DMA-mapped to the backend at IOVA =
 guest-physical (microcode range READ|WRITE|EXEC, the rest READ|WRITE); device
 region 0 sits at guest-physical 0xfe000000 and every access to it traps and is
@@ -40,7 +45,8 @@ line 5 (plus a resamplefd with --eoi resample). The guest driver (x86, 32-bit,
 assembled from vmm-shim/guest/pl330_guest.S at build time) probes the PL330,
 writes microcode, starts it with DMAGO through the debug registers, sleeps
 until the interrupt, handles it in Linux's order, and checks the copy.
-The exit status is non-zero if any transfer failed. See docs/shim.md.";
+The exit status is non-zero if any transfer failed. See docs/shim.md; for
+`linux` (arm64 hosts) see docs/arm64.md.";
 
 /// A minimal KVM VMM that runs a bare-metal PL330 driver against a vfio-sidecar backend.
 #[derive(Debug, Parser)]
@@ -61,6 +67,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write a guest device tree (ARM) with the backend's device node.
     Dtb(DtbArgs),
+    /// Boot a stock arm64 Linux kernel with the backend's device (arm64 hosts only).
+    Linux(LinuxArgs),
     /// (internal) serve a device like `vfio-sidecar serve`; used by `demo`.
     #[command(hide = true)]
     Backend(vfio_sidecar::cli::ServeArgs),
@@ -172,6 +180,57 @@ pub struct DtbArgs {
     /// First GIC SPI number for the device's interrupts (same case).
     #[arg(long, default_value_t = 32)]
     pub irq_base: u32,
+}
+
+/// `vmm-shim linux`: boot an arm64 Linux `Image` under KVM with the backend's
+/// device in its device tree; the guest console is printed on stdout, then a
+/// summary. Exit status 0 only when the guest powered off (PSCI SYSTEM_OFF).
+#[derive(Debug, Clone, Args)]
+pub struct LinuxArgs {
+    /// The backend's vfio-user socket.
+    #[arg(short, long)]
+    pub socket: PathBuf,
+    /// The arm64 kernel: a raw `Image` (Debian's arm64 /boot/vmlinuz-* is one).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// An initramfs (cpio, optionally compressed as the kernel supports).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 panic=-1")]
+    pub append: String,
+    /// Guest RAM in MiB (a multiple of 2).
+    #[arg(long, default_value_t = 256)]
+    pub mem: u64,
+    /// EOI policy; must match the backend's --eoi (with `resample` the
+    /// resamplefds become the backend's unmask eventfds).
+    #[arg(long, value_parser = eoi_parser(), default_value_t = EoiPolicy::ClearRegister)]
+    pub eoi: EoiPolicy,
+    /// DMA-map guest RAM without EXEC even when the extension is negotiated:
+    /// the device's instruction (microcode) fetches then fault.
+    #[arg(long)]
+    pub no_exec: bool,
+    /// Also write the summary as JSON to this file (`-`: print JSON instead of the text summary).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+impl LinuxArgs {
+    /// The run's options.
+    pub fn options(&self) -> crate::arm64::summary::LinuxOptions {
+        crate::arm64::summary::LinuxOptions {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            append: self.append.clone(),
+            mem_mib: self.mem,
+            eoi: self.eoi,
+            no_exec: self.no_exec,
+            timeout: Duration::from_secs(self.timeout.max(1)),
+        }
+    }
 }
 
 /// The clap command of `vmm-shim` (for generated docs).

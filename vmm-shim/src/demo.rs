@@ -14,13 +14,8 @@ use crate::runner::{self, RunError, RunOptions, Summary};
 #[derive(Debug, Error)]
 pub enum DemoError {
     /// No usable /dev/kvm.
-    #[error("KVM is not available on this host ({}: {source}). The shim runs its guest under KVM: use a Linux host, or a VM with nested virtualization, that exposes /dev/kvm to this user", .device.display())]
-    NoKvm {
-        /// The device tried.
-        device: std::path::PathBuf,
-        /// Why it failed.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    NoKvm(#[from] crate::kvm::NoKvm),
     /// Temporary directory / process problems.
     #[error("{0}")]
     Setup(String),
@@ -34,16 +29,7 @@ pub enum DemoError {
 
 /// Fails plainly when /dev/kvm cannot be opened read-write.
 pub fn check_kvm() -> Result<(), DemoError> {
-    let dev = crate::vm::kvm_device();
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-        .map(|_| ())
-        .map_err(|source| DemoError::NoKvm {
-            device: dev,
-            source,
-        })
+    Ok(crate::kvm::check_kvm()?)
 }
 
 /// What the demo runs.

@@ -2,8 +2,11 @@
 //! nesting, tail), the parameter block that tells the guest, and the checks on
 //! what the guest reported.
 
+use std::time::Duration;
+
 use thiserror::Error;
 
+use crate::backend::EoiPolicy;
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
 
@@ -480,6 +483,36 @@ pub fn verify(
         fault_seen: false,
         reason: None,
     })
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Transfers besides the deliberate fault.
+    pub transfers: usize,
+    /// Largest transfer in bytes.
+    pub max_size: u32,
+    /// EOI policy the backend was started with (decides irqfd wiring).
+    pub eoi: EoiPolicy,
+    /// Map all RAM executable (comparison run).
+    pub exec_all: bool,
+    /// Seed for shapes and data.
+    pub seed: u64,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            transfers: 8,
+            max_size: 16384,
+            eoi: EoiPolicy::ClearRegister,
+            exec_all: false,
+            seed: 1,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[cfg(test)]

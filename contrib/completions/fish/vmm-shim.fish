@@ -30,6 +30,7 @@ complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -s V -l version -d 'Prin
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "run" -d 'Run the guest driver against a backend socket'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
+complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "linux" -d 'Boot a stock arm64 Linux kernel with the backend\'s device (arm64 hosts only)'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "backend" -d '(internal) serve a device like `vfio-sidecar serve`; used by `demo`'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand run" -s s -l socket -d 'The backend\'s vfio-user socket' -r -F
@@ -65,6 +66,19 @@ complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -l base -d 'Guest
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -l irq-base -d 'First GIC SPI number for the device\'s interrupts (same case)' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -s h -l help -d 'Print help'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s s -l socket -d 'The backend\'s vfio-user socket' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l kernel -d 'The arm64 kernel: a raw `Image` (Debian\'s arm64 /boot/vmlinuz-* is one)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l initrd -d 'An initramfs (cpio, optionally compressed as the kernel supports)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l append -d 'Kernel command line' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l mem -d 'Guest RAM in MiB (a multiple of 2)' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l eoi -d 'EOI policy; must match the backend\'s --eoi (with `resample` the resamplefds become the backend\'s unmask eventfds)' -r -f -a "clear-register\t'The backend unmasks after the guest\'s INTCLR write reached the device'
+resample\t'KVM\'s resamplefd (guest EOI at the PIC) is the backend\'s unmask eventfd'
+first-access\t'The backend unmasks on the first trapped access after the interrupt (a measured comparison: the line is still high, so it re-fires)'"
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l json -d 'Also write the summary as JSON to this file (`-`: print JSON instead of the text summary)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l timeout -d 'Give up after this many seconds' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l no-exec -d 'DMA-map guest RAM without EXEC even when the extension is negotiated: the device\'s instruction (microcode) fetches then fault'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -s s -l socket -d 'Unix socket path to listen on (created with --socket-mode, removed on exit). Under systemd socket activation (LISTEN_FDS/LISTEN_PID) the inherited socket is used instead and left in place' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -s d -l device -d 'Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -l profile -d 'TOML file with extra device profiles (override built-in ones by name)' -r -F
@@ -88,8 +102,9 @@ complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -l no-dmago-g
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -l no-mmap -d 'Never offer regions for mmap (models and VFIO alike): every access traps into the backend'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand backend" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb backend help" -f -a "run" -d 'Run the guest driver against a backend socket'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb backend help" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb backend help" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb backend help" -f -a "backend" -d '(internal) serve a device like `vfio-sidecar serve`; used by `demo`'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb backend help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux backend help" -f -a "run" -d 'Run the guest driver against a backend socket'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux backend help" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux backend help" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux backend help" -f -a "linux" -d 'Boot a stock arm64 Linux kernel with the backend\'s device (arm64 hosts only)'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux backend help" -f -a "backend" -d '(internal) serve a device like `vfio-sidecar serve`; used by `demo`'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux backend help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
