@@ -11,6 +11,7 @@
 # Needs root (chroot, mount). On a real arm64 host none of this is needed: `cargo build --release`.
 #
 # Usage: scripts/cross-aarch64.sh [CARGO_PACKAGE...]    (default: vfio-sidecar vmm-shim)
+#        CROSS_CARGO_EXTRA="--test NAME ..." adds cargo build arguments (test executables: $target/<triple>/release/deps)
 # The last two lines of the output are
 #   AARCH64_VFIO_SIDECAR=<path of the aarch64 vfio-sidecar binary>
 #   AARCH64_VMM_SHIM=<path of the aarch64 vmm-shim binary>
@@ -34,6 +35,9 @@ exec 8>"$cache/.cross-aarch64.lock"
 flock 8 # one build at a time in the shared target directory
 pargs=()
 for p in "${packages[@]}"; do pargs+=(-p "$p"); done
+# more cargo build arguments, word-split (tests/arm64/run.sh: --test NAME... for the hostile suites)
+# shellcheck disable=SC2206
+pargs+=(${CROSS_CARGO_EXTRA:-})
 log "building ${packages[*]} for $triple in $R ($(chroot "$R" rustc --version))"
 # One private mount namespace for the bind mounts: they vanish with the build, even when it fails.
 unshare -m --propagation private -- /bin/sh -eu -c '

@@ -18,7 +18,8 @@
 #      goes; CONFIGS [clear-register first-access exec-off]; DMATEST_COUNT [32] transfers per channel;
 #      DMATEST_CHANNELS [4]; DMATEST_TIMEOUT_MS [60000] per transfer (exec-off: 3000); DMATEST_MAX_SIZE [1048576]; DMATEST_BENCH [1] (clear-register run only);
 #      SHIM_EXTRA [] more vmm-shim linux options; SHIM_TIMEOUT [600] s per inner run; OUTER_SMP [2];
-#      OUTER_MEM [2G]; HOSTILE_TESTS [] aarch64 test executables of the hostile suites (cargo test --no-run
+#      OUTER_MEM [2G]; HOSTILE_SUITES [] names of tests/tests/hostile_*.rs suites to cross-build (scripts/
+#      cross-aarch64.sh with CROSS_CARGO_EXTRA="--test NAME...") and run; HOSTILE_TESTS [] aarch64 test executables of the hostile suites (cargo test --no-run
 #      --target aarch64-unknown-linux-gnu): run in the outer machine against the aarch64 backend first.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,6 +47,20 @@ for b in "${AARCH64_VFIO_SIDECAR:-}" "${AARCH64_VMM_SHIM:-}"; do
     [ "$(od -An -tx1 -j18 -N2 "$b" | tr -d ' ')" = b700 ] || fail cross-build "$b is not an aarch64 ELF"
 done
 say "cross-build done: $AARCH64_VFIO_SIDECAR, $AARCH64_VMM_SHIM"
+# the hostile suites as aarch64 test executables (cargo build --test NAME puts them in release/deps)
+if [ -n "${HOSTILE_SUITES:-}" ] && [ -z "${HOSTILE_TESTS:-}" ]; then
+    extra=""; for n in $HOSTILE_SUITES; do extra="$extra --test $n"; done
+    CROSS_CARGO_EXTRA=$extra "$top/scripts/cross-aarch64.sh" vfio-sidecar-tests >/dev/null \
+        || fail cross-build "scripts/cross-aarch64.sh vfio-sidecar-tests ($extra) failed (see above)"
+    deps=$(dirname "$AARCH64_VFIO_SIDECAR")/deps
+    HOSTILE_TESTS=""
+    for n in $HOSTILE_SUITES; do
+        t=$(find "$deps" -maxdepth 1 -type f -perm -u+x -name "$n-*" -printf '%T@ %p\n' | sort -n | tail -1 | cut -d' ' -f2)
+        [ -n "$t" ] || fail cross-build "no aarch64 test executable $n-* in $deps"
+        HOSTILE_TESTS="$HOSTILE_TESTS $t"
+    done
+    say "hostile suites cross-built: $HOSTILE_TESTS"
+fi
 
 # --- step: outer initramfs -------------------------------------------------------------------------------------
 # Built in a work dir inside the root (its cpio, strip and readelf run there); removed on exit.
