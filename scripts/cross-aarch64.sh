@@ -11,6 +11,7 @@
 # Needs root (chroot, mount). On a real arm64 host none of this is needed: `cargo build --release`.
 #
 # Usage: scripts/cross-aarch64.sh [CARGO_PACKAGE...]    (default: vfio-sidecar vmm-shim)
+#        CROSS_CARGO_EXTRA="--test NAME ..." adds cargo build arguments (test executables: $target/<triple>/release/deps)
 #        CROSS_CLIPPY=1 scripts/cross-aarch64.sh vmm-shim  (clippy --all-targets --no-deps -D warnings, aarch64,
 #        instead of the build; needs rust-clippy in the root; prints no paths)
 # The last two lines of the output are
@@ -36,6 +37,9 @@ exec 8>"$cache/.cross-aarch64.lock"
 flock 8 # one build at a time in the shared target directory
 pargs=()
 for p in "${packages[@]}"; do pargs+=(-p "$p"); done
+# more cargo build arguments, word-split (tests/arm64/run.sh: --test NAME... for the hostile suites)
+# shellcheck disable=SC2206
+pargs+=(${CROSS_CARGO_EXTRA:-})
 cmd="build --release --locked --target $triple"
 if [ "${CROSS_CLIPPY:-}" = 1 ]; then
     [ -x "$R/usr/bin/cargo-clippy" ] || die "CROSS_CLIPPY=1: no cargo-clippy in the root (apt-get install rust-clippy there)"
