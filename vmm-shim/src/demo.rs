@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::backend::EoiName;
 use crate::link::ProtoBackend;
 use crate::runner::{self, RunError, RunOptions, Summary};
 
@@ -139,7 +140,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Summary, DemoError> {
         .arg("--device")
         .arg(&opts.device)
         .arg("--eoi")
-        .arg(opts.run.eoi.as_str())
+        .arg(opts.run.eoi.name())
         .args(&opts.backend_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");

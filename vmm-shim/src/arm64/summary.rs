@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::{EoiPolicy, IrqStats};
+use crate::backend::{EoiName, EoiPolicy, IrqStats};
 use crate::memory::DmaEntry;
 use crate::mmio::PageExits;
 
@@ -180,7 +180,7 @@ impl std::fmt::Display for LinuxSummary {
                 p.region, p.page, p.reads, p.writes
             )?;
         }
-        writeln!(f, "  interrupts    EOI policy {}", self.eoi.as_str())?;
+        writeln!(f, "  interrupts    EOI policy {}", self.eoi.name())?;
         for i in &self.irqs {
             let mut eois = String::new();
             if let Some(n) = i.delivered {
