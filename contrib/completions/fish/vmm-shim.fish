@@ -30,6 +30,7 @@ complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -s V -l version -d 'Prin
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "run" -d 'Run the guest driver against a backend socket'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
+complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "linux" -d 'Boot a stock arm64 Linux kernel with the backend\'s device (arm64 hosts only)'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand run" -s s -l socket -d 'The backend\'s vfio-user socket' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand run" -s n -l transfers -d 'Transfers to run (plus one deliberate fault)' -r
@@ -64,7 +65,21 @@ complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -l base -d 'Guest
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -l irq-base -d 'First GIC SPI number for the device\'s interrupts (same case)' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand dtb" -s h -l help -d 'Print help'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb help" -f -a "run" -d 'Run the guest driver against a backend socket'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb help" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb help" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s s -l socket -d 'The backend\'s vfio-user socket' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l kernel -d 'The arm64 kernel: a raw `Image` (Debian\'s arm64 /boot/vmlinuz-* is one)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l initrd -d 'An initramfs (cpio, optionally compressed as the kernel supports)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l append -d 'Kernel command line' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l mem -d 'Guest RAM in MiB (a multiple of 2)' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l eoi -d 'EOI policy; must match the backend\'s --eoi (with `resample` the resamplefds become the backend\'s unmask eventfds)' -r -f -a "clear-register\t'The backend unmasks after the guest\'s INTCLR write reached the device'
+resample\t'KVM\'s resamplefd (guest EOI at the PIC) is the backend\'s unmask eventfd'
+first-access\t'The backend unmasks on the first trapped access after the interrupt (a measured comparison: the line is still high, so it re-fires)'"
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l json -d 'Also write the summary as JSON to this file (`-`: print JSON instead of the text summary)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l timeout -d 'Give up after this many seconds' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l no-exec -d 'DMA-map guest RAM without EXEC even when the extension is negotiated: the device\'s instruction (microcode) fetches then fault'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "run" -d 'Run the guest driver against a backend socket'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "linux" -d 'Boot a stock arm64 Linux kernel with the backend\'s device (arm64 hosts only)'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
