@@ -6,7 +6,7 @@
 #    binutils (GNU as/ld for the shim's guest driver), python3-venv; dtschema in a venv and the kernel's
 #    DT binding schemas (scripts/dt-tools.sh, in the project's cache),
 #    QEMU + busybox + cpio for the real-VFIO harness (tests/real-vfio, which fetches its own kernel);
-# 2. checks formatting and clippy;
+# 2. checks formatting, clippy and the API docs (cargo doc, warnings as errors);
 # 3. runs the whole test suite (unit, property, cross-process, KVM end-to-end, real VFIO in a nested guest);
 # 4. runs every cargo-fuzz target for a short bounded time (FUZZ_SECONDS, default 20); the
 #    committed corpora are also replayed by `cargo test`, and the benchmarks' quick mode runs as
@@ -40,6 +40,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc --workspace --no-deps (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps
 echo "== cargo test --workspace"
 cargo test --workspace
 echo "== fuzz targets, ${FUZZ_SECONDS:-20} s each (scripts/fuzz-ci.sh)"

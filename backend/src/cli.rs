@@ -277,6 +277,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub stats_socket: Option<PathBuf>,
     /// Device to serve: model:pl330[,opts], model:scratch, model:edu or vfio:/sys/bus/.../DEVICE.
+    // The text is clap's help too: `[,opts]` stays unescaped there.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(short, long)]
     pub device: DeviceSpec,
     /// TOML file with extra device profiles (override built-in ones by name).

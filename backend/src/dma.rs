@@ -26,8 +26,9 @@
 //!   userspace filesystems (NFS, 9p, FUSE — a page fault could wait on a
 //!   daemon the client runs) (`EINVAL`, [`DmaError::NotRam`]);
 //! * at least one of read/write/exec;
-//! * `DMA_UNMAP` must match an entry exactly (`EINVAL` otherwise, per the spec), or
-//!   is "unmap all".
+//! * [`DmaTable::unmap`] removes exactly one entry (`EINVAL` otherwise); the
+//!   server's range unmap (Linux type1 rules) finds the entries with
+//!   [`DmaTable::regions_in`].
 //!
 //! EXEC ([`prot_from_flags`], design.md §3): a client that did not negotiate the
 //! extension gets upstream semantics (a readable mapping is also executable); an

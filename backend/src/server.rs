@@ -17,12 +17,19 @@
 //! * **EOI**: after a trapped access reaches the device, [`EoiEngine`] says which
 //!   IRQs to unmask (clear register written, or any access for first-access).
 //! * **Lifecycle**: one client at a time. A second connection is answered with an
-//!   `EBUSY` error reply to its VERSION and closed. When the client goes (clean or
+//!   `EBUSY` error reply to its first message (VERSION) and closed, however many
+//!   connect at once (`server/refused.rs`). When the client goes (clean or
 //!   killed): every DMA mapping is dropped (device notified, munmap, fd closed),
 //!   every IRQ eventfd released (`SET_IRQS` trigger disable, unmask eventfd
 //!   removed), the device reset when it supports reset, counters logged, and the
-//!   next client accepted. SIGTERM/SIGINT: clean shutdown, socket file removed
-//!   (unless inherited through socket activation).
+//!   next client accepted. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2:
+//!   clean shutdown, socket file removed (unless inherited through socket
+//!   activation).
+//! * **Liveness**: the connection thread writes a batch's replies after it has
+//!   released the device lock, all within one total deadline; the event loop
+//!   never writes to the served client and never blocks on a peer; `accept`
+//!   failures pause the listener (growing back-off) instead of spinning. See
+//!   `docs/threat-model.md` §10.
 //! * **Sandbox** ([`run_serve`]): listener from [`crate::sandbox::open_listener`]
 //!   (socket activation preferred), `--user` privilege drop, the seccomp filter
 //!   (on by default, `--seccomp kill`) before the loop; every accepted peer is
@@ -1214,7 +1221,8 @@ fn test_forbidden_syscall() {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT (see the module docs).
+/// Runs the server until a shutdown signal (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+/// SIGUSR1, SIGUSR2; see the module docs).
 ///
 /// Setup order (each step narrows what the next may do; see `crate::sandbox`):
 /// open the device ([`build_backend`]); resolve `--socket-owner/-group`,
@@ -1374,6 +1382,9 @@ struct AcceptBackoff {
     until: Option<Instant>,
 }
 
+/// Connections accepted per wake-up of the loop at most.
+const ACCEPTS_PER_WAKEUP: usize = 64;
+
 /// First and longest pause of [`AcceptBackoff`].
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
@@ -1418,18 +1429,7 @@ impl EventLoop<'_> {
         let mut listening = true;
         let mut stats_listening = self.stats.is_some();
         loop {
-            let timers = !self.refused.is_empty()
-                || self.accept.until.is_some()
-                || self.stats_accept.until.is_some();
-            let now = timers.then(Instant::now);
-            if let Some(now) = now {
-                self.refused.expire(self.epoll, now);
-                for b in [&mut self.accept, &mut self.stats_accept] {
-                    if b.until.is_some_and(|t| t <= now) {
-                        b.until = None;
-                    }
-                }
-            }
+            let now = self.run_timers();
             let want = self.stats.is_some() && self.stats_accept.until.is_none();
             if want != stats_listening {
                 self.watch_stats(want)?;
@@ -1442,26 +1442,7 @@ impl EventLoop<'_> {
                 self.watch_listener(want)?;
                 listening = want;
             }
-            // Device work left pending: keep running it between events.
-            let timeout = if lock(self.shared).loop_has_work() {
-                0
-            } else {
-                let next = [
-                    self.refused.next_deadline(),
-                    self.accept.until,
-                    self.stats_accept.until,
-                ]
-                .into_iter()
-                .flatten()
-                .min();
-                match (next, now) {
-                    (Some(t), Some(now)) => {
-                        let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
-                        i32::try_from(ms).unwrap_or(i32::MAX)
-                    }
-                    _ => -1,
-                }
-            };
+            let timeout = self.wait_timeout(now);
             let n = match self.epoll.wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -1538,6 +1519,49 @@ impl EventLoop<'_> {
         r.map_err(ServeError::EventLoop)
     }
 
+    /// Expires refused peers and ends an accept pause (main or statistics
+    /// listener) that is due; the time it read (`None`: no timer runs, the
+    /// clock was not read).
+    fn run_timers(&mut self) -> Option<Instant> {
+        if self.refused.is_empty()
+            && self.accept.until.is_none()
+            && self.stats_accept.until.is_none()
+        {
+            return None;
+        }
+        let now = Instant::now();
+        self.refused.expire(self.epoll, now);
+        for b in [&mut self.accept, &mut self.stats_accept] {
+            if b.until.is_some_and(|t| t <= now) {
+                b.until = None;
+            }
+        }
+        Some(now)
+    }
+
+    /// The `epoll_wait` timeout (ms): 0 while device work is pending (it runs
+    /// between events), else until the next timer, else forever (-1).
+    fn wait_timeout(&self, now: Option<Instant>) -> i32 {
+        if lock(self.shared).loop_has_work() {
+            return 0;
+        }
+        let next = [
+            self.refused.next_deadline(),
+            self.accept.until,
+            self.stats_accept.until,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match (next, now) {
+            (Some(t), Some(now)) => {
+                let ms = t.saturating_duration_since(now).as_micros().div_ceil(1000);
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            }
+            _ => -1,
+        }
+    }
+
     fn watch_listener(&self, on: bool) -> Result<(), ServeError> {
         let fd = self.listener.as_raw_fd();
         let r = if on {
@@ -1571,9 +1595,13 @@ impl EventLoop<'_> {
     }
 
     /// Accepts what the backlog holds, until it is empty, the refused set
-    /// is full, or `accept` fails (then backs off).
+    /// is full, `accept` fails (then backs off) or [`ACCEPTS_PER_WAKEUP`]
+    /// were taken (a connect flood cannot starve signals and device fds:
+    /// the listener stays readable for the next wake-up).
     fn accept_pending(&mut self) -> Result<(), ServeError> {
-        while !self.refused.is_full() && self.accept.until.is_none() {
+        let mut taken = 0;
+        while taken < ACCEPTS_PER_WAKEUP && !self.refused.is_full() && self.accept.until.is_none() {
+            taken += 1;
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     self.accept.succeed();
@@ -1610,16 +1638,16 @@ impl EventLoop<'_> {
                 return Ok(());
             }
         };
-        // A served client that has hung up no longer holds the slot: let
-        // its cleanup finish, then serve this one.
-        if self
-            .client
-            .as_ref()
-            .is_some_and(ShutdownHandle::peer_hung_up)
-            && readable_within(&self.shared.done, SHUTDOWN_WAIT)
-        {
-            let _ = self.shared.done.read();
-            self.client = None;
+        // A served client that has hung up no longer holds the slot: end
+        // its connection (the connection thread may be waiting to write
+        // replies it will never read: that ends now, not at their
+        // deadline), let its cleanup finish, then serve this one.
+        if let Some(old) = self.client.as_ref().filter(|c| c.peer_hung_up()) {
+            old.shutdown();
+            if readable_within(&self.shared.done, SHUTDOWN_WAIT) {
+                let _ = self.shared.done.read();
+                self.client = None;
+            }
         }
         if self.client.is_some() {
             vfio_sidecar_protocol::peer_warn!(
@@ -1726,14 +1754,12 @@ fn serve_connection(
     conn: &mut ServerConnection,
     shared: &Shared,
 ) -> Result<(), vfio_sidecar_protocol::ServerError> {
+    // With fd-less mappings the device's pending work runs on this thread
+    // (it may need DMA_READ/DMA_WRITE): no blocking wait while there is some
+    // and the client is quiet. Only this thread changes that state, so it is
+    // taken from the last time the backend was locked here.
+    let mut busy = false;
     loop {
-        // With fd-less mappings the device's pending work runs on this
-        // thread (it may need DMA_READ/DMA_WRITE): no blocking wait while
-        // there is some and the client is quiet.
-        let busy = {
-            let b = lock(shared);
-            b.work_pending && b.has_message_maps()
-        };
         if busy
             && !conn.has_buffered_message()
             && !vfio_sidecar_protocol::transport::wait_fd(
@@ -1752,6 +1778,7 @@ fn serve_connection(
             if serve_transfers(conn, &mut b) == ConnStatus::Closed {
                 return Ok(());
             }
+            busy = b.work_pending && b.has_message_maps();
             continue;
         }
         if conn.receive_blocking()? == ConnStatus::Closed {
@@ -1786,6 +1813,7 @@ fn serve_connection(
             return Ok(());
         }
         let pending = b.loop_has_work();
+        busy = b.work_pending && b.has_message_maps();
         drop(b);
         if pending && !was_pending {
             if let Err(e) = shared.kick.write(1) {
@@ -1854,6 +1882,21 @@ mod tests {
         let profile = set.by_name("scratch").unwrap().clone();
         let dev = crate::model::create(&"scratch".parse().unwrap(), false).unwrap();
         Backend::new(Box::new(dev), profile, policy, true, 16).unwrap()
+    }
+
+    #[test]
+    fn accept_backoff_grows_to_its_cap_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let t = Instant::now();
+        let pauses: Vec<Duration> = (0..10).map(|_| b.fail(t)).collect();
+        assert_eq!(pauses[0], ACCEPT_PAUSE_MIN);
+        assert_eq!(pauses[1], ACCEPT_PAUSE_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
+        assert_eq!(b.until, Some(t + ACCEPT_PAUSE_MAX));
+        b.succeed();
+        assert_eq!(b.until, None);
+        assert_eq!(b.fail(t), ACCEPT_PAUSE_MIN);
     }
 
     #[test]

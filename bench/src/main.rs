@@ -4,9 +4,11 @@
 //!
 //! Sections: 1. trapped MMIO round trip vs raw socket ping-pong; 2. shared vs
 //! trapped pages from a KVM guest; 3. EOI policies; 4. DMA map table; 5. PL330
-//! model throughput vs memcpy.
+//! model throughput vs memcpy; 6. device DMA through DMA_READ/DMA_WRITE
+//! messages vs through a mapped fd.
 
 mod dmamap;
+mod dmamsg;
 mod eoi;
 mod harness;
 mod kvm;
@@ -67,8 +69,8 @@ struct Args {
     /// Placements: `same` (both processes on one core), `split` (two cores).
     #[arg(long, default_value = "same,split")]
     placements: String,
-    /// Sections to run (1..5), comma separated.
-    #[arg(long, default_value = "1,2,3,4,5")]
+    /// Sections to run (1..6), comma separated.
+    #[arg(long, default_value = "1,2,3,4,5,6")]
     sections: String,
     /// Use this `vfio-sidecar` binary as the backend instead of re-executing
     /// this one in backend mode (same code either way).
@@ -121,6 +123,7 @@ struct Report {
     eoi: Vec<eoi::EoiRow>,
     dma_map: Vec<dmamap::DmaRow>,
     pl330_throughput: Vec<throughput::ThroughputRow>,
+    dma_messages: Vec<dmamsg::DmaMsgRow>,
 }
 
 fn section(n: u32, title: &str) {
@@ -231,6 +234,14 @@ fn run(args: &Args) -> Result<(), BenchError> {
         };
         rep.pl330_throughput = throughput::run(&sizes, reps, target)?;
         throughput::print(&rep.pl330_throughput);
+    }
+    if want.contains(&"6") {
+        section(
+            6,
+            "Device DMA through DMA_READ/DMA_WRITE messages vs a mapped fd (edu, 4 KiB)",
+        );
+        rep.dma_messages = dmamsg::run(bin, &placements, if args.quick { 20 } else { 500 })?;
+        dmamsg::print(&rep.dma_messages);
     }
     if let Some(dir) = &args.plot {
         std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(dir.display().to_string(), e))?;

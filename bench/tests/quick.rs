@@ -16,12 +16,12 @@ fn quick_run_prints_every_section() {
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    let mut sections = vec!["== 1.", "== 3.", "== 4.", "== 5."];
+    let mut sections = vec!["== 1.", "== 3.", "== 4.", "== 5.", "== 6."];
     if kvm {
         sections.insert(1, "== 2.");
     } else {
         eprintln!("skipping section 2: /dev/kvm is not usable here");
-        cmd.args(["--sections", "1,3,4,5"]);
+        cmd.args(["--sections", "1,3,4,5,6"]);
     }
     let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() < 2);
     if one_cpu {
@@ -39,7 +39,14 @@ fn quick_run_prints_every_section() {
     for s in sections {
         assert!(stdout.contains(s), "section {s} missing:\n{stdout}");
     }
-    for table_word in ["x p50", "irq/ev", "exits/acc", "memcpy GB/s", "UNMAP p50"] {
+    for table_word in [
+        "x p50",
+        "irq/ev",
+        "exits/acc",
+        "memcpy GB/s",
+        "UNMAP p50",
+        "msg/map",
+    ] {
         if table_word == "exits/acc" && !kvm {
             continue;
         }
@@ -51,7 +58,7 @@ fn quick_run_prints_every_section() {
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
             .expect("valid JSON");
-    for key in ["mmio", "eoi", "dma_map", "pl330_throughput"] {
+    for key in ["mmio", "eoi", "dma_map", "pl330_throughput", "dma_messages"] {
         assert!(
             j.get(key)
                 .and_then(|v| v.as_array())

@@ -5,7 +5,9 @@
 //! a hang). Replies are matched by message id and command; stale replies (after
 //! a timeout) are dropped. Server-to-client `DMA_READ`/`DMA_WRITE` commands that
 //! arrive while waiting are served by the callback set with
-//! [`Client::set_dma_handler`], or answered with `ENOTSUP`.
+//! [`Client::set_dma_handler`], or answered with `ENOTSUP`; a client that
+//! waits for an interrupt rather than a reply serves them with
+//! [`Client::serve_requests`].
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;

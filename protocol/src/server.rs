@@ -28,7 +28,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::caps::{negotiate, Capabilities, Limits, Negotiated, VERSION_MAJOR, VERSION_MINOR};
 use crate::error::{DecodeError, Errno, ServerError, TransportError};
@@ -138,8 +138,8 @@ pub trait Handler {
     }
 }
 
-/// Default deadline for writing one batch of replies (from the start of its
-/// write; not restarted when the client reads a little).
+/// Default deadline for writing one batch of replies (counted from the first
+/// time the socket is full; not restarted when the client reads a little).
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Queued reply bytes at which a batch ends (deferred replies: the caller
@@ -376,16 +376,16 @@ impl ServerConnection {
         !self.out.is_empty()
     }
 
-    /// Writes the queued replies, all of them within the write timeout from
-    /// now (a total deadline). `Closed`: the client is gone.
+    /// Writes the queued replies, all of them within the write timeout (a
+    /// total deadline for the batch, see [`Outbox::flush`]). `Closed`: the
+    /// client is gone.
     /// [`ServerError::ReplyDeadline`]: it did not take them in time (drop the
     /// connection).
     pub fn flush_replies(&mut self) -> Result<ConnStatus, ServerError> {
         if self.out.is_empty() {
             return Ok(ConnStatus::Open);
         }
-        let deadline = Instant::now().checked_add(self.write_timeout);
-        match self.out.flush(self.sock.as_fd(), deadline) {
+        match self.out.flush(self.sock.as_fd(), Some(self.write_timeout)) {
             Ok(()) => Ok(ConnStatus::Open),
             Err(TransportError::Disconnected) => Ok(ConnStatus::Closed),
             Err(TransportError::Timeout) => Err(ServerError::ReplyDeadline {
@@ -1052,6 +1052,40 @@ mod tests {
 
     /// Error replies are header-only (16 bytes).
     const HEADER_SIZE_FOR_TEST: usize = 16;
+
+    #[test]
+    fn deferred_replies_wait_for_flush_replies() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut conn = ServerConnection::new(a, Limits::default()).unwrap();
+        conn.set_deferred_replies(true);
+        let mut bytes = Vec::new();
+        for id in 0..3u16 {
+            bytes.extend_from_slice(&Header::command(id, cmd::DEVICE_GET_INFO, 0).encode());
+        }
+        (&b).write_all(&bytes).unwrap();
+        let mut h = Info;
+        assert_eq!(conn.handle_readable(&mut h).unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 0, "nothing written before the flush");
+        assert!(conn.has_pending_replies());
+        assert_eq!(conn.flush_replies().unwrap(), ConnStatus::Open);
+        assert_eq!(replies_available(&b), 3);
+        assert!(!conn.has_pending_replies());
+        // A client that reads nothing: the flush fails at its deadline.
+        conn.set_write_timeout(Duration::from_millis(50));
+        let mut n = 0u16;
+        while !conn.has_pending_replies() || conn.flush_replies().is_ok() {
+            let h = Header::command(n, cmd::DEVICE_GET_INFO, 0).encode();
+            (&b).write_all(&h).unwrap();
+            conn.handle_readable(&mut Info).unwrap();
+            n = n.wrapping_add(1);
+            assert!(n < u16::MAX, "the socket never filled up");
+        }
+        assert!(matches!(
+            conn.flush_replies(),
+            Err(ServerError::ReplyDeadline { .. })
+        ));
+    }
 
     #[test]
     fn batch_limit_bounds_messages_per_call() {

@@ -785,11 +785,6 @@ impl Deadline {
         Deadline { timeout, at: None }
     }
 
-    /// A deadline already running: `at` (`None`: never).
-    fn at(at: Option<Instant>) -> Self {
-        Deadline { timeout: None, at }
-    }
-
     /// Waits until `fd` takes more bytes, at most until the deadline;
     /// `Timeout` once it has passed. Never restarts the deadline.
     fn wait_writable(&mut self, fd: BorrowedFd<'_>) -> Result<(), TransportError> {
@@ -885,16 +880,19 @@ impl Outbox {
     }
 
     /// Writes everything queued to `fd` (non-blocking sends, waiting for the
-    /// socket to drain when it is full), all of it before `deadline` (`None`:
-    /// no limit): `Timeout` when the peer has not taken it by then, however
-    /// little it read meanwhile. On success the queue is empty; on error it
-    /// keeps what was not sent (the connection should be closed).
+    /// socket to drain when it is full), all of it within `timeout` (`None`:
+    /// no limit) counted from the first time the socket is full — one total
+    /// deadline, however little the peer reads meanwhile: `Timeout` when it
+    /// has not taken everything by then. (The sends before the socket is
+    /// first full never wait, so only a write that has to wait reads the
+    /// clock.) On success the queue is empty; on error it keeps what was not
+    /// sent (the connection should be closed).
     pub fn flush(
         &mut self,
         fd: BorrowedFd<'_>,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<(), TransportError> {
-        let mut wait = Deadline::at(deadline);
+        let mut wait = Deadline::new(timeout);
         while self.sent < self.bytes.len() {
             let (end, with_fds) = match self.with_fds.front() {
                 Some(m) if m.start == self.sent => (m.end, true),
@@ -1006,7 +1004,7 @@ fn sendmsg_once(fd: BorrowedFd<'_>, iov: &[libc::iovec], fds: &[RawFd]) -> io::R
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
@@ -1040,6 +1038,76 @@ mod tests {
         assert!(fd >= 0);
         // SAFETY: fresh fd owned by nobody else.
         unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn expect_message(r: &mut MessageReader, s: &UnixStream, id: u16, nfds: usize) {
+        match read_one(r, s) {
+            Incoming::Message(m) => {
+                assert_eq!(m.header.msg_id, id);
+                assert_eq!(m.fds.len(), nfds, "fds of message {id}");
+            }
+            Incoming::Bad { header, error } => panic!("{header:?}: {error:?}"),
+        }
+    }
+
+    #[test]
+    fn outbox_keeps_fds_on_their_message() {
+        let (a, b) = pair();
+        let mut out = Outbox::default();
+        let ev = eventfd();
+        out.push(&Header::command(1, 1, 3), &[&[1, 2, 3]], &[])
+            .unwrap();
+        out.push(&Header::command(2, 1, 0), &[], &[]).unwrap();
+        out.push(&Header::command(3, 1, 5), &[&[9; 5]], &[ev.as_raw_fd()])
+            .unwrap();
+        // The caller's fd may go: the outbox holds its own duplicate.
+        drop(ev);
+        out.push(&Header::command(4, 1, 2), &[&[7, 7]], &[])
+            .unwrap();
+        out.push_bytes(&Header::command(5, 1, 0).encode());
+        assert!(out.push(&Header::command(6, 1, 4), &[&[0]], &[]).is_err());
+        assert_eq!(out.len(), 5 * HEADER_SIZE + 3 + 5 + 2);
+        out.flush(a.as_fd(), Some(Duration::from_secs(5))).unwrap();
+        assert!(out.is_empty());
+        let mut r = one_fd_reader();
+        for (id, nfds) in [(1, 0), (2, 0), (3, 1), (4, 0), (5, 0)] {
+            expect_message(&mut r, &b, id, nfds);
+        }
+    }
+
+    /// The deadline of a flush is total: a peer that reads a little now and
+    /// then (enough to make the socket writable again well within the
+    /// timeout) but not everything in time makes the flush time out.
+    #[test]
+    fn outbox_deadline_is_not_restarted_by_partial_reads() {
+        let (a, b) = pair();
+        let mut out = Outbox::default();
+        let chunk = vec![0u8; 64 << 10];
+        for id in 0..64u16 {
+            out.push(&Header::command(id, 1, chunk.len()), &[&chunk], &[])
+                .unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut got = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(n) = (&b).read(&mut buf) {
+                        got += n;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                got
+            })
+        };
+        let r = out.flush(a.as_fd(), Some(Duration::from_millis(500)));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let got = reader.join().unwrap();
+        assert!(matches!(r, Err(TransportError::Timeout)), "{r:?}");
+        assert!(got > 0, "the peer read nothing");
+        assert!(!out.is_empty(), "{got} bytes read, yet everything was sent");
     }
 
     #[test]

@@ -19,22 +19,28 @@ fn profile(dir: &TempDir, extra: &str) -> std::path::PathBuf {
     p
 }
 
+/// `vfio-sidecar SUB --device model:pl330 --profile-name bad --profile FILE`.
+fn with_bad_profile(sub: &str, prof: &std::path::Path) -> Command {
+    let mut c = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"));
+    c.args([
+        sub,
+        "--device",
+        "model:pl330",
+        "--profile-name",
+        "bad",
+        "--profile",
+    ])
+    .arg(prof);
+    c
+}
+
 /// Runs `vfio-sidecar serve` with the profile; it must exit non-zero on its own
 /// (within a watchdog) with `want` on stderr, and leave no socket behind.
 fn serve_refuses(extra: &str, want: &str) {
     let dir = TempDir::new("misconfig");
     let prof = profile(&dir, extra);
     let sock = dir.0.join("s.sock");
-    let mut child = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
-        .args([
-            "serve",
-            "--device",
-            "model:pl330",
-            "--profile-name",
-            "bad",
-            "--profile",
-        ])
-        .arg(&prof)
+    let mut child = with_bad_profile("serve", &prof)
         .arg("--socket")
         .arg(&sock)
         .stdout(Stdio::null())
@@ -59,18 +65,7 @@ fn serve_refuses(extra: &str, want: &str) {
     assert!(err.contains(want), "expected {want:?} in: {err}");
     assert!(!sock.exists(), "socket left behind");
 
-    let dt = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
-        .args([
-            "dt",
-            "--device",
-            "model:pl330",
-            "--profile-name",
-            "bad",
-            "--profile",
-        ])
-        .arg(&prof)
-        .output()
-        .unwrap();
+    let dt = with_bad_profile("dt", &prof).output().unwrap();
     let err = String::from_utf8_lossy(&dt.stderr);
     assert!(!dt.status.success() && err.contains(want), "dt: {err}");
 }

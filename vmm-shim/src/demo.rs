@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::backend::EoiName;
 use crate::link::ProtoBackend;
 use crate::runner::{self, RunError, RunOptions, Summary};
 
@@ -14,13 +15,8 @@ use crate::runner::{self, RunError, RunOptions, Summary};
 #[derive(Debug, Error)]
 pub enum DemoError {
     /// No usable /dev/kvm.
-    #[error("KVM is not available on this host ({}: {source}). The shim runs its guest under KVM: use a Linux host, or a VM with nested virtualization, that exposes /dev/kvm to this user", .device.display())]
-    NoKvm {
-        /// The device tried.
-        device: std::path::PathBuf,
-        /// Why it failed.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    NoKvm(#[from] crate::kvm::NoKvm),
     /// Temporary directory / process problems.
     #[error("{0}")]
     Setup(String),
@@ -34,16 +30,7 @@ pub enum DemoError {
 
 /// Fails plainly when /dev/kvm cannot be opened read-write.
 pub fn check_kvm() -> Result<(), DemoError> {
-    let dev = crate::vm::kvm_device();
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-        .map(|_| ())
-        .map_err(|source| DemoError::NoKvm {
-            device: dev,
-            source,
-        })
+    Ok(crate::kvm::check_kvm()?)
 }
 
 /// What the demo runs.
@@ -153,7 +140,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Summary, DemoError> {
         .arg("--device")
         .arg(&opts.device)
         .arg("--eoi")
-        .arg(opts.run.eoi.as_str())
+        .arg(opts.run.eoi.name())
         .args(&opts.backend_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");

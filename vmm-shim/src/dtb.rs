@@ -316,6 +316,311 @@ fn trigger_flags(t: IrqTrigger) -> u32 {
     }
 }
 
+/// Encodes a device tree string list (each string NUL-terminated).
+pub fn string_list(v: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in v {
+        out.extend_from_slice(s.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn cells_of(v: &[u8]) -> Vec<u32> {
+    v.chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn cells_bytes(cells: &[u32]) -> Vec<u8> {
+    cells.iter().flat_map(|c| c.to_be_bytes()).collect()
+}
+
+/// Most `clocks` references followed from one device node.
+const MAX_CLOCK_REFS: usize = 16;
+/// Largest `#clock-cells` accepted on a referenced clock.
+const MAX_CLOCK_CELLS: u32 = 8;
+
+/// Where the shim puts the device in a guest tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePlacement {
+    /// (guest-physical base, size) of each region, in the description's order.
+    pub reg: Vec<(u64, u64)>,
+    /// GIC SPI number (`interrupts = <0 SPI flags>`) of each interrupt, in the
+    /// description's order.
+    pub spis: Vec<u32>,
+}
+
+/// The device's part of a guest tree, as the backend describes it: its node
+/// and the nodes its `clocks` reference (the `apb_pclk` fixed clock). One
+/// code path places it in every tree the shim writes ([`DeviceNodes::write`]):
+/// `reg` and `interrupts` are rewritten with the shim's addresses and SPIs,
+/// `interrupt-parent` becomes the guest's GIC, clock phandles are renumbered;
+/// every other property is copied as the backend wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNodes {
+    /// The device node (its `reg`/`interrupts` are replaced when placed).
+    pub device: Node,
+    /// Clock nodes the device references, in the order of first reference.
+    pub clocks: Vec<Node>,
+}
+
+fn find_node<'a>(n: &'a Node, f: &dyn Fn(&Node) -> bool) -> Option<&'a Node> {
+    if f(n) {
+        return Some(n);
+    }
+    n.children.iter().find_map(|c| find_node(c, f))
+}
+
+fn phandle_of(n: &Node) -> Option<u32> {
+    n.prop("phandle")
+        .or_else(|| n.prop("linux,phandle"))
+        .and_then(|v| v.try_into().ok())
+        .map(u32::from_be_bytes)
+}
+
+impl DeviceNodes {
+    /// The nodes built from the description alone (the backend sent no DTB):
+    /// compatibles, `reg-names` for several regions, one interrupt per IRQ with
+    /// its trigger, the fixed clocks, `#dma-cells` for a PL330.
+    pub fn from_description(desc: &DeviceDescription) -> Self {
+        let name = desc.dt_node_name.clone().unwrap_or_else(|| "device".into());
+        let mut device = Node {
+            name,
+            ..Node::default()
+        };
+        let mut put = |k: &str, v: Vec<u8>| device.props.push((k.to_string(), v));
+        put("compatible", string_list(&desc.compatible));
+        put("reg", Vec::new());
+        if desc.regions.len() > 1 {
+            let names: Vec<String> = desc.regions.iter().map(|r| r.name.clone()).collect();
+            put("reg-names", string_list(&names));
+        }
+        if !desc.irqs.is_empty() {
+            let cells: Vec<u32> = desc
+                .irqs
+                .iter()
+                .enumerate()
+                .flat_map(|(k, irq)| [0, k as u32, trigger_flags(irq.trigger)])
+                .collect();
+            put("interrupts", cells_bytes(&cells));
+        }
+        let mut clocks = Vec::new();
+        if !desc.clocks.is_empty() {
+            let refs: Vec<u32> = (1..=desc.clocks.len() as u32).collect();
+            put("clocks", cells_bytes(&refs));
+            let names: Vec<String> = desc.clocks.iter().map(|c| c.name.clone()).collect();
+            put("clock-names", string_list(&names));
+            for (clk, ph) in desc.clocks.iter().zip(refs) {
+                let hz = u32::try_from(clk.frequency_hz).unwrap_or(u32::MAX);
+                clocks.push(Node {
+                    name: format!("clk-{}", clk.name.replace('_', "-")),
+                    props: vec![
+                        ("compatible".into(), string_list(&["fixed-clock".into()])),
+                        ("#clock-cells".into(), cells_bytes(&[0])),
+                        ("clock-frequency".into(), cells_bytes(&[hz])),
+                        (
+                            "clock-output-names".into(),
+                            string_list(std::slice::from_ref(&clk.name)),
+                        ),
+                        ("phandle".into(), cells_bytes(&[ph])),
+                    ],
+                    children: Vec::new(),
+                });
+            }
+        }
+        if desc.compatible.iter().any(|c| c == "arm,pl330") {
+            put("#dma-cells", cells_bytes(&[1])); // dma-controller binding
+        }
+        DeviceNodes { device, clocks }
+    }
+
+    /// The device node of the backend's tree (the node whose `compatible` is
+    /// the description's, else the first whose most specific compatible is)
+    /// and the clock nodes it references.
+    pub fn from_dtb(root: &Node, desc: &DeviceDescription) -> Result<Self, DtbError> {
+        let want = string_list(&desc.compatible);
+        let first = desc.compatible.first().map(|s| {
+            let mut v = s.as_bytes().to_vec();
+            v.push(0);
+            v
+        });
+        let device = find_node(root, &|n| n.prop("compatible") == Some(want.as_slice()))
+            .or_else(|| {
+                let first = first.as_deref()?;
+                find_node(root, &|n| {
+                    n.prop("compatible").is_some_and(|c| c.starts_with(first))
+                })
+            })
+            .ok_or_else(|| {
+                DtbError::Malformed(format!(
+                    "the backend's DTB has no node compatible with {:?}",
+                    desc.compatible
+                ))
+            })?
+            .clone();
+        let mut clocks: Vec<Node> = Vec::new();
+        let cells = cells_of(device.prop("clocks").unwrap_or(&[]));
+        let mut at = 0;
+        while at < cells.len() {
+            if clocks.len() >= MAX_CLOCK_REFS {
+                return Err(DtbError::Malformed("too many clock references".into()));
+            }
+            let ph = cells[at];
+            let clk = find_node(root, &|n| phandle_of(n) == Some(ph))
+                .ok_or_else(|| DtbError::Malformed(format!("clocks: no node with phandle {ph}")))?;
+            let n = clock_cells(clk)?;
+            at += 1 + n as usize;
+            if !clocks.iter().any(|c| phandle_of(c) == Some(ph)) {
+                clocks.push(Node {
+                    children: Vec::new(),
+                    ..clk.clone()
+                });
+            }
+        }
+        if at != cells.len() {
+            return Err(DtbError::Malformed(
+                "clocks: specifier runs past the end".into(),
+            ));
+        }
+        Ok(DeviceNodes { device, clocks })
+    }
+
+    /// Writes the clock nodes and the placed device node into `w` (inside the
+    /// root of a tree with `#address-cells = #size-cells = 2`), the clocks
+    /// getting phandles from `first_phandle` on. Returns the next free phandle.
+    pub fn write(
+        &self,
+        w: &mut FdtWriter,
+        at: &DevicePlacement,
+        gic_phandle: u32,
+        first_phandle: u32,
+    ) -> Result<u32, DtbError> {
+        let mut renumber = Vec::new();
+        for (i, c) in self.clocks.iter().enumerate() {
+            let new = first_phandle + i as u32;
+            renumber.push((phandle_of(c).unwrap_or(0), new));
+            let n = w.begin_node(&c.name)?;
+            for (k, v) in &c.props {
+                if k != "phandle" && k != "linux,phandle" {
+                    w.property(k, v)?;
+                }
+            }
+            w.property_u32("phandle", new)?;
+            w.end_node(n)?;
+        }
+        let base = self.device.name.split('@').next().unwrap_or("device");
+        let first = at.reg.first().map(|r| r.0).unwrap_or(0);
+        let d = w.begin_node(&format!("{base}@{first:x}"))?;
+        let reg: Vec<u64> = at.reg.iter().flat_map(|&(b, s)| [b, s]).collect();
+        let (mut wrote_reg, mut wrote_irqs) = (false, false);
+        for (k, v) in &self.device.props {
+            match k.as_str() {
+                "reg" => {
+                    w.property_array_u64("reg", &reg)?;
+                    wrote_reg = true;
+                }
+                "interrupts" => {
+                    w.property_array_u32("interrupts", &self.interrupts(v, &at.spis)?)?;
+                    wrote_irqs = true;
+                }
+                "clocks" => {
+                    w.property_array_u32("clocks", &self.clocks_renumbered(v, &renumber)?)?
+                }
+                "interrupt-parent" | "interrupts-extended" | "phandle" | "linux,phandle" => {}
+                _ => w.property(k, v)?,
+            }
+        }
+        if !wrote_reg && !reg.is_empty() {
+            w.property_array_u64("reg", &reg)?;
+        }
+        if !wrote_irqs && !at.spis.is_empty() {
+            let level_high = trigger_flags(IrqTrigger::LevelHigh);
+            let cells: Vec<u32> = at.spis.iter().flat_map(|&s| [0, s, level_high]).collect();
+            w.property_array_u32("interrupts", &cells)?;
+        }
+        if !at.spis.is_empty() {
+            w.property_u32("interrupt-parent", gic_phandle)?;
+        }
+        w.end_node(d)?;
+        Ok(first_phandle + self.clocks.len() as u32)
+    }
+
+    /// The node's interrupt triples with the shim's SPI numbers (the
+    /// backend's trigger flags kept).
+    fn interrupts(&self, v: &[u8], spis: &[u32]) -> Result<Vec<u32>, DtbError> {
+        let cells = cells_of(v);
+        if cells.len() % 3 != 0 || cells.len() / 3 != spis.len() {
+            return Err(DtbError::Malformed(format!(
+                "the device node has {} interrupt cells; the shim wires {} interrupts (3 cells each)",
+                cells.len(),
+                spis.len()
+            )));
+        }
+        Ok(cells
+            .chunks_exact(3)
+            .zip(spis)
+            .flat_map(|(c, &spi)| [0, spi, c[2] & 0xf])
+            .collect())
+    }
+
+    /// `clocks` with the phandles of the written clock nodes.
+    fn clocks_renumbered(&self, v: &[u8], map: &[(u32, u32)]) -> Result<Vec<u32>, DtbError> {
+        let mut cells = cells_of(v);
+        let mut at = 0;
+        while at < cells.len() {
+            let old = cells[at];
+            let (k, &(_, new)) = map
+                .iter()
+                .enumerate()
+                .find(|(_, (o, _))| *o == old)
+                .ok_or_else(|| DtbError::Malformed(format!("clocks: phandle {old} unknown")))?;
+            cells[at] = new;
+            at += 1 + clock_cells(&self.clocks[k])? as usize;
+        }
+        Ok(cells)
+    }
+}
+
+fn clock_cells(clk: &Node) -> Result<u32, DtbError> {
+    let n = clk
+        .prop("#clock-cells")
+        .and_then(|v| v.try_into().ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0);
+    if n > MAX_CLOCK_CELLS {
+        return Err(DtbError::Malformed(format!("#clock-cells {n} too large")));
+    }
+    Ok(n)
+}
+
+/// The placement [`from_description`] uses: each region at its suggested base,
+/// else packed (page aligned) from `at.base`; SPIs from `at.irq_base`.
+fn placement_of(
+    desc: &DeviceDescription,
+    region_sizes: &[(u32, u64)],
+    at: Placement,
+) -> DevicePlacement {
+    let mut reg = Vec::new();
+    let mut next = at.base;
+    for r in &desc.regions {
+        let size = region_sizes
+            .iter()
+            .find(|(i, _)| *i == r.index)
+            .map(|(_, s)| *s)
+            .unwrap_or(0x1000);
+        let base = r.guest_base.unwrap_or(next);
+        next = base.saturating_add(size.saturating_add(0xfff) & !0xfff);
+        reg.push((base, size));
+    }
+    DevicePlacement {
+        reg,
+        spis: (0..desc.irqs.len() as u32)
+            .map(|k| at.irq_base + k)
+            .collect(),
+    }
+}
+
 /// Builds a complete ARM guest tree from the device description (used when
 /// the backend sends no DTB). `region_sizes` are (index, size) from REGION_INFO.
 pub fn from_description(
@@ -338,63 +643,12 @@ pub fn from_description(
     w.end_node(c)?;
     memory_node(&mut w)?;
     gic_node(&mut w, GIC)?;
-    let mut clock_phandles = Vec::new();
-    for (i, clk) in desc.clocks.iter().enumerate() {
-        let ph = GIC + 1 + i as u32;
-        let n = w.begin_node(&format!("clk-{}", clk.name.replace('_', "-")))?;
-        w.property_string("compatible", "fixed-clock")?;
-        w.property_u32("#clock-cells", 0)?;
-        w.property_u32(
-            "clock-frequency",
-            u32::try_from(clk.frequency_hz).unwrap_or(u32::MAX),
-        )?;
-        w.property_string("clock-output-names", &clk.name)?;
-        w.property_u32("phandle", ph)?;
-        w.end_node(n)?;
-        clock_phandles.push(ph);
-    }
-    // regions: suggested bases, else packed from `at.base`
-    let mut reg = Vec::new();
-    let mut next = at.base;
-    for r in &desc.regions {
-        let size = region_sizes
-            .iter()
-            .find(|(i, _)| *i == r.index)
-            .map(|(_, s)| *s)
-            .unwrap_or(0x1000);
-        let base = r.guest_base.unwrap_or(next);
-        next = base + ((size + 0xfff) & !0xfff);
-        reg.extend_from_slice(&[base, size]);
-    }
-    let first = reg.first().copied().unwrap_or(at.base);
-    let name = desc.dt_node_name.clone().unwrap_or_else(|| "device".into());
-    let d = w.begin_node(&format!("{name}@{first:x}"))?;
-    w.property_string_list("compatible", desc.compatible.clone())?;
-    w.property_array_u64("reg", &reg)?;
-    if desc.regions.len() > 1 {
-        w.property_string_list(
-            "reg-names",
-            desc.regions.iter().map(|r| r.name.clone()).collect(),
-        )?;
-    }
-    if !desc.irqs.is_empty() {
-        let mut cells = Vec::new();
-        for (k, irq) in desc.irqs.iter().enumerate() {
-            cells.extend_from_slice(&[0, at.irq_base + k as u32, trigger_flags(irq.trigger)]);
-        }
-        w.property_array_u32("interrupts", &cells)?;
-    }
-    if !clock_phandles.is_empty() {
-        w.property_array_u32("clocks", &clock_phandles)?;
-        w.property_string_list(
-            "clock-names",
-            desc.clocks.iter().map(|c| c.name.clone()).collect(),
-        )?;
-    }
-    if desc.compatible.iter().any(|c| c == "arm,pl330") {
-        w.property_u32("#dma-cells", 1)?; // dma-controller binding
-    }
-    w.end_node(d)?;
+    DeviceNodes::from_description(desc).write(
+        &mut w,
+        &placement_of(desc, region_sizes, at),
+        GIC,
+        GIC + 1,
+    )?;
     w.end_node(root)?;
     Ok(w.finish()?)
 }

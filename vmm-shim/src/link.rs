@@ -8,10 +8,10 @@ use vfio_sidecar_protocol::client::IrqData;
 use vfio_sidecar_protocol::message::{IrqAction, REGION_INFO_FLAG_MMAP};
 use vfio_sidecar_protocol::{Client, ClientError, ClientOptions, DmaProt};
 
+use crate::backend::{Backend, BackendRegion, IrqStats};
 use crate::layout::PAGE_SIZE;
 use crate::memory::DmaEntry;
 use crate::mmio::{DeviceLink, LinkError, RegionSpec};
-use crate::runner::{Backend, BackendRegion, IrqStats};
 
 /// A connected vfio-user client.
 #[derive(Debug)]

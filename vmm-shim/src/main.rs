@@ -6,10 +6,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use vmm_shim::cli::{Cli, Command};
-use vmm_shim::demo::{self, DemoOptions};
 use vmm_shim::link::ProtoBackend;
-use vmm_shim::runner::{self, EoiPolicy};
+#[cfg(target_arch = "x86_64")]
+use vmm_shim::{
+    backend::{EoiName, EOI_POLICIES},
+    demo::{self, DemoOptions},
+    runner,
+};
 
+#[cfg(target_arch = "x86_64")]
 fn print_summary(s: &runner::Summary, json: bool) -> ExitCode {
     if json {
         match serde_json::to_string_pretty(s) {
@@ -37,12 +42,17 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    vfio_sidecar::cli::init_logging(cli.verbose);
+    vmm_shim::cli::init_logging(cli.verbose);
     match cli.command {
         Command::Backend(args) => match vfio_sidecar::server::run_serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("backend: {e}")),
         },
+        #[cfg(not(target_arch = "x86_64"))]
+        Command::Run(_) | Command::Demo(_) => fail(
+            "`run` and `demo` run the x86 guest driver: x86_64 hosts only; on arm64 use `vmm-shim linux` (docs/arm64.md)",
+        ),
+        #[cfg(target_arch = "x86_64")]
         Command::Run(a) => {
             if let Err(e) = demo::check_kvm() {
                 return fail(e);
@@ -62,9 +72,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        #[cfg(target_arch = "x86_64")]
         Command::Demo(a) if a.compare => {
             let mut all = Vec::new();
-            for eoi in EoiPolicy::ALL {
+            for eoi in EOI_POLICIES {
                 let mut guest = a.guest.clone();
                 guest.eoi = eoi;
                 let opts = DemoOptions {
@@ -79,7 +90,7 @@ fn main() -> ExitCode {
                 };
                 match demo::demo(&opts) {
                     Ok(s) => all.push(s),
-                    Err(e) => return fail(format!("{}: {e}", eoi.as_str())),
+                    Err(e) => return fail(format!("{}: {e}", eoi.name())),
                 }
             }
             if a.guest.json {
@@ -99,6 +110,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        #[cfg(target_arch = "x86_64")]
         Command::Demo(a) => {
             let opts = DemoOptions {
                 run: a.guest.options(),
@@ -115,6 +127,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Linux(a) => linux(&a),
         Command::Dtb(a) => {
             let mut backend = match ProtoBackend::connect(&a.socket, Duration::from_secs(5)) {
                 Ok(b) => b,
@@ -138,4 +151,47 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn linux(a: &vmm_shim::cli::LinuxArgs) -> ExitCode {
+    if let Err(e) = vmm_shim::kvm::check_kvm() {
+        return fail(e);
+    }
+    let mut backend = match ProtoBackend::connect(&a.socket, Duration::from_secs(5)) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let console = std::io::stdout();
+    let s = match vmm_shim::arm64::run::run_linux(&mut backend, &a.options(), console) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let json = match s.to_json() {
+        Ok(j) => j,
+        Err(e) => return fail(format!("cannot encode the summary: {e}")),
+    };
+    match a.json.as_deref() {
+        Some(p) if p == std::path::Path::new("-") => println!("{json}"),
+        Some(p) => {
+            println!("{s}");
+            if let Err(e) = std::fs::write(p, json + "\n") {
+                return fail(format!("cannot write {}: {e}", p.display()));
+            }
+        }
+        None => println!("{s}"),
+    }
+    if s.success() {
+        ExitCode::SUCCESS
+    } else {
+        fail(format!(
+            "the guest stopped with a {} instead of powering off",
+            s.stop.as_str()
+        ))
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn linux(_: &vmm_shim::cli::LinuxArgs) -> ExitCode {
+    fail("`linux` boots an arm64 kernel under KVM: arm64 hosts only (see docs/arm64.md for running it inside an emulated arm64 machine)")
 }

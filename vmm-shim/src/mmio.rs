@@ -198,6 +198,19 @@ pub struct PageCount {
     pub writes: u64,
 }
 
+/// MMIO exits of one page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PageExits {
+    /// Region index.
+    pub region: u32,
+    /// Page offset in the region.
+    pub page: u64,
+    /// Reads.
+    pub reads: u64,
+    /// Writes.
+    pub writes: u64,
+}
+
 /// Errors of MMIO forwarding.
 #[derive(Debug, Error)]
 pub enum MmioError {
@@ -328,6 +341,27 @@ impl MmioBus {
             t.writes += c.writes;
         }
         m
+    }
+
+    /// Exits (reads + writes) per region.
+    pub fn region_exits(&self) -> BTreeMap<u32, u64> {
+        self.region_totals()
+            .into_iter()
+            .map(|(k, c)| (k, c.reads + c.writes))
+            .collect()
+    }
+
+    /// Exits per page, in (region, page) order.
+    pub fn page_exits(&self) -> Vec<PageExits> {
+        self.counts
+            .iter()
+            .map(|(&(region, page), c)| PageExits {
+                region,
+                page,
+                reads: c.reads,
+                writes: c.writes,
+            })
+            .collect()
     }
 
     /// Accesses outside every region.

@@ -2,8 +2,11 @@
 //! nesting, tail), the parameter block that tells the guest, and the checks on
 //! what the guest reported.
 
+use std::time::Duration;
+
 use thiserror::Error;
 
+use crate::backend::EoiPolicy;
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
 
@@ -482,6 +485,36 @@ pub fn verify(
     })
 }
 
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Transfers besides the deliberate fault.
+    pub transfers: usize,
+    /// Largest transfer in bytes.
+    pub max_size: u32,
+    /// EOI policy the backend was started with (decides irqfd wiring).
+    pub eoi: EoiPolicy,
+    /// Map all RAM executable (comparison run).
+    pub exec_all: bool,
+    /// Seed for shapes and data.
+    pub seed: u64,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            transfers: 8,
+            max_size: 16384,
+            eoi: EoiPolicy::ClearRegister,
+            exec_all: false,
+            seed: 1,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -497,7 +530,7 @@ mod tests {
         assert_eq!((c >> 14) & 1, 1);
         assert_eq!((c >> 15) & 7, 2);
         assert_eq!((c >> 18) & 0xf, 15);
-        assert_eq!(ccr(1, 1), 1 | 1 << 14);
+        assert_eq!(ccr(1, 1), 1 | (1 << 14));
     }
 
     #[test]

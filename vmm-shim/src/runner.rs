@@ -3,8 +3,8 @@
 //! driver, verify, and collect the numbers for the summary.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
 
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
@@ -12,93 +12,13 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::guest::GUEST_BIN;
 use crate::layout::*;
 use crate::memory::{default_dma_table, DmaEntry, GuestRam, MemoryError};
-use crate::mmio::{
-    place_regions, sparse_slots, DeviceLink, LinkError, MmioBus, PlacementError, RegionSpec,
-};
+pub use crate::mmio::PageExits;
+use crate::mmio::{place_regions, sparse_slots, LinkError, MmioBus, PlacementError, RegionSpec};
 use crate::plan::{self, PlanError, Transfer, Verdict};
 use crate::vm::{Mailbox, RunCounters, Vm, VmError};
 
-/// How the guest's end of interrupt reaches the device: the backend's own
-/// policy type (what the shim passes as the backend's `--eoi`).
-pub use vfio_sidecar::irq::EoiPolicy;
-
-/// Per-vector interrupt counters as the backend counted them (IRQ_STATS).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct IrqStats {
-    /// Device events (rising edges of the device's line).
-    pub device_events: u64,
-    /// Host interrupts: times the trigger eventfd was signalled.
-    pub host_interrupts: u64,
-    /// Unmask operations.
-    pub unmasks: u64,
-    /// Unmasks that found the line still asserted and re-fired.
-    pub refires: u64,
-}
-
-/// A device region as the backend describes it, with its mmap fd if any.
-#[derive(Debug)]
-pub struct BackendRegion {
-    /// Index, size, sparse areas.
-    pub spec: RegionSpec,
-    /// fd to mmap sparse areas from, and the region's offset within it.
-    pub mmap: Option<(OwnedFd, u64)>,
-}
-
-/// Everything the shim needs from a vfio-user connection.
-pub trait Backend: DeviceLink {
-    /// Whether the EXEC DMA flag was negotiated (the "org.vfio-sidecar" extension).
-    fn exec_negotiated(&self) -> bool;
-    /// DMA_MAP of `entry` from `fd` (the RAM memfd).
-    fn dma_map(&mut self, entry: &DmaEntry, fd: BorrowedFd<'_>) -> Result<(), LinkError>;
-    /// All device regions (REGION_INFO for each index).
-    fn regions(&mut self) -> Result<Vec<BackendRegion>, LinkError>;
-    /// SET_IRQS(TRIGGER, EVENTFD) for one vector.
-    fn set_irq_trigger(
-        &mut self,
-        index: u32,
-        vector: u32,
-        fd: BorrowedFd<'_>,
-    ) -> Result<(), LinkError>;
-    /// SET_IRQS(UNMASK, EVENTFD) for one vector.
-    fn set_irq_unmask_fd(
-        &mut self,
-        index: u32,
-        vector: u32,
-        fd: BorrowedFd<'_>,
-    ) -> Result<(), LinkError>;
-    /// IRQ_STATS for one vector, if the backend supports the query.
-    fn irq_stats(&mut self, index: u32, vector: u32) -> Result<Option<IrqStats>, LinkError>;
-}
-
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Transfers besides the deliberate fault.
-    pub transfers: usize,
-    /// Largest transfer in bytes.
-    pub max_size: u32,
-    /// EOI policy the backend was started with (decides irqfd wiring).
-    pub eoi: EoiPolicy,
-    /// Map all RAM executable (comparison run).
-    pub exec_all: bool,
-    /// Seed for shapes and data.
-    pub seed: u64,
-    /// Give up after this long.
-    pub timeout: Duration,
-}
-
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions {
-            transfers: 8,
-            max_size: 16384,
-            eoi: EoiPolicy::ClearRegister,
-            exec_all: false,
-            seed: 1,
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::backend::{AsLink, Backend, BackendRegion, EoiName, EoiPolicy, IrqStats};
+pub use crate::plan::RunOptions;
 
 /// Errors of a run.
 #[derive(Debug, Error)]
@@ -140,19 +60,6 @@ pub struct TransferReport {
     pub record: plan::Record,
     /// The shim's check.
     pub verdict: Verdict,
-}
-
-/// MMIO exits of one page.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PageExits {
-    /// Region index.
-    pub region: u32,
-    /// Page offset in the region.
-    pub page: u64,
-    /// Reads.
-    pub reads: u64,
-    /// Writes.
-    pub writes: u64,
 }
 
 /// The result of a run.
@@ -295,7 +202,7 @@ pub fn run_in(
     let mut reported = Vec::new();
     let done = vm.run(
         &mut bus,
-        backend,
+        &mut AsLink(backend),
         &mut |m| {
             if let Mailbox::Result(i) = m {
                 reported.push(i);
@@ -358,21 +265,8 @@ pub fn run_in(
         .filter(|t| t.verdict.ok && !t.verdict.fault_seen)
         .map(|t| u64::from(t.transfer.len))
         .sum();
-    let mmio_per_region = bus
-        .region_totals()
-        .into_iter()
-        .map(|(k, c)| (k, c.reads + c.writes))
-        .collect();
-    let mmio_per_page = bus
-        .page_counts()
-        .iter()
-        .map(|(&(region, page), c)| PageExits {
-            region,
-            page,
-            reads: c.reads,
-            writes: c.writes,
-        })
-        .collect();
+    let mmio_per_region = bus.region_exits();
+    let mmio_per_page = bus.page_exits();
     Ok(Summary {
         eoi: opts.eoi,
         exec_negotiated,
@@ -415,7 +309,7 @@ pub fn comparison_table(runs: &[Summary]) -> String {
             .unwrap_or_else(|| "-".into());
         t.push_str(&format!(
             "{:<15} {:<7} {:>4}/{:<4}  {:>13}  {:>9}  {:>9}  {:>10}  {:>13}  {:>10}\n",
-            s.eoi.as_str(),
+            s.eoi.name(),
             if s.success() { "PASS" } else { "FAIL" },
             s.verified,
             s.transfers.len(),
@@ -525,7 +419,7 @@ impl std::fmt::Display for Summary {
             "  interrupts    {} delivered to the guest ({} without an event), EOI policy {}",
             self.guest_interrupts,
             self.guest_spurious,
-            self.eoi.as_str()
+            self.eoi.name()
         )?;
         match self.backend_irq {
             Some(s) => writeln!(

@@ -3,9 +3,7 @@
 //! run loop that forwards MMIO exits and reads the port-I/O mailbox.
 
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -32,16 +30,9 @@ pub enum VmError {
         /// errno.
         source: kvm_ioctls::Error,
     },
-    /// mmap of a device area failed.
-    #[error("mmap of device region {index} area at {offset:#x}: {source}")]
-    Mmap {
-        /// Region index.
-        index: u32,
-        /// fd offset.
-        offset: u64,
-        /// OS error.
-        source: std::io::Error,
-    },
+    /// mmap or slot registration of a device area failed.
+    #[error(transparent)]
+    Slot(#[from] crate::kvm::SlotError),
     /// MMIO forwarding failed.
     #[error(transparent)]
     Mmio(#[from] MmioError),
@@ -143,32 +134,13 @@ pub struct Vm<'ram> {
     _ram: std::marker::PhantomData<&'ram GuestRam>,
 }
 
-/// The KVM device: `/dev/kvm`, or `$VMM_SHIM_KVM_DEVICE` (lets tests exercise
-/// the "no KVM" path on a host that has it).
-pub fn kvm_device() -> std::path::PathBuf {
-    std::env::var_os("VMM_SHIM_KVM_DEVICE")
-        .map(Into::into)
-        .unwrap_or_else(|| "/dev/kvm".into())
-}
-
-static SIG: Once = Once::new();
-/// Whether the no-op handler for [`kick_signal`] is installed (else sending it
-/// would kill the process).
-static KICK_READY: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN() + 2
-}
+pub use crate::kvm::kvm_device;
 
 impl<'ram> Vm<'ram> {
     /// Opens /dev/kvm, creates the VM, in-kernel PIC/IOAPIC/LAPIC, maps RAM as
     /// slot 0 and sets the vCPU up at `CODE_BASE` in 32-bit protected mode.
     pub fn new(ram: &'ram GuestRam) -> Result<Self, VmError> {
-        let path = std::ffi::CString::new(kvm_device().into_os_string().into_encoded_bytes())
-            .map_err(|_| VmError::NoKvm(kvm_ioctls::Error::new(libc::EINVAL)))?;
-        let kvm = Kvm::new_with_path(&path).map_err(VmError::NoKvm)?;
+        let kvm = crate::kvm::open_kvm().map_err(VmError::NoKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("create_vm"))?;
         vm.set_tss_address(0xfffb_d000)
             .map_err(kvm_err("set_tss_address"))?;
@@ -207,12 +179,7 @@ impl<'ram> Vm<'ram> {
         regs.rflags = 2;
         vcpu.set_regs(&regs).map_err(kvm_err("set_regs"))?;
 
-        SIG.call_once(|| {
-            match vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler) {
-                Ok(()) => KICK_READY.store(true, Ordering::Release),
-                Err(e) => log::warn!("cannot install the vCPU kick handler ({e})"),
-            }
-        });
+        crate::kvm::install_kick_handler();
         Ok(Vm {
             vcpu,
             vm,
@@ -233,25 +200,11 @@ impl<'ram> Vm<'ram> {
         fd: BorrowedFd<'_>,
         region_fd_offset: u64,
     ) -> Result<(), VmError> {
-        let offset = region_fd_offset.saturating_add(slot.region_offset);
-        let merr = |source| VmError::Mmap {
-            index: slot.index,
-            offset,
-            source,
-        };
-        let len = usize::try_from(slot.size).map_err(|_| merr(std::io::Error::other("size")))?;
-        let map = SharedMapping::of_fd(fd, offset, len).map_err(merr)?;
-        let region = kvm_userspace_memory_region {
-            slot: self.next_slot,
-            flags: 0,
-            guest_phys_addr: slot.gpa,
-            memory_size: slot.size,
-            userspace_addr: map.host_addr(),
-        };
-        self.maps.push(map);
         // SAFETY: the mapping is kept in `self.maps`, dropped after the VM.
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(kvm_err("set_user_memory_region(sparse)"))?;
+        let map = unsafe {
+            crate::kvm::map_sparse_slot(&self.vm, self.next_slot, slot, fd, region_fd_offset)
+        }?;
+        self.maps.push(map);
         self.next_slot += 1;
         Ok(())
     }
@@ -295,34 +248,8 @@ impl<'ram> Vm<'ram> {
         on_mailbox: &mut dyn FnMut(Mailbox),
         timeout: Duration,
     ) -> Result<u32, VmError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let expired = Arc::new(AtomicBool::new(false));
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        let watchdog = {
-            let stop = stop.clone();
-            let expired = expired.clone();
-            let deadline = Instant::now() + timeout;
-            let sig = kick_signal();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Acquire) {
-                    if Instant::now() >= deadline {
-                        expired.store(true, Ordering::Release);
-                        if !KICK_READY.load(Ordering::Acquire) {
-                            break;
-                        }
-                        // SAFETY: `me` is the vCPU thread, alive until it joins us
-                        // (it sets `stop` first); the signal has a no-op handler.
-                        unsafe { libc::pthread_kill(me, sig) };
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        };
-        let result = self.run_loop(bus, link, on_mailbox, &expired, timeout);
-        stop.store(true, Ordering::Release);
-        let _ = watchdog.join();
-        result
+        let watchdog = crate::kvm::Watchdog::start(timeout);
+        self.run_loop(bus, link, on_mailbox, &watchdog, timeout)
     }
 
     fn run_loop(
@@ -330,11 +257,11 @@ impl<'ram> Vm<'ram> {
         bus: &mut MmioBus,
         link: &mut dyn DeviceLink,
         on_mailbox: &mut dyn FnMut(Mailbox),
-        expired: &AtomicBool,
+        watchdog: &crate::kvm::Watchdog,
         timeout: Duration,
     ) -> Result<u32, VmError> {
         loop {
-            if expired.load(Ordering::Acquire) {
+            if watchdog.expired() {
                 let eip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
                 return Err(VmError::Timeout(timeout, eip));
             }

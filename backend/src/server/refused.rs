@@ -286,6 +286,24 @@ mod tests {
     }
 
     #[test]
+    fn set_is_bounded() {
+        let epoll = Epoll::new().unwrap();
+        let mut set = RefusedPeers::default();
+        let mut theirs = Vec::new();
+        while !set.is_full() {
+            let (ours, t) = UnixStream::pair().unwrap();
+            set.add(&epoll, ours, Instant::now());
+            theirs.push(t);
+        }
+        assert_eq!(set.len(), MAX_REFUSED);
+        set.answer_all();
+        assert!(set.is_empty());
+        for t in &theirs {
+            busy_reply_to(&read_all(t));
+        }
+    }
+
+    #[test]
     fn peer_that_hung_up_is_dropped_unanswered() {
         let epoll = Epoll::new().unwrap();
         let mut set = RefusedPeers::default();

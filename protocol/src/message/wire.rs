@@ -95,7 +95,7 @@ macro_rules! fixed_payload {
             }
 
             /// Decodes a request: [`Self::SIZE`] bytes, or more when every
-            /// extra byte is zero (see [`decode_padded`]); no validation.
+            /// extra byte is zero (see `wire::decode_padded`); no validation.
             pub fn decode_request(payload: &[u8]) -> Result<Self, $crate::error::DecodeError> {
                 $crate::message::wire::decode_padded(Self::NAME, payload)
             }

@@ -161,7 +161,17 @@ impl ServerConnection {
     ) -> Result<Message, DmaXferError> {
         let name = cmd::name(command);
         let gone = DmaXferError::Disconnected { command: name };
+        let timed_out = |t: Duration| DmaXferError::Timeout {
+            command: name,
+            address,
+            timeout_ms: t.as_millis() as u64,
+        };
         loop {
+            // Also a client that keeps sending commands cannot stretch the
+            // wait past its deadline.
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out(self.dma_timeout));
+            }
             let inc = match self.reader.take() {
                 Ok(Some(i)) => i,
                 Ok(None) => {
@@ -170,11 +180,7 @@ impl ServerConnection {
                         && wait_fd(self.sock.as_fd(), libc::POLLIN, left)
                             .map_err(|e| DmaXferError::Transport(TransportError::Io(e)))?;
                     if !ready {
-                        return Err(DmaXferError::Timeout {
-                            command: name,
-                            address,
-                            timeout_ms: self.dma_timeout.as_millis() as u64,
-                        });
+                        return Err(timed_out(self.dma_timeout));
                     }
                     match self.reader.fill(self.sock.as_fd(), false) {
                         Ok(Filled::Empty) | Ok(Filled::Data { .. }) => continue,

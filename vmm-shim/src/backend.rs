@@ -1,0 +1,138 @@
+//! What the shim needs from a vfio-user backend, whatever the guest: the
+//! [`Backend`] trait (implemented over a real connection by
+//! [`crate::link::ProtoBackend`]), the device regions it reports and its
+//! interrupt counters.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use crate::memory::DmaEntry;
+use crate::mmio::{DeviceLink, LinkError, RegionSpec};
+
+/// How the guest's end of interrupt reaches the device: the protocol's policy
+/// type (the device description's; the shim passes it as the backend's `--eoi`).
+pub use vfio_sidecar_protocol::ext::EoiPolicy;
+
+/// The policies a VMM can run a level IRQ with (the protocol's `none` is for
+/// IRQs without EOI handling), in the order the command line lists them.
+pub const EOI_POLICIES: [EoiPolicy; 3] = [
+    EoiPolicy::ClearRegister,
+    EoiPolicy::Resample,
+    EoiPolicy::FirstAccess,
+];
+
+/// [`EoiPolicy`]'s names as `--eoi` (the shim's and the backend's) spells them.
+pub trait EoiName: Sized {
+    /// The name (`clear-register`, `resample`, `first-access`, `none`).
+    fn name(self) -> &'static str;
+    /// The policy of one of the [`EOI_POLICIES`] names.
+    fn from_name(s: &str) -> Result<Self, String>;
+}
+
+impl EoiName for EoiPolicy {
+    fn name(self) -> &'static str {
+        match self {
+            EoiPolicy::ClearRegister => "clear-register",
+            EoiPolicy::Resample => "resample",
+            EoiPolicy::FirstAccess => "first-access",
+            EoiPolicy::None => "none",
+        }
+    }
+
+    fn from_name(s: &str) -> Result<Self, String> {
+        EOI_POLICIES
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = EOI_POLICIES.map(EoiName::name).into();
+                format!("unknown EOI policy {s:?} ({})", known.join(", "))
+            })
+    }
+}
+
+/// Per-vector interrupt counters as the backend counted them (IRQ_STATS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IrqStats {
+    /// Device events (rising edges of the device's line).
+    pub device_events: u64,
+    /// Host interrupts: times the trigger eventfd was signalled.
+    pub host_interrupts: u64,
+    /// Unmask operations.
+    pub unmasks: u64,
+    /// Unmasks that found the line still asserted and re-fired.
+    pub refires: u64,
+}
+
+/// A device region as the backend describes it, with its mmap fd if any.
+#[derive(Debug)]
+pub struct BackendRegion {
+    /// Index, size, sparse areas.
+    pub spec: RegionSpec,
+    /// fd to mmap sparse areas from, and the region's offset within it.
+    pub mmap: Option<(OwnedFd, u64)>,
+}
+
+/// Everything the shim needs from a vfio-user connection.
+pub trait Backend: DeviceLink {
+    /// Whether the EXEC DMA flag was negotiated (the "org.vfio-sidecar" extension).
+    fn exec_negotiated(&self) -> bool;
+    /// DMA_MAP of `entry` from `fd` (the RAM memfd).
+    fn dma_map(&mut self, entry: &DmaEntry, fd: BorrowedFd<'_>) -> Result<(), LinkError>;
+    /// All device regions (REGION_INFO for each index).
+    fn regions(&mut self) -> Result<Vec<BackendRegion>, LinkError>;
+    /// SET_IRQS(TRIGGER, EVENTFD) for one vector.
+    fn set_irq_trigger(
+        &mut self,
+        index: u32,
+        vector: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), LinkError>;
+    /// SET_IRQS(UNMASK, EVENTFD) for one vector.
+    fn set_irq_unmask_fd(
+        &mut self,
+        index: u32,
+        vector: u32,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), LinkError>;
+    /// IRQ_STATS for one vector, if the backend supports the query.
+    fn irq_stats(&mut self, index: u32, vector: u32) -> Result<Option<IrqStats>, LinkError>;
+}
+
+/// A `&mut dyn Backend` seen as the [`DeviceLink`] it extends (what trait
+/// upcasting does since Rust 1.86; the workspace's MSRV is 1.85).
+pub struct AsLink<'a>(pub &'a mut dyn Backend);
+
+impl std::fmt::Debug for AsLink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsLink(dyn Backend)")
+    }
+}
+
+impl DeviceLink for AsLink<'_> {
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), LinkError> {
+        self.0.region_read(index, offset, data)
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), LinkError> {
+        self.0.region_write(index, offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eoi_names_round_trip_and_match_the_wire_spelling() {
+        for p in EOI_POLICIES {
+            assert_eq!(EoiPolicy::from_name(p.name()), Ok(p));
+            // the description's JSON spells it the same
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.name())
+            );
+        }
+        assert_eq!(EoiPolicy::None.name(), "none");
+        let e = EoiPolicy::from_name("none").unwrap_err();
+        assert!(e.contains("clear-register, resample, first-access"), "{e}");
+    }
+}
