@@ -246,7 +246,10 @@ mod tests {
     /// Runs the generated bash completion function in a real bash for
     /// `WORDS...` (the last one being completed) and returns COMPREPLY.
     fn bash_complete(bin: &str, script: &[u8], words: &[&str]) -> String {
-        let dir = std::env::temp_dir().join(format!("gen-docs-bash-{}", std::process::id()));
+        // One directory per call: the tests run in parallel in one process.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gen-docs-bash-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join(bin);
         std::fs::write(&f, script).unwrap();
