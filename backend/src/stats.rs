@@ -352,7 +352,7 @@ pub fn errno_name(e: i32) -> String {
 }
 
 /// The client of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Its pid (SO_PEERCRED).
     pub pid: i32,
@@ -360,32 +360,32 @@ pub struct ClientInfo {
     pub uid: u32,
     /// Its gid.
     pub gid: u32,
-    /// When it was accepted (Unix time, seconds).
-    pub since_unix: f64,
+    /// When it was accepted (Unix time, milliseconds).
+    pub since_unix_ms: u64,
 }
 
 /// The current session in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
     /// Session number (1 for the first client the process served).
     pub number: u64,
     /// Its client.
     pub client: ClientInfo,
-    /// Seconds since it was accepted.
-    pub duration_s: f64,
+    /// Milliseconds since it was accepted.
+    pub duration_ms: u64,
     /// Its counters (from zero at connect).
     pub counters: Counters,
 }
 
 /// Process-wide facts in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessView {
     /// The backend's pid.
     pub pid: u32,
-    /// When the backend started serving (Unix time, seconds).
-    pub since_unix: f64,
-    /// Seconds since then.
-    pub uptime_s: f64,
+    /// When the backend started serving (Unix time, milliseconds).
+    pub since_unix_ms: u64,
+    /// Milliseconds since then.
+    pub uptime_ms: u64,
     /// Clients served (sessions started).
     pub sessions: u64,
     /// Connections refused with EBUSY while a client was served.
@@ -397,7 +397,7 @@ pub struct ProcessView {
 }
 
 /// What the statistics socket writes: one JSON document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// [`SNAPSHOT_VERSION`].
     pub version: u32,
@@ -413,10 +413,12 @@ pub struct Snapshot {
     pub process: ProcessView,
 }
 
-fn unix_now() -> f64 {
+/// Unix time in milliseconds (integers: a snapshot round-trips through
+/// JSON exactly).
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A session in progress.
@@ -429,7 +431,7 @@ struct Session {
 /// Session and process statistics of a backend (see the module docs).
 #[derive(Debug)]
 pub struct Stats {
-    since_unix: f64,
+    since_unix_ms: u64,
     session: Option<Session>,
     sessions: u64,
     refused_busy: u64,
@@ -446,7 +448,7 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            since_unix: unix_now(),
+            since_unix_ms: unix_now_ms(),
             session: None,
             sessions: 0,
             refused_busy: 0,
@@ -544,7 +546,7 @@ impl Stats {
                 pid: cred.pid,
                 uid: cred.uid,
                 gid: cred.gid,
-                since_unix: unix_now(),
+                since_unix_ms: unix_now_ms(),
             },
         });
     }
@@ -602,7 +604,7 @@ impl Stats {
     /// The snapshot (after sampling the IRQ counters).
     pub fn snapshot(&mut self, dev: &dyn Device, about: SnapshotAbout) -> Snapshot {
         self.sample_irqs(dev);
-        let now = unix_now();
+        let now = unix_now_ms();
         let mut total = self.ended.clone();
         total.add(&self.current);
         Snapshot {
@@ -613,13 +615,13 @@ impl Stats {
             session: self.session.map(|s| SessionView {
                 number: s.number,
                 client: s.client,
-                duration_s: (now - s.client.since_unix).max(0.0),
+                duration_ms: now.saturating_sub(s.client.since_unix_ms),
                 counters: self.current.counters(),
             }),
             process: ProcessView {
                 pid: std::process::id(),
-                since_unix: self.since_unix,
-                uptime_s: (now - self.since_unix).max(0.0),
+                since_unix_ms: self.since_unix_ms,
+                uptime_ms: now.saturating_sub(self.since_unix_ms),
                 sessions: self.sessions,
                 refused_busy: self.refused_busy,
                 refused_policy: self.refused_policy,

@@ -94,6 +94,11 @@ pub fn run(path: &Path, secs: u64, format: Format) -> Result<String, ProbeError>
     })
 }
 
+/// Milliseconds as seconds.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
 fn region_name(s: &Snapshot, region: u32) -> &str {
     s.regions.get(region as usize).map_or("?", String::as_str)
 }
@@ -148,7 +153,10 @@ pub fn render_text(path: &Path, s: &Snapshot) -> String {
     let _ = writeln!(
         out,
         "process   up {:.1} s, {} client session(s), refused {} busy / {} by policy",
-        p.uptime_s, p.sessions, p.refused_busy, p.refused_policy
+        secs(p.uptime_ms),
+        p.sessions,
+        p.refused_busy,
+        p.refused_policy
     );
     let sess = s.session.as_ref();
     let _ = match sess {
@@ -156,7 +164,11 @@ pub fn render_text(path: &Path, s: &Snapshot) -> String {
             out,
             "session   #{}: client pid {} uid {} gid {}, connected {:.1} s \
              (cells: session / process)",
-            v.number, v.client.pid, v.client.uid, v.client.gid, v.duration_s
+            v.number,
+            v.client.pid,
+            v.client.uid,
+            v.client.gid,
+            secs(v.duration_ms)
         ),
         None => writeln!(out, "session   none: no client connected (cells: process)"),
     };
@@ -356,7 +368,7 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         (
             "vfio_sidecar_start_time_seconds",
             "When the backend started (Unix time).",
-            p.since_unix,
+            secs(p.since_unix_ms),
         ),
         (
             "vfio_sidecar_client_connected",
@@ -366,7 +378,9 @@ pub fn render_prometheus(s: &Snapshot) -> String {
         (
             "vfio_sidecar_session_start_time_seconds",
             "When the connected client was accepted (Unix time; 0 without one).",
-            s.session.as_ref().map_or(0.0, |v| v.client.since_unix),
+            s.session
+                .as_ref()
+                .map_or(0.0, |v| secs(v.client.since_unix_ms)),
         ),
     ];
     for (name, help, v) in gauges {
