@@ -1251,7 +1251,12 @@ pub fn run_serve(args: ServeArgs) -> Result<(), ServeError> {
     if listen.activated && opts != SocketOpts::default() {
         log::warn!(
             "--socket-mode/--socket-owner/--socket-group ignored: the socket is \
-             socket-activated (set SocketMode=/SocketUser=/SocketGroup= in the socket unit)"
+             socket-activated (set SocketMode=/SocketUser=/SocketGroup= in the socket unit){}",
+            if args.stats_socket.is_some() {
+                "; they still apply to --stats-socket"
+            } else {
+                ""
+            }
         );
     }
     let _guard = listen
