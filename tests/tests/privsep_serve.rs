@@ -586,3 +586,35 @@ fn socket_activation_with_listen_fds() {
     assert!(!own.exists(), "own socket not removed at exit");
     let _keep: OwnedFd = l.into();
 }
+
+#[test]
+fn stats_socket_beside_a_socket_activated_one() {
+    let dir = TempDir::new("activate-stats");
+    let path = dir.0.join("activated.sock");
+    let stats = dir.0.join("stats.sock");
+    let l = bound_listener(&path);
+    let env = [("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", "vfio-user")];
+    let args = [
+        "--socket-mode",
+        "0640",
+        "--stats-socket",
+        stats.to_str().unwrap(),
+    ];
+    let mut p = Spawned::start(&path, &args, &env, Some(&l), true);
+    drop(l);
+    p.wait_log("listening on");
+    let log = p.log_text();
+    assert!(log.contains("they still apply to --stats-socket"), "{log}");
+    // The backend made the statistics socket itself, with --socket-mode.
+    let meta = std::fs::symlink_metadata(&stats).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    let mut c = Client::connect(&path, ClientOptions::default()).unwrap();
+    exercise_scratch(&mut c);
+    let s = vfio_sidecar::probe::stats::read_snapshot(&stats, 5).unwrap();
+    assert_eq!(s.session.unwrap().client.pid, std::process::id() as i32);
+    drop(c);
+    assert!(p.terminate().success());
+    assert!(path.exists(), "systemd's socket stays");
+    assert!(!stats.exists(), "the statistics socket is removed");
+}
