@@ -4,7 +4,7 @@
 #   scripts/fuzz-ci.sh [SECONDS] [TARGET...]
 #
 # SECONDS defaults to 20; TARGETs default to every [[bin]] of fuzz/Cargo.toml
-# that lives in fuzz_targets/ (protocol_server, server_pl330, pl330_model).
+# that lives in fuzz_targets/ (protocol_server, server_pl330, server_hostile, pl330_model).
 #
 # * Toolchain: cargo-fuzz needs nightly -Z flags. Only stable is installed
 #   here, so the script sets RUSTC_BOOTSTRAP=1 (stable rustc then accepts the

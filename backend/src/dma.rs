@@ -1025,8 +1025,8 @@ mod tests {
             !t.entries.get(&0x10000).unwrap().sealed,
             "sealed after the seal read: treated as unsealed"
         );
-        // Shrunk after the map: checked copies fault instead of SIGBUS.
-        // SAFETY: ftruncate is refused by the seal now; shrink nothing.
+        // The seal holds from now on: the file cannot shrink any more.
+        // SAFETY: ftruncate on our own memfd (refused by the seal).
         assert_ne!(unsafe { libc::ftruncate(client.as_raw_fd(), 0) }, 0);
     }
 

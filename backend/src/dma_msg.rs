@@ -146,8 +146,8 @@ impl MessageMaps {
 
     /// True if some range intersects `[iova, iova+len)`.
     fn intersects(&self, iova: u64, len: usize) -> bool {
-        let end = iova.saturating_add(len as u64);
-        !self.regions_in(iova, end.max(iova + 1)).is_empty()
+        let end = iova.saturating_add(len.max(1) as u64);
+        !self.regions_in(iova, end).is_empty()
     }
 
     /// Checks that `[iova, iova+len)` lies in (adjacent) ranges that all
@@ -502,5 +502,10 @@ mod tests {
             mem.dma_read(0x1ffe, &mut b, DmaAccess::Read),
             Err(DmaFault::Unmapped { .. })
         ));
+        // At the very top of the address space: a fault, no overflow.
+        assert!(mem
+            .dma_read(u64::MAX, &mut b[..1], DmaAccess::Read)
+            .is_err());
+        assert!(mem.dma_write(u64::MAX - 1, &[1, 2, 3]).is_err());
     }
 }

@@ -648,6 +648,37 @@ pub(crate) mod tests {
         assert!(irqs.on_poll_fd(UNMASK_TOKEN_BASE).unwrap());
     }
 
+    /// Issue 13 #1: O_NONBLOCK set at SET_IRQS proves nothing — the client
+    /// clears it on the shared description afterwards and saturates the
+    /// counter (or leaves the unmask eventfd empty): neither the signal nor
+    /// the unmask read may block.
+    #[test]
+    fn client_clearing_o_nonblock_after_set_irqs_never_blocks_the_server() {
+        use std::io::Write;
+        let clear = |f: &File| {
+            // SAFETY: F_GETFL/F_SETFL on a live fd; no memory passed.
+            unsafe {
+                let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+        };
+        let mut irqs = EmulatedIrqs::new(1, true);
+        let (trig, client_trig) = eventfd();
+        set_trigger(&mut irqs, 0, trig);
+        let (unmask, client_unmask) = eventfd();
+        irqs.set_irqs(req(IrqAction::Unmask, IrqData::Eventfd(vec![Some(unmask)])))
+            .unwrap();
+        clear(&client_trig);
+        clear(&client_unmask);
+        (&client_trig)
+            .write_all(&(u64::MAX - 1).to_ne_bytes())
+            .unwrap();
+        irqs.update(&[true]);
+        assert_eq!(irqs.counters(0).unwrap().host_interrupts, 1);
+        assert!(irqs.on_poll_fd(UNMASK_TOKEN_BASE).unwrap());
+        assert!(irqs.is_masked(0), "an empty unmask eventfd does not unmask");
+    }
+
     #[test]
     fn level_automask_and_refire() {
         let mut irqs = EmulatedIrqs::new(2, true);

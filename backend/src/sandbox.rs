@@ -3,6 +3,8 @@
 //!
 //! Intended order in `serve` (each step narrows what the next may do):
 //!
+//! 0. [`prepare_allocator`] before any thread exists (one malloc arena, so heap
+//!    trimming never needs a syscall outside the filter);
 //! 1. open the device (VFIO group/container or model) while still privileged;
 //! 2. get the listener: [`open_listener`] = [`listen_fds_from_env`] (systemd socket
 //!    activation) if systemd passed one, else [`create_listener`] (mode applied

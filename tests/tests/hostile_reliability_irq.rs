@@ -93,8 +93,9 @@ fn saturated_blocking_trigger_signalled_by_the_connection_thread() {
     backend_still_lives(&srv, r);
 }
 
-#[test]
-fn saturated_blocking_trigger_signalled_by_the_event_loop() {
+/// The attack of `saturated_blocking_trigger_signalled_by_the_event_loop`,
+/// up to the interrupt having been raised on the event loop's thread.
+fn event_loop_attack() -> (Sidecar, Raw, std::fs::File, std::os::fd::OwnedFd) {
     // A tiny step budget without a time slice: the DBGCMD write and the
     // batch's run execute 64 instructions each, the event loop the rest
     // (about 4,700), so the DMASEV at the end runs on the event loop's thread.
@@ -129,8 +130,24 @@ fn saturated_blocking_trigger_signalled_by_the_event_loop() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    (srv, r, reader, trig)
+}
+
+#[test]
+fn saturated_blocking_trigger_signalled_by_the_event_loop() {
+    let (srv, r, reader, _trig) = event_loop_attack();
     assert_eq!(nowait_read(reader.as_raw_fd()), Some(EVENTFD_MAX));
     backend_still_lives(&srv, r);
+}
+
+/// SIGTERM while the attacker is still connected, its trigger blocking and
+/// saturated: handled within 1 s, socket file removed.
+#[test]
+fn sigterm_with_the_attacker_still_connected() {
+    let (srv, mut r, reader, _trig) = event_loop_attack();
+    assert!(!is_nonblocking(reader.as_raw_fd()));
+    r.still_works();
+    sigterm_exits_within(&srv, SIGTERM_LIMIT);
 }
 
 #[test]

@@ -57,22 +57,16 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once per process: the size of the (hidden) backend variant's serve
-// options does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the guest driver against a backend socket.
     Run(RunArgs),
-    /// Start a private backend (built-in PL330 model), run the guest, clean up.
+    /// Start a private backend (the sibling vfio-sidecar, built-in PL330 model), run the guest, clean up.
     Demo(DemoArgs),
     /// Write a guest device tree (ARM) with the backend's device node.
     Dtb(DtbArgs),
     /// Boot a stock arm64 Linux kernel with the backend's device (arm64 hosts only).
     Linux(LinuxArgs),
-    /// (internal) serve a device like `vfio-sidecar serve`; used by `demo`.
-    #[command(hide = true)]
-    Backend(vfio_sidecar::cli::ServeArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -149,8 +143,7 @@ pub struct RunArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub guest: GuestArgs,
-    /// Backend binary (default: `vfio-sidecar` next to this executable, else
-    /// this executable's built-in copy of the backend).
+    /// Backend binary (default: the `vfio-sidecar` next to this executable).
     #[arg(long)]
     pub backend: Option<PathBuf>,
     /// Device string for the backend.

@@ -44,10 +44,6 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     vmm_shim::cli::init_logging(cli.verbose);
     match cli.command {
-        Command::Backend(args) => match vfio_sidecar::server::run_serve(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(format!("backend: {e}")),
-        },
         #[cfg(not(target_arch = "x86_64"))]
         Command::Run(_) | Command::Demo(_) => fail(
             "`run` and `demo` run the x86 guest driver: x86_64 hosts only; on arm64 use `vmm-shim linux` (docs/arm64.md)",

@@ -28,7 +28,7 @@ complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -s v -l verbose -d 'More
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -s h -l help -d 'Print help'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -s V -l version -d 'Print version'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "run" -d 'Run the guest driver against a backend socket'
-complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
+complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "demo" -d 'Start a private backend (the sibling vfio-sidecar, built-in PL330 model), run the guest, clean up'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "linux" -d 'Boot a stock arm64 Linux kernel with the backend\'s device (arm64 hosts only)'
 complete -c vmm-shim -n "__fish_vmm_shim_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -51,7 +51,7 @@ resample\t'KVM\'s resamplefd (guest EOI at the PIC) is the backend\'s unmask eve
 first-access\t'The backend unmasks on the first trapped access after the interrupt (a measured comparison: the line is still high, so it re-fires)'"
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l seed -d 'Seed for transfer shapes and data' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l timeout -d 'Give up after this many seconds' -r
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l backend -d 'Backend binary (default: `vfio-sidecar` next to this executable, else this executable\'s built-in copy of the backend)' -r -F
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l backend -d 'Backend binary (default: the `vfio-sidecar` next to this executable)' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l device -d 'Device string for the backend' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l exec-all -d 'DMA-map all guest RAM executable (comparison: the fault transfer then completes)'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l json -d 'Print the summary as JSON'
@@ -79,7 +79,7 @@ complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -l no-exec -d '
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s v -l verbose -d 'More logging (-v debug, -vv trace). RUST_LOG overrides'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand linux" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "run" -d 'Run the guest driver against a backend socket'
-complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "demo" -d 'Start a private backend (built-in PL330 model), run the guest, clean up'
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "demo" -d 'Start a private backend (the sibling vfio-sidecar, built-in PL330 model), run the guest, clean up'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "dtb" -d 'Write a guest device tree (ARM) with the backend\'s device node'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "linux" -d 'Boot a stock arm64 Linux kernel with the backend\'s device (arm64 hosts only)'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand help; and not __fish_seen_subcommand_from run demo dtb linux help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,5 +1,5 @@
 //! The arm64 guest's device tree against the real backend, on any host (no
-//! KVM involved): `model:pl330` served by a separate `vmm-shim backend`
+//! KVM involved): `model:pl330` served by a separate `vfio-sidecar serve`
 //! process over its socket; the shim fetches SIDECAR_GET_DEVICE_DESC and
 //! REGION_INFO, places the device as `vmm-shim linux` does and writes the
 //! whole tree. The device node must be the backend's node byte for byte but
@@ -32,15 +32,18 @@ fn start_pl330() -> (Kill, PathBuf) {
     let dir = std::env::temp_dir().join(format!("vmm-shim-arm64-dtb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("s.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm-shim"))
-        .arg("backend")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--device", "model:pl330"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Command::new(vfio_sidecar_tests::workspace_bin(
+        "vfio-sidecar",
+        "vfio-sidecar",
+    ))
+    .arg("serve")
+    .arg("--socket")
+    .arg(&socket)
+    .args(["--device", "model:pl330"])
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut child = Kill(child, dir);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
