@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use hostile_util::*;
 use vfio_sidecar_protocol::header::{command as cmd, Header, HEADER_SIZE};
 use vfio_sidecar_protocol::testing;
-use vfio_sidecar_tests::{wait_until, Sidecar};
+use vfio_sidecar_tests::{cpu_ticks, set_nofile, wait_until, Sidecar};
 
 /// How long a signalled backend may take to exit before the test fails. A
 /// watchdog, not a measurement: the point is that nothing a peer does makes
@@ -37,14 +37,6 @@ const DEADLINE_LOG: &str = "did not read its replies";
 /// before the total deadline said it: "transport error: timed out")?
 fn reply_deadline_hit(log: &str) -> bool {
     log.contains(DEADLINE_LOG) || log.contains("timed out")
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 /// True once `pid` has exited (a zombie waiting for us, or gone).
@@ -287,38 +279,6 @@ fn slow_reader_is_dropped_at_the_batch_deadline() {
     let mut c = Raw::negotiated(&srv.socket, true);
     c.still_works();
     signal_and_expect_clean_exit(srv, libc::SIGTERM);
-}
-
-/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit kept).
-fn set_nofile(pid: u32, soft: u64) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit(2) reading the current limits into `old`.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: prlimit(2) on our own child with a valid new limit.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
 /// A full fd table with a connect pending (failure 5): `accept` fails with

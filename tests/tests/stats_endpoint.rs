@@ -22,8 +22,8 @@ use vfio_sidecar_protocol::client::{Client, DmaProt};
 use vfio_sidecar_protocol::message::IrqAction;
 use vfio_sidecar_tests::pl330::Regs;
 use vfio_sidecar_tests::{
-    drain, eventfd, run_ok, set_eventfd, wait_until, workspace_bin, GuestMem, Sidecar, TempDir,
-    WAIT,
+    cpu_ticks, drain, eventfd, run_ok, set_eventfd, set_nofile, wait_until, workspace_bin,
+    GuestMem, Sidecar, TempDir, WAIT,
 };
 
 const IOVA: u64 = 0x4000_0000;
@@ -288,46 +288,6 @@ fn stats_socket_follows_the_socket_mode() {
     let (_srv, stats, _dir) = start(&[]);
     let mode = std::fs::metadata(&stats).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "default 0600");
-}
-
-/// User + system CPU ticks of `pid`.
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit kept).
-fn set_nofile(pid: u32, soft: u64) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit(2) reading the current limits into `old`.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: prlimit(2) on our own child with a valid new limit.
-    let rc = unsafe {
-        libc::prlimit(
-            pid as libc::pid_t,
-            libc::RLIMIT_NOFILE,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
 /// A statistics peer pending while the fd table is full: `accept` fails
