@@ -71,23 +71,38 @@ fn readme_backend_commands_run_as_written() {
     );
     let dir = TempDir::new("readme");
     let sock = dir.0.join("pl330.sock");
+    let stats = dir.0.join("pl330.stats");
     let argv = |line: &str| -> Vec<String> {
         let code = line.split(" #").next().unwrap();
         code.split_whitespace()
             .skip(1)
-            .map(|w| w.replace("/run/pl330.sock", sock.to_str().unwrap()))
+            .map(|w| {
+                w.replace("/run/pl330.sock", sock.to_str().unwrap())
+                    .replace("/run/pl330.stats", stats.to_str().unwrap())
+            })
             .collect()
     };
     let bin = workspace_bin("vfio-sidecar", "vfio-sidecar");
+    // The fullest PL330 serve line (with the statistics socket, if the README has one).
     let serve = cmds
         .iter()
-        .find(|l| l.contains("model:pl330") && l.contains("serve"))
+        .filter(|l| l.contains("model:pl330") && l.starts_with("vfio-sidecar serve"))
+        .max_by_key(|l| l.contains("--stats-socket"))
         .unwrap();
     let mut child = Command::new(&bin)
         .args(argv(serve))
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // Killed if an assertion below fails (it would otherwise outlive the test).
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on our own child; harmless if it already exited.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _guard = Kill(child.id());
     wait_until(
         "the README's serve to listen",
         std::time::Duration::from_secs(20),

@@ -10,7 +10,7 @@
 //! irqfds on SPIs (plus resamplefds with `--eoi resample`). The device tree
 //! ([`fdt`]) holds the device node as the backend described it.
 //!
-//! Everything but the KVM calls ([`vm`], [`run`]: aarch64 hosts only) is
+//! Everything but the KVM calls (`vm`, `run`: aarch64 hosts only) is
 //! plain data and builds and is tested on any host.
 
 pub mod exit;
