@@ -12,6 +12,8 @@
 #
 # Usage: scripts/cross-aarch64.sh [CARGO_PACKAGE...]    (default: vfio-sidecar vmm-shim)
 #        CROSS_CARGO_EXTRA="--test NAME ..." adds cargo build arguments (test executables: $target/<triple>/release/deps)
+#        CROSS_CLIPPY=1 scripts/cross-aarch64.sh vmm-shim  (clippy --all-targets --no-deps -D warnings, aarch64,
+#        instead of the build; needs rust-clippy in the root; prints no paths)
 # The last two lines of the output are
 #   AARCH64_VFIO_SIDECAR=<path of the aarch64 vfio-sidecar binary>
 #   AARCH64_VMM_SHIM=<path of the aarch64 vmm-shim binary>
@@ -38,10 +40,16 @@ for p in "${packages[@]}"; do pargs+=(-p "$p"); done
 # more cargo build arguments, word-split (tests/arm64/run.sh: --test NAME... for the hostile suites)
 # shellcheck disable=SC2206
 pargs+=(${CROSS_CARGO_EXTRA:-})
+cmd="build --release --locked --target $triple"
+if [ "${CROSS_CLIPPY:-}" = 1 ]; then
+    [ -x "$R/usr/bin/cargo-clippy" ] || die "CROSS_CLIPPY=1: no cargo-clippy in the root (apt-get install rust-clippy there)"
+    cmd="clippy --locked --target $triple --all-targets --no-deps"
+    pargs+=(-- -D warnings)
+fi
 log "building ${packages[*]} for $triple in $R ($(chroot "$R" rustc --version))"
 # One private mount namespace for the bind mounts: they vanish with the build, even when it fails.
 unshare -m --propagation private -- /bin/sh -eu -c '
-  R=$1 src=$2 target=$3 home=$4 triple=$5; shift 5
+  R=$1 src=$2 target=$3 home=$4 cmd=$5; shift 5
   mkdir -p "$R/build/src" "$R/build/target" "$R/build/cargo-home" "$R/proc" "$R/dev"
   mount --bind "$src" "$R/build/src"
   mount -o remount,bind,ro "$R/build/src"
@@ -55,8 +63,9 @@ unshare -m --propagation private -- /bin/sh -eu -c '
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
     CARGO_TERM_COLOR=never \
-    /bin/sh -c "cd /build/src && exec cargo build --release --locked --target $triple \"\$@\"" cargo "$@"
-' sh "$R" "$src" "$target" "$home" "$triple" "${pargs[@]}" >&2 || die "cargo build failed (see above)"
+    /bin/sh -c "cd /build/src && exec cargo $cmd \"\$@\"" cargo "$@"
+' sh "$R" "$src" "$target" "$home" "$cmd" "${pargs[@]}" >&2 || die "cargo ${cmd%% *} failed (see above)"
+if [ "${CROSS_CLIPPY:-}" = 1 ]; then log "clippy clean for ${packages[*]} ($triple)"; exit 0; fi
 out=$target/$triple/release
 have() { case " ${packages[*]} " in *" $1 "*) [ -x "$out/$2" ] || die "$out/$2 missing after the build"; echo "$out/$2" ;; esac; }
 sidecar=$(have vfio-sidecar vfio-sidecar)

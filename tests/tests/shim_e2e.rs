@@ -5,10 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vfio_sidecar_tests::{run_ok, workspace_bin, Sidecar, TempDir};
+use vfio_sidecar_tests::{run_ok, workspace_bin, Sidecar};
 
 fn kvm_available() -> bool {
     match std::fs::OpenOptions::new()
@@ -167,40 +166,6 @@ fn fault_kinds_and_exec_all() {
         7,
         "the former fault transfer signalled its event too"
     );
-}
-
-#[test]
-fn hidden_backend_subcommand_serves_like_vfio_sidecar() {
-    if !kvm_available() {
-        return;
-    }
-    // `vmm-shim backend ...` is what `demo` re-execs when no vfio-sidecar binary
-    // sits next to it: a separate process on the real socket.
-    let dir = TempDir::new("shim-backend");
-    let socket = dir.0.join("s.sock");
-    let shim = workspace_bin("vmm-shim", "vmm-shim");
-    let mut child = Command::new(&shim)
-        .arg("backend")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--device", "model:pl330", "--eoi", "resample"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "backend exited early");
-        assert!(Instant::now() < deadline, "no socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (ok, v) = shim_run(&socket, "resample", &[]);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ok, "{v:#}");
-    all_verified(&v);
-    let (events, host) = irq(&v);
-    assert_eq!(host, events);
 }
 
 #[test]

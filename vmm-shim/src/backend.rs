@@ -8,9 +8,46 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use crate::memory::DmaEntry;
 use crate::mmio::{DeviceLink, LinkError, RegionSpec};
 
-/// How the guest's end of interrupt reaches the device: the backend's own
-/// policy type (what the shim passes as the backend's `--eoi`).
-pub use vfio_sidecar::irq::EoiPolicy;
+/// How the guest's end of interrupt reaches the device: the protocol's policy
+/// type (the device description's; the shim passes it as the backend's `--eoi`).
+pub use vfio_sidecar_protocol::ext::EoiPolicy;
+
+/// The policies a VMM can run a level IRQ with (the protocol's `none` is for
+/// IRQs without EOI handling), in the order the command line lists them.
+pub const EOI_POLICIES: [EoiPolicy; 3] = [
+    EoiPolicy::ClearRegister,
+    EoiPolicy::Resample,
+    EoiPolicy::FirstAccess,
+];
+
+/// [`EoiPolicy`]'s names as `--eoi` (the shim's and the backend's) spells them.
+pub trait EoiName: Sized {
+    /// The name (`clear-register`, `resample`, `first-access`, `none`).
+    fn name(self) -> &'static str;
+    /// The policy of one of the [`EOI_POLICIES`] names.
+    fn from_name(s: &str) -> Result<Self, String>;
+}
+
+impl EoiName for EoiPolicy {
+    fn name(self) -> &'static str {
+        match self {
+            EoiPolicy::ClearRegister => "clear-register",
+            EoiPolicy::Resample => "resample",
+            EoiPolicy::FirstAccess => "first-access",
+            EoiPolicy::None => "none",
+        }
+    }
+
+    fn from_name(s: &str) -> Result<Self, String> {
+        EOI_POLICIES
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = EOI_POLICIES.map(EoiName::name).into();
+                format!("unknown EOI policy {s:?} ({})", known.join(", "))
+            })
+    }
+}
 
 /// Per-vector interrupt counters as the backend counted them (IRQ_STATS).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -77,5 +114,25 @@ impl DeviceLink for AsLink<'_> {
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), LinkError> {
         self.0.region_write(index, offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eoi_names_round_trip_and_match_the_wire_spelling() {
+        for p in EOI_POLICIES {
+            assert_eq!(EoiPolicy::from_name(p.name()), Ok(p));
+            // the description's JSON spells it the same
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.name())
+            );
+        }
+        assert_eq!(EoiPolicy::None.name(), "none");
+        let e = EoiPolicy::from_name("none").unwrap_err();
+        assert!(e.contains("clear-register, resample, first-access"), "{e}");
     }
 }

@@ -4,13 +4,11 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
-/// Numbers on the command line: decimal or `0x`-hex (the backend's parser).
-pub use vfio_sidecar::cli::parse_u64;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
-use crate::backend::EoiPolicy;
+use crate::backend::{EoiName, EoiPolicy, EOI_POLICIES};
 use crate::plan::RunOptions;
 
 /// Examples shown after `--help`.
@@ -63,15 +61,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the guest driver against a backend socket.
     Run(RunArgs),
-    /// Start a private backend (built-in PL330 model), run the guest, clean up.
+    /// Start a private backend (the sibling vfio-sidecar, built-in PL330 model), run the guest, clean up.
     Demo(DemoArgs),
     /// Write a guest device tree (ARM) with the backend's device node.
     Dtb(DtbArgs),
     /// Boot a stock arm64 Linux kernel with the backend's device (arm64 hosts only).
     Linux(LinuxArgs),
-    /// (internal) serve a device like `vfio-sidecar serve`; used by `demo`.
-    #[command(hide = true)]
-    Backend(vfio_sidecar::cli::ServeArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -83,7 +78,7 @@ pub struct GuestArgs {
     #[arg(long, default_value_t = 16384)]
     pub max_size: u32,
     /// EOI policy; must match the backend's --eoi (decides whether a resamplefd is wired).
-    #[arg(long, value_parser = eoi_parser(), default_value_t = EoiPolicy::ClearRegister)]
+    #[arg(long, value_parser = eoi_parser(), default_value = "clear-register")]
     pub eoi: EoiPolicy,
     /// DMA-map all guest RAM executable (comparison: the fault transfer then completes).
     #[arg(long)]
@@ -125,13 +120,14 @@ fn eoi_help(p: EoiPolicy) -> &'static str {
             "The backend unmasks on the first trapped access after the interrupt \
              (a measured comparison: the line is still high, so it re-fires)"
         }
+        EoiPolicy::None => "No EOI handling (edge interrupts)",
     }
 }
 
 /// `--eoi`: the backend's policy names, listed with [`eoi_help`].
 fn eoi_parser() -> impl TypedValueParser<Value = EoiPolicy> {
-    let values = EoiPolicy::ALL.map(|p| PossibleValue::new(p.as_str()).help(eoi_help(p)));
-    PossibleValuesParser::new(values).try_map(|s| s.parse::<EoiPolicy>())
+    let values = EOI_POLICIES.map(|p| PossibleValue::new(p.name()).help(eoi_help(p)));
+    PossibleValuesParser::new(values).try_map(|s| EoiPolicy::from_name(&s))
 }
 
 #[derive(Debug, Args)]
@@ -147,8 +143,7 @@ pub struct RunArgs {
 pub struct DemoArgs {
     #[command(flatten)]
     pub guest: GuestArgs,
-    /// Backend binary (default: `vfio-sidecar` next to this executable, else
-    /// this executable's built-in copy of the backend).
+    /// Backend binary (default: the `vfio-sidecar` next to this executable).
     #[arg(long)]
     pub backend: Option<PathBuf>,
     /// Device string for the backend.
@@ -204,7 +199,7 @@ pub struct LinuxArgs {
     pub mem: u64,
     /// EOI policy; must match the backend's --eoi (with `resample` the
     /// resamplefds become the backend's unmask eventfds).
-    #[arg(long, value_parser = eoi_parser(), default_value_t = EoiPolicy::ClearRegister)]
+    #[arg(long, value_parser = eoi_parser(), default_value = "clear-register")]
     pub eoi: EoiPolicy,
     /// DMA-map guest RAM without EXEC even when the extension is negotiated:
     /// the device's instruction (microcode) fetches then fault.
@@ -233,7 +228,79 @@ impl LinuxArgs {
     }
 }
 
+/// Numbers on the command line: decimal or `0x`/`0X`-hex, `_` separators
+/// allowed (as the backend's command line reads them).
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(&h.replace('_', ""), 16),
+        None => s.replace('_', "").parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a number (decimal or 0x-hex)"))
+}
+
+/// Logging for the binary: info by default, -v debug, -vv trace; `RUST_LOG`
+/// overrides (as the backend's).
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let env = env_logger::Env::default().default_filter_or(level);
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_micros()
+        .try_init();
+}
+
 /// The clap command of `vmm-shim` (for generated docs).
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_decimal_hex_and_separators() {
+        assert_eq!(parse_u64("4096"), Ok(4096));
+        assert_eq!(parse_u64("0xc000000"), Ok(0xc00_0000));
+        assert_eq!(parse_u64("0X1_0000"), Ok(0x1_0000));
+        assert_eq!(parse_u64("1_000"), Ok(1000));
+        assert!(parse_u64("0x").is_err());
+        assert!(parse_u64("12k").unwrap_err().contains("not a number"));
+        assert!(parse_u64("0x1_0000_0000_0000_0000").is_err(), "overflow");
+    }
+
+    #[test]
+    fn eoi_values_are_the_three_policies() {
+        let c = command();
+        let linux = c.find_subcommand("linux").unwrap();
+        let eoi = linux.get_arguments().find(|a| a.get_id() == "eoi").unwrap();
+        let names: Vec<String> = eoi
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(names, ["clear-register", "resample", "first-access"]);
+        let cli = Cli::try_parse_from([
+            "vmm-shim",
+            "linux",
+            "-s",
+            "s",
+            "--kernel",
+            "k",
+            "--eoi",
+            "first-access",
+        ])
+        .unwrap();
+        let Command::Linux(a) = cli.command else {
+            panic!("not linux")
+        };
+        assert_eq!(a.eoi, EoiPolicy::FirstAccess);
+        assert!(Cli::try_parse_from([
+            "vmm-shim", "linux", "-s", "s", "--kernel", "k", "--eoi", "none"
+        ])
+        .is_err());
+    }
 }

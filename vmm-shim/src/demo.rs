@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::backend::EoiName;
 use crate::link::ProtoBackend;
 use crate::runner::{self, RunError, RunOptions, Summary};
 
@@ -45,18 +46,26 @@ pub struct DemoOptions {
     pub backend_args: Vec<String>,
 }
 
-/// How the backend process is started: program and the arguments before ours.
-pub fn backend_command(explicit: Option<&Path>) -> Result<(PathBuf, Vec<String>), DemoError> {
+/// The backend program `demo` starts (`serve` is the subcommand): `--backend
+/// PATH`, else the `vfio-sidecar` binary next to this executable (`cargo build
+/// --release` puts them side by side). The shim embeds no backend: the two
+/// halves meet only on the socket.
+pub fn backend_command(explicit: Option<&Path>) -> Result<PathBuf, DemoError> {
     if let Some(p) = explicit {
-        return Ok((p.to_path_buf(), vec!["serve".into()]));
+        return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe().map_err(|e| DemoError::Setup(format!("current_exe: {e}")))?;
-    if let Some(sibling) = exe.parent().map(|d| d.join("vfio-sidecar")) {
-        if sibling.is_file() {
-            return Ok((sibling, vec!["serve".into()]));
-        }
+    let sibling = exe
+        .parent()
+        .map(|d| d.join("vfio-sidecar"))
+        .ok_or_else(|| DemoError::Setup(format!("{} has no directory", exe.display())))?;
+    if sibling.is_file() {
+        return Ok(sibling);
     }
-    Ok((exe, vec!["backend".into()]))
+    Err(DemoError::Backend(format!(
+        "no vfio-sidecar binary next to {} (build both: `cargo build --release`), or pass --backend PATH",
+        exe.display()
+    )))
 }
 
 /// A private directory removed on drop.
@@ -131,15 +140,15 @@ pub fn demo(opts: &DemoOptions) -> Result<Summary, DemoError> {
     crate::plan::plan(r.transfers, r.max_size, 8, true, r.seed).map_err(RunError::from)?;
     let dir = TempDir::new()?;
     let socket = dir.0.join("pl330.sock");
-    let (program, pre) = backend_command(opts.backend.as_deref())?;
+    let program = backend_command(opts.backend.as_deref())?;
     let mut cmd = Command::new(&program);
-    cmd.args(&pre)
+    cmd.arg("serve")
         .arg("--socket")
         .arg(&socket)
         .arg("--device")
         .arg(&opts.device)
         .arg("--eoi")
-        .arg(opts.run.eoi.as_str())
+        .arg(opts.run.eoi.name())
         .args(&opts.backend_args);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "warn");
@@ -186,19 +195,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backend_command_prefers_explicit_then_sibling_then_self() {
-        let (p, a) = backend_command(Some(Path::new("/opt/x/vfio-sidecar"))).unwrap();
-        assert_eq!(
-            (p.to_str().unwrap(), a),
-            ("/opt/x/vfio-sidecar", vec!["serve".to_string()])
-        );
+    fn backend_command_is_explicit_or_the_sibling_binary() {
+        let p = backend_command(Some(Path::new("/opt/x/vfio-sidecar"))).unwrap();
+        assert_eq!(p, Path::new("/opt/x/vfio-sidecar"));
         let exe = std::env::current_exe().unwrap();
         let sibling = exe.parent().unwrap().join("vfio-sidecar");
-        let (p, a) = backend_command(None).unwrap();
-        if sibling.is_file() {
-            assert_eq!((p, a), (sibling, vec!["serve".to_string()]));
-        } else {
-            assert_eq!((p, a), (exe, vec!["backend".to_string()]));
+        match backend_command(None) {
+            Ok(p) => assert_eq!(p, sibling),
+            Err(e) => {
+                assert!(!sibling.is_file());
+                let m = e.to_string();
+                assert!(
+                    m.contains("no vfio-sidecar binary next to") && m.contains("--backend"),
+                    "{m}"
+                );
+            }
         }
     }
 

@@ -9,8 +9,9 @@ use vmm_shim::cli::{Cli, Command};
 use vmm_shim::link::ProtoBackend;
 #[cfg(target_arch = "x86_64")]
 use vmm_shim::{
+    backend::{EoiName, EOI_POLICIES},
     demo::{self, DemoOptions},
-    runner::{self, EoiPolicy},
+    runner,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -41,12 +42,8 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    vfio_sidecar::cli::init_logging(cli.verbose);
+    vmm_shim::cli::init_logging(cli.verbose);
     match cli.command {
-        Command::Backend(args) => match vfio_sidecar::server::run_serve(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(format!("backend: {e}")),
-        },
         #[cfg(not(target_arch = "x86_64"))]
         Command::Run(_) | Command::Demo(_) => fail(
             "`run` and `demo` run the x86 guest driver: x86_64 hosts only; on arm64 use `vmm-shim linux` (docs/arm64.md)",
@@ -74,7 +71,7 @@ fn main() -> ExitCode {
         #[cfg(target_arch = "x86_64")]
         Command::Demo(a) if a.compare => {
             let mut all = Vec::new();
-            for eoi in EoiPolicy::ALL {
+            for eoi in EOI_POLICIES {
                 let mut guest = a.guest.clone();
                 guest.eoi = eoi;
                 let opts = DemoOptions {
@@ -89,7 +86,7 @@ fn main() -> ExitCode {
                 };
                 match demo::demo(&opts) {
                     Ok(s) => all.push(s),
-                    Err(e) => return fail(format!("{}: {e}", eoi.as_str())),
+                    Err(e) => return fail(format!("{}: {e}", eoi.name())),
                 }
             }
             if a.guest.json {

@@ -530,7 +530,7 @@ mod tests {
         assert_eq!((c >> 14) & 1, 1);
         assert_eq!((c >> 15) & 7, 2);
         assert_eq!((c >> 18) & 0xf, 15);
-        assert_eq!(ccr(1, 1), 1 | 1 << 14);
+        assert_eq!(ccr(1, 1), 1 | (1 << 14));
     }
 
     #[test]

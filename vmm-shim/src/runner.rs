@@ -17,7 +17,7 @@ use crate::mmio::{place_regions, sparse_slots, LinkError, MmioBus, PlacementErro
 use crate::plan::{self, PlanError, Transfer, Verdict};
 use crate::vm::{Mailbox, RunCounters, Vm, VmError};
 
-pub use crate::backend::{AsLink, Backend, BackendRegion, EoiPolicy, IrqStats};
+pub use crate::backend::{AsLink, Backend, BackendRegion, EoiName, EoiPolicy, IrqStats};
 pub use crate::plan::RunOptions;
 
 /// Errors of a run.
@@ -309,7 +309,7 @@ pub fn comparison_table(runs: &[Summary]) -> String {
             .unwrap_or_else(|| "-".into());
         t.push_str(&format!(
             "{:<15} {:<7} {:>4}/{:<4}  {:>13}  {:>9}  {:>9}  {:>10}  {:>13}  {:>10}\n",
-            s.eoi.as_str(),
+            s.eoi.name(),
             if s.success() { "PASS" } else { "FAIL" },
             s.verified,
             s.transfers.len(),
@@ -419,7 +419,7 @@ impl std::fmt::Display for Summary {
             "  interrupts    {} delivered to the guest ({} without an event), EOI policy {}",
             self.guest_interrupts,
             self.guest_spurious,
-            self.eoi.as_str()
+            self.eoi.name()
         )?;
         match self.backend_irq {
             Some(s) => writeln!(

@@ -9,6 +9,8 @@ use vm_fdt::FdtWriter;
 use super::exit::mpidr_affinity;
 use super::layout::*;
 use crate::dtb::{DeviceNodes, DevicePlacement, DtbError};
+use crate::mmio::PlacedRegion;
+use vfio_sidecar_protocol::ext::DeviceDescription;
 
 /// The GIC's phandle.
 pub const GIC_PHANDLE: u32 = 1;
@@ -33,6 +35,35 @@ pub struct MachineSpec {
     pub initrd: Option<(u64, u64)>,
     /// Seed for the guest's RNG (`chosen/rng-seed`).
     pub rng_seed: Vec<u8>,
+}
+
+/// Where the device goes: each described region at the address the MMIO bus
+/// placed it (`placed`), the k-th interrupt on SPI `DEVICE_SPI_BASE + k`.
+pub fn device_placement(
+    desc: &DeviceDescription,
+    placed: &[PlacedRegion],
+) -> Result<DevicePlacement, String> {
+    let mut reg = Vec::new();
+    for r in &desc.regions {
+        let p = placed.iter().find(|p| p.index == r.index).ok_or_else(|| {
+            format!(
+                "the description names region {} ({}), which the device does not have",
+                r.index, r.name
+            )
+        })?;
+        reg.push((p.gpa, p.size));
+    }
+    let room = GIC_NR_IRQS - 32 - DEVICE_SPI_BASE;
+    if desc.irqs.len() > room as usize {
+        return Err(format!(
+            "{} interrupts described; the inner GIC has room for {room}",
+            desc.irqs.len()
+        ));
+    }
+    let spis = (0..desc.irqs.len() as u32)
+        .map(|k| DEVICE_SPI_BASE + k)
+        .collect();
+    Ok(DevicePlacement { reg, spis })
 }
 
 /// The UART's node name (also `stdout-path`).
@@ -145,7 +176,6 @@ pub fn guest_fdt(
 mod tests {
     use super::*;
     use crate::dtb::{self, Node};
-    use vfio_sidecar_protocol::ext::DeviceDescription;
 
     fn u32s(v: &[u8]) -> Vec<u32> {
         v.chunks(4)
@@ -267,6 +297,30 @@ mod tests {
             .children
             .iter()
             .all(|c| c.prop("compatible") != Some(b"arm,cortex-a15-gic\0")));
+    }
+
+    #[test]
+    fn placement_follows_the_bus_and_numbers_spis() {
+        let (mut desc, _) = backend_pl330();
+        let placed = vec![PlacedRegion {
+            index: 0,
+            gpa: DEVICE_BASE,
+            size: 0x1000,
+            sparse: Vec::new(),
+        }];
+        let at = device_placement(&desc, &placed).unwrap();
+        assert_eq!(at.reg, vec![(DEVICE_BASE, 0x1000)]);
+        assert_eq!(at.spis, vec![DEVICE_SPI_BASE, DEVICE_SPI_BASE + 1]);
+        desc.regions[0].index = 3;
+        assert!(device_placement(&desc, &placed)
+            .unwrap_err()
+            .contains("region 3"));
+        desc.regions[0].index = 0;
+        let irq = desc.irqs[0].clone();
+        desc.irqs = vec![irq; 200];
+        assert!(device_placement(&desc, &placed)
+            .unwrap_err()
+            .contains("room"));
     }
 
     #[test]

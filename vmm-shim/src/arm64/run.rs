@@ -9,7 +9,7 @@ use std::time::Instant;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::fdt::{guest_fdt, MachineSpec};
+use super::fdt::{device_placement, guest_fdt, MachineSpec};
 use super::image::{self, ImageError};
 use super::irq::{Relay, RelayedLine};
 use super::layout::*;
@@ -20,7 +20,10 @@ use crate::backend::{Backend, EoiPolicy};
 use crate::dtb::{self, DeviceNodes, DevicePlacement, DtbError};
 use crate::link::ProtoBackend;
 use crate::memory::{GuestRam, MemoryError};
-use crate::mmio::{place_regions, sparse_slots, LinkError, MmioBus, PlacementError, RegionSpec};
+use crate::mmio::{
+    place_regions, sparse_slots, LinkError, MmioBus, PlacedRegion, PlacementError, RegionSpec,
+};
+use vfio_sidecar_protocol::ext::DeviceDescription;
 
 /// Errors of a Linux boot (each one line: the shim's exit reason).
 #[derive(Debug, Error)]
@@ -87,14 +90,9 @@ fn rng_seed() -> Vec<u8> {
     b
 }
 
-/// Boots the kernel of `opts` against `backend`, the guest console going to
-/// `console`.
-pub fn run_linux<W: Write>(
-    backend: &mut ProtoBackend,
-    opts: &LinuxOptions,
-    console: W,
-) -> Result<LinuxSummary, LinuxError> {
-    let t0 = Instant::now();
+/// Reads the kernel (and initrd), creates guest RAM and loads them where the
+/// boot protocol wants them.
+fn load_boot(opts: &LinuxOptions) -> Result<(GuestRam, BootLayout), LinuxError> {
     let kernel = read_file("kernel", &opts.kernel)?;
     let header = image::parse(&kernel)?;
     let initrd = match &opts.initrd {
@@ -108,16 +106,15 @@ pub fn run_linux<W: Write>(
     if let (Some(data), Some((start, _))) = (&initrd, boot.initrd) {
         ram.write(start - RAM_BASE, data)?;
     }
-    drop((kernel, initrd));
-    let mut vm = ArmVm::new(&ram, 1)?;
+    Ok((ram, boot))
+}
 
-    let exec_negotiated = backend.exec_negotiated();
-    let table = ram_dma_table(ram_size, exec_negotiated, opts.no_exec);
-    for e in &table {
-        backend.dma_map(e, ram.fd())?;
-    }
-
-    // Regions: placed in the device window; sparse areas become slots.
+/// Places the device's regions in the device window and maps their sparse
+/// areas as memory slots (the rest traps).
+fn map_regions(
+    backend: &mut ProtoBackend,
+    vm: &mut ArmVm<'_>,
+) -> Result<Vec<PlacedRegion>, LinuxError> {
     let regions = backend.regions()?;
     let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
     let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END)?;
@@ -134,51 +131,41 @@ pub fn run_linux<W: Write>(
         };
         vm.map_sparse(&slot, fd.as_fd(), *off)?;
     }
+    Ok(placed)
+}
 
-    // The device node, as the backend describes it, at the shim's addresses.
-    let (desc, backend_dtb) = backend
-        .client()
-        .device_desc()
-        .map_err(|e| LinuxError::Link(LinkError::Transport(e.to_string())))?;
-    let (nodes, how) = if backend_dtb.is_empty() {
-        (
-            DeviceNodes::from_description(&desc),
+/// The device's nodes from the backend's DTB, or from its description when it
+/// sent none; and a word on which.
+fn device_nodes(
+    desc: &DeviceDescription,
+    backend_dtb: &[u8],
+) -> Result<(DeviceNodes, &'static str), LinuxError> {
+    if backend_dtb.is_empty() {
+        return Ok((
+            DeviceNodes::from_description(desc),
             "built from the backend's description (it sent no DTB)",
-        )
-    } else {
-        (
-            DeviceNodes::from_dtb(&dtb::parse(&backend_dtb)?, &desc)?,
-            "the backend's DTB node, placed by the shim",
-        )
-    };
-    let mut reg = Vec::new();
-    for r in &desc.regions {
-        let p = placed.iter().find(|p| p.index == r.index).ok_or_else(|| {
-            LinuxError::Device(format!(
-                "the description names region {} ({}), which the device does not have",
-                r.index, r.name
-            ))
-        })?;
-        reg.push((p.gpa, p.size));
+        ));
     }
-    let max_spis = GIC_NR_IRQS - 32 - DEVICE_SPI_BASE;
-    if desc.irqs.len() as u32 > max_spis {
-        return Err(LinuxError::Device(format!(
-            "{} interrupts described; the inner GIC has room for {max_spis}",
-            desc.irqs.len()
-        )));
-    }
-    let spis: Vec<u32> = (0..desc.irqs.len() as u32)
-        .map(|k| DEVICE_SPI_BASE + k)
-        .collect();
-    let at = DevicePlacement { reg, spis };
+    Ok((
+        DeviceNodes::from_dtb(&dtb::parse(backend_dtb)?, desc)?,
+        "the backend's DTB node, placed by the shim",
+    ))
+}
 
-    // Interrupts: every SPI is a level irqfd (the line drops at the guest's
-    // EOI, as the vGIC needs for a level interrupt). With --eoi resample the
-    // resamplefd is the backend's unmask eventfd and the backend triggers KVM
-    // directly; otherwise the shim relays (irq.rs) so that a signal arriving
-    // while the line is raised is delivered after the EOI, not lost.
-    let resample_policy = opts.eoi == EoiPolicy::Resample;
+/// The device's interrupts: every SPI is a level irqfd (the line drops at the
+/// guest's EOI, as the vGIC needs for a level interrupt). With `--eoi
+/// resample` the resamplefd is the backend's unmask eventfd and the backend
+/// triggers KVM directly (those lines are returned, to be kept open);
+/// otherwise the shim relays them (irq.rs) so that a signal arriving while the
+/// line is raised is delivered after the EOI, not lost.
+fn wire_irqs(
+    backend: &mut ProtoBackend,
+    vm: &ArmVm<'_>,
+    desc: &DeviceDescription,
+    at: &DevicePlacement,
+    eoi: EoiPolicy,
+) -> Result<(Vec<RelayedLine>, Option<Relay>), LinuxError> {
+    let resample_policy = eoi == EoiPolicy::Resample;
     let mut direct = Vec::new();
     let mut relayed = Vec::new();
     for (irq, &spi) in desc.irqs.iter().zip(&at.spis) {
@@ -198,9 +185,40 @@ pub fn run_linux<W: Write>(
     } else {
         Some(Relay::start(relayed).map_err(LinuxError::EventFd)?)
     };
+    Ok((direct, relay))
+}
+
+/// Boots the kernel of `opts` against `backend`, the guest console going to
+/// `console`.
+pub fn run_linux<W: Write>(
+    backend: &mut ProtoBackend,
+    opts: &LinuxOptions,
+    console: W,
+) -> Result<LinuxSummary, LinuxError> {
+    let t0 = Instant::now();
+    let (ram, boot) = load_boot(opts)?;
+    let mut vm = ArmVm::new(&ram, 1)?;
+
+    let exec_negotiated = backend.exec_negotiated();
+    let table = ram_dma_table(ram.size(), exec_negotiated, opts.no_exec);
+    for e in &table {
+        backend.dma_map(e, ram.fd())?;
+    }
+
+    let placed = map_regions(backend, &mut vm)?;
+
+    // The device node, as the backend describes it, at the shim's addresses.
+    let (desc, backend_dtb) = backend
+        .client()
+        .device_desc()
+        .map_err(|e| LinuxError::Link(LinkError::Transport(e.to_string())))?;
+    let (nodes, how) = device_nodes(&desc, &backend_dtb)?;
+    let at = device_placement(&desc, &placed).map_err(LinuxError::Device)?;
+
+    let (direct, relay) = wire_irqs(backend, &vm, &desc, &at, opts.eoi)?;
 
     let spec = MachineSpec {
-        ram_size,
+        ram_size: ram.size(),
         mpidrs: vm.mpidrs()?,
         bootargs: opts.append.clone(),
         initrd: boot.initrd,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::backend::{EoiPolicy, IrqStats};
+use crate::backend::{EoiName, EoiPolicy, IrqStats};
 use crate::memory::DmaEntry;
 use crate::mmio::PageExits;
 
@@ -46,7 +46,8 @@ pub struct IrqWiring {
     /// `--eoi resample`).
     pub guest_eois: Option<u64>,
     /// Backend signals that arrived while the guest's line was still raised
-    /// and were delivered after its EOI (None: not relayed, `--eoi resample`).
+    /// (each such period gets one more interrupt after the EOI; None: not
+    /// relayed, `--eoi resample`).
     pub deferred: Option<u64>,
 }
 
@@ -179,7 +180,7 @@ impl std::fmt::Display for LinuxSummary {
                 p.region, p.page, p.reads, p.writes
             )?;
         }
-        writeln!(f, "  interrupts    EOI policy {}", self.eoi.as_str())?;
+        writeln!(f, "  interrupts    EOI policy {}", self.eoi.name())?;
         for i in &self.irqs {
             let mut eois = String::new();
             if let Some(n) = i.delivered {
@@ -189,7 +190,7 @@ impl std::fmt::Display for LinuxSummary {
                 eois.push_str(&format!(", {n} guest EOIs"));
             }
             if let Some(d) = i.deferred.filter(|&d| d > 0) {
-                eois.push_str(&format!(" ({d} deferred to an EOI)"));
+                eois.push_str(&format!(" ({d} signals while raised)"));
             }
             match i.stats {
                 Some(s) => writeln!(

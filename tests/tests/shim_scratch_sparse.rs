@@ -1,5 +1,5 @@
 //! The sparse-mmap path against the real backend: `model:scratch` (served by a
-//! separate `vmm-shim backend` process over its socket) offers page 1 of its
+//! separate `vfio-sidecar serve` process over its socket) offers page 1 of its
 //! region as a sparse area. The shim maps it from the backend's fd as a KVM
 //! slot; page 0 stays trapped. A tiny guest touches both.
 #![allow(clippy::unwrap_used)]
@@ -27,15 +27,18 @@ impl Drop for Kill {
 
 fn start_scratch(dir: &Path) -> (Kill, std::path::PathBuf) {
     let socket = dir.join("s.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_vmm-shim"))
-        .arg("backend")
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--device", "model:scratch"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Command::new(vfio_sidecar_tests::workspace_bin(
+        "vfio-sidecar",
+        "vfio-sidecar",
+    ))
+    .arg("serve")
+    .arg("--socket")
+    .arg(&socket)
+    .args(["--device", "model:scratch"])
+    .env("RUST_LOG", "warn")
+    .stdin(Stdio::null())
+    .spawn()
+    .unwrap();
     let mut child = Kill(child);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() {
