@@ -4,7 +4,10 @@
 //! (setup.sh), cross-builds the aarch64 `vfio-sidecar` and `vmm-shim`
 //! (scripts/cross-aarch64.sh), boots qemu-system-aarch64 with EL2 and, inside
 //! it, runs the backend and the shim's arm64 KVM guest once per configuration
-//! (EOI clear-register, EOI first-access, RAM without EXEC).
+//! (EOI clear-register, EOI first-access, RAM without EXEC). Before those, the
+//! hostile suites that drive a backend process (hostile_protocol, _liveness,
+//! _dma_irq, _memfd_shrink), cross-built for aarch64, run in the outer machine
+//! against the aarch64 backend (seccomp on).
 //!
 //! Needs root (the Debian trixie root: debootstrap, chroot). Without root the
 //! test says why and fails under CI=true; it never skips silently.
