@@ -97,7 +97,7 @@ fn pl330_text_with_device_tree_and_plain_mode() {
     for want in [
         "Protocol: vfio-user 0.1",
         "Extension org.vfio-sidecar: version 1 dma_exec+ platform+ eoi+ exec_enforced+",
-        "Device: AMBA [flags 0xd: RESET PLATFORM AMBA], 1 regions, 8 IRQ indices",
+        "Device: AMBA [flags 0xd: RESET PLATFORM AMBA], 1 regions, 9 IRQ indices",
         "compatible \"arm,pl330\", \"arm,primecell\"",
         "Region 0 (pl330-regs): size 0x1000 (4 KiB) [READ WRITE]",
         "Trapped: all (no MMAP)",
