@@ -102,6 +102,8 @@ fn pl330_text_with_device_tree_and_plain_mode() {
         "Region 0 (pl330-regs): size 0x1000 (4 KiB) [READ WRITE]",
         "Trapped: all (no MMAP)",
         "IRQ 3 (irq3): count 1 [EVENTFD MASKABLE AUTOMASKED]; level-high; EOI clear-register (region 0 offset 0x2c width 4 w1c bit 3)",
+        // irq_abort: the index after the eight events, EOI by the DMAKILL written to DBGCMD.
+        "IRQ 8 (abort): count 1 [EVENTFD MASKABLE AUTOMASKED]; level-high; EOI clear-register (region 0 offset 0xd04 width 4 write-any)",
         // The server sends a DTB fragment with the description: decoded.
         "Device tree (the server's DTB fragment):",
         "dma-controller@c000000 {",
