@@ -181,7 +181,8 @@ for c in clear-register first-access exec-off; do
     j=$(grep -a "^ARM64-JSON config=$c " "$log" | tail -1)
     m=$(sed -n 's/.*"mmio_per_region": *{ *"0": *\([0-9]*\).*/\1/p' <<< "$j")
     n=$(irq $c events)
-    [ -n "$m" ] && [ "${n:-0}" -gt 0 ] && say "$c: $m MMIO exits of the PL330 region, $(ratio "$m" "$n") per completed transfer"
+    per="per completed transfer"; [ "$c" = exec-off ] && per="per device event (abort interrupts: no transfer completes)"
+    [ -n "$m" ] && [ "${n:-0}" -gt 0 ] && say "$c: $m MMIO exits of the PL330 region, $(ratio "$m" "$n") $per"
 done
 for t in "${hostile[@]}"; do
     n=${t%-*}; l=$(grep -a "^ARM64-HOSTILE suite=$n " "$log" | tail -1)
