@@ -307,3 +307,34 @@ fn abort_irq_fires_on_fetch_fault_and_dmakill_is_its_eoi() {
     assert_eq!(drain(&ev_reader), 0);
     assert_eq!(c.irq_stats(0, 0, 1).unwrap()[0].host_interrupts, 0);
 }
+
+/// With `combined-irq` the one IRQ carries irq_abort as well; its clear
+/// register stays INTCLR, which Linux's `_stop` writes right after the
+/// DMAKILL of a channel thread (for the thread's event): that write unmasks.
+#[test]
+fn combined_irq_carries_the_abort_and_intclr_ends_it() {
+    let srv = Sidecar::start("model:pl330,combined-irq", &["--no-dmago-gate"]);
+    let mut c = srv.connect(true);
+    assert_eq!(c.device_info().unwrap().num_irqs, 1);
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, false);
+    prepare(&mem, 0);
+    let (fd, reader) = eventfd();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, fd.as_fd()).unwrap();
+    linux_dmago(&mut c, 0);
+    assert_eq!(c.read32(FSRC), 1);
+    assert_eq!(drain(&reader), 1, "the combined line fired for the fault");
+    // DMAKILL lowers the line; the INTCLR write of `_stop` is the EOI.
+    c.debug_insn(Insn::Kill, Some(0));
+    assert_eq!(c.read32(FSRC), 0);
+    let st = c.irq_stats(0, 0, 1).unwrap()[0];
+    assert_eq!((st.host_interrupts, st.unmasks), (1, 0), "{st:?}");
+    c.write32(INTCLR, 1);
+    let st = c.irq_stats(0, 0, 1).unwrap()[0];
+    assert_eq!(
+        (st.host_interrupts, st.unmasks, st.refires),
+        (1, 1, 0),
+        "{st:?}"
+    );
+    assert_eq!(drain(&reader), 0);
+}
