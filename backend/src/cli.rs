@@ -564,6 +564,7 @@ pub fn run_dt(args: &DtArgs) -> Result<(), CliError> {
     let dev = open_device(&args.device, false, true, crate::vfio::IommuBackend::Auto)?;
     let profile = select_profile(&set, &args.device, args.profile_name.as_deref())?;
     let (region_sizes, num_irqs) = crate::device::shape(dev.as_ref());
+    let profile = profile.for_irqs(num_irqs);
     profile.validate_for(&region_sizes, num_irqs)?;
     let tree = device_tree(
         &profile,

@@ -243,6 +243,13 @@ pub struct Profile {
     /// Per-IRQ entries by index (IRQs beyond the list: level-high, shared clear).
     #[serde(default)]
     pub irqs: Vec<IrqProfile>,
+    /// The entry of the device's last IRQ index when it has two or more (a
+    /// separate error line after a configurable number of event lines, such
+    /// as the PL330's `irq_abort`); replaces what `irqs` says for that index.
+    /// Ignored for a device with a single IRQ index (a combined line). Applied
+    /// by [`Profile::for_irqs`].
+    #[serde(default)]
+    pub last_irq: Option<IrqProfile>,
     /// Free-form note (shown by `--help`-level docs and logs).
     #[serde(default)]
     pub note: Option<String>,
@@ -266,8 +273,37 @@ impl Profile {
             default_eoi: EoiPolicy::Resample,
             clear: None,
             irqs: Vec::new(),
+            last_irq: None,
             note: None,
         }
+    }
+
+    /// This profile applied to a device with `num_irqs` IRQ indices: with two
+    /// or more, `last-irq` becomes the entry of index `num_irqs - 1` (`irqs`
+    /// padded with defaults up to it). The result has no `last-irq` left, so
+    /// applying it again changes nothing.
+    pub fn for_irqs(&self, num_irqs: u32) -> Profile {
+        let mut p = self.clone();
+        if let Some(last) = p.last_irq.take() {
+            if num_irqs >= 2 {
+                let index = num_irqs as usize - 1;
+                if p.irqs.len() <= index {
+                    p.irqs.resize(index + 1, IrqProfile::default());
+                }
+                p.irqs[index] = last;
+            }
+        }
+        p
+    }
+
+    /// Every clear register the profile names (profile-wide, per IRQ, last IRQ).
+    fn clear_specs(&self) -> impl Iterator<Item = &ClearSpec> {
+        self.clear.iter().chain(
+            self.irqs
+                .iter()
+                .chain(self.last_irq.iter())
+                .filter_map(|i| i.clear.as_ref()),
+        )
     }
 
     /// The IRQ entry of an index (defaults past the list).
@@ -333,11 +369,7 @@ impl Profile {
         if self.name.is_empty() {
             return Err(bad("empty name".into()));
         }
-        let specs = self
-            .clear
-            .iter()
-            .chain(self.irqs.iter().filter_map(|i| i.clear.as_ref()));
-        for c in specs {
+        for c in self.clear_specs() {
             if ![1, 2, 4, 8].contains(&c.width) {
                 return Err(bad(format!(
                     "clear register width {} (1, 2, 4 or 8)",
@@ -393,11 +425,7 @@ impl Profile {
                 region_sizes.len()
             )));
         }
-        let specs = self
-            .clear
-            .iter()
-            .chain(self.irqs.iter().filter_map(|i| i.clear.as_ref()));
-        for c in specs {
+        for c in self.clear_specs() {
             let size = match region_sizes.get(c.region as usize) {
                 Some(&size) if size > 0 => size,
                 _ => {
@@ -525,8 +553,12 @@ regions = ["pl330-regs"]
 default-eoi = "clear-register"
 match = [{ primecell = { id = 0x00041330, mask = 0x000fffff } }, { compatible = "arm,pl330" }]
 clocks = [{ name = "apb_pclk", frequency = 24000000 }]
+note = "IRQ n = event n, then irq_abort (named abort); with combined-irq one IRQ carries both"
 # INTCLR: W1C, bit n clears event/IRQ n (one combined IRQ: any bit).
 clear = { region = 0, offset = 0x02c, width = 4, mode = "w1c", bits = "per-irq" }
+# irq_abort, the index after the event IRQs: high while a thread faults; the driver kills the thread with
+# DMAKILL through DBGCMD (0xD04), so any DBGCMD write is its clear register.
+last-irq = { name = "abort", trigger = "level-high", clear = { region = 0, offset = 0xd04, width = 4, mode = "write-any" } }
 
 [[device]]
 name = "sp804"
@@ -642,6 +674,58 @@ mod tests {
         assert!(rules.iter().all(|r| r.policy == EoiPolicy::ClearRegister));
         let e = p.eoi_engine(4, None).unwrap();
         assert_eq!(e.after_write(0, 0x2c, &4u32.to_le_bytes()), vec![2]);
+    }
+
+    #[test]
+    fn pl330_abort_irq_is_the_last_index() {
+        let set = ProfileSet::default();
+        let p = set.by_name("pl330").unwrap().for_irqs(9);
+        assert!(p.last_irq.is_none());
+        assert_eq!(p.irqs.len(), 9);
+        assert_eq!(p.irq(8).name.as_deref(), Some("abort"));
+        assert_eq!(p.irq(3).name, None);
+        // Events keep INTCLR bit n; the abort line is cleared by any DBGCMD write.
+        assert_eq!(p.clear_register(3, 9).unwrap().mask, 1 << 3);
+        let c = p.clear_register(8, 9).unwrap();
+        assert_eq!(
+            (c.region, c.offset, c.width, c.mode),
+            (0, 0xd04, 4, ClearMode::WriteAny)
+        );
+        p.validate_for(&[0x1000], 9).unwrap();
+        let e = p.eoi_engine(9, None).unwrap();
+        // DMAKILL through DBGCMD unmasks the abort line only; INTCLR bit 8 does not.
+        assert_eq!(e.after_write(0, 0xd04, &0u32.to_le_bytes()), vec![8]);
+        // DBGINST0/1 (written before DBGCMD, the instruction not yet run) do not.
+        assert!(e.after_write(0, 0xd08, &0u32.to_le_bytes()).is_empty());
+        assert!(e.after_write(0, 0xd0c, &0u32.to_le_bytes()).is_empty());
+        assert!(e
+            .after_write(0, 0x2c, &(1u32 << 8).to_le_bytes())
+            .is_empty());
+        assert_eq!(e.after_write(0, 0x2c, &1u32.to_le_bytes()), vec![0]);
+        // first-access and resample cover it like the event lines.
+        let fa = p.eoi_engine(9, Some(EoiPolicy::FirstAccess)).unwrap();
+        assert_eq!(fa.after_read(), (0..9).collect::<Vec<u32>>());
+        assert_eq!(p.eoi_rules(9, Some(EoiPolicy::Resample)).len(), 9);
+        // Applying it twice changes nothing.
+        assert_eq!(p.for_irqs(9), p);
+        // A combined line (one index) keeps INTCLR: last-irq does not apply.
+        let c = set.by_name("pl330").unwrap().for_irqs(1);
+        assert_eq!(c.irq(0).name, None);
+        assert_eq!(c.clear_register(0, 1).unwrap().offset, 0x2c);
+        // Fewer events: the abort entry follows the last index.
+        let p5 = set.by_name("pl330").unwrap().for_irqs(5);
+        assert_eq!(p5.irq(4).name.as_deref(), Some("abort"));
+        p5.validate_for(&[0x1000], 5).unwrap();
+        // The abort clear register is checked like the others.
+        let mut bad = set.by_name("pl330").unwrap().clone();
+        bad.last_irq
+            .as_mut()
+            .unwrap()
+            .clear
+            .as_mut()
+            .unwrap()
+            .offset = 0xd06;
+        assert!(bad.validate().is_err());
     }
 
     #[test]

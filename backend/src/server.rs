@@ -166,6 +166,7 @@ impl Backend {
         max_dma_maps: u32,
     ) -> Result<Self, ServeError> {
         let info = dev.info();
+        let profile = profile.for_irqs(info.num_irqs);
         let eoi = profile.eoi_engine(info.num_irqs, policy)?;
         let mut dma = DmaTable::new(max_dma_maps as usize);
         let mut region_sizes = Vec::new();
@@ -265,6 +266,22 @@ impl Backend {
     /// The EOI engine.
     pub fn eoi(&self) -> &EoiEngine {
         &self.eoi
+    }
+
+    /// Host interrupts so far of IRQ `index` (vector 0), if the device counts.
+    fn host_interrupts(&self, index: u32) -> Option<u64> {
+        self.dev.irq_counters(index, 0).map(|c| c.host_interrupts)
+    }
+
+    /// `(index, host interrupts)` of the IRQs among `indices` under the
+    /// clear-register policy (usually none or one: only a write to a clear
+    /// register names any).
+    fn clear_register_fires(&self, indices: &[u32]) -> Vec<(u32, u64)> {
+        indices
+            .iter()
+            .filter(|&&i| self.eoi.policy(i) == Some(EoiPolicy::ClearRegister))
+            .filter_map(|&i| self.host_interrupts(i).map(|n| (i, n)))
+            .collect()
     }
 
     fn unmask(dev: &mut dyn Device, indices: &[u32]) {
@@ -946,10 +963,22 @@ impl Handler for Backend {
             deferred: &self.deferred,
         };
         let mem = Counting::new(&mem, self.stats.dma());
+        // What the write clears does not depend on the device's state: known
+        // before it runs, with the clear-register IRQs' counts of the moment.
+        let mut unmask = self.eoi.after_write(region, offset, data);
+        let fired_before = self.clear_register_fires(&unmask);
         let r = self.dev.region_write(region, offset, data, &mem);
         self.work_pending = true;
         if r.is_ok() {
-            let unmask = self.eoi.after_write(region, offset, data);
+            // A clear-register IRQ that this very write raised (the PL330's
+            // abort line when the DMAGO written to DBGCMD faults) has not been
+            // seen by the guest: the write is no EOI of it.
+            unmask.retain(|&i| {
+                fired_before
+                    .iter()
+                    .find(|&&(j, _)| j == i)
+                    .is_none_or(|&(_, n)| self.host_interrupts(i) == Some(n))
+            });
             Self::unmask(self.dev.as_mut(), &unmask);
         } else {
             // A refused write still counts as an access for first-access.
@@ -1164,6 +1193,7 @@ pub fn build_backend(args: &ServeArgs) -> Result<Backend, ServeError> {
         Err(e) => return Err(e.into()),
     };
     let (region_sizes, num_irqs) = crate::device::shape(dev.as_ref());
+    let profile = profile.for_irqs(num_irqs);
     profile
         .validate_for(&region_sizes, num_irqs)
         .map_err(CliError::from)?;

@@ -16,7 +16,8 @@
 //! accesses beyond the end must become DMA faults, never SIGBUS.
 //!
 //! Checked: no panic; aligned 32-bit accesses inside the frame never fail and
-//! every other width/offset always fails; per-event IRQ lines equal INTMIS;
+//! every other width/offset always fails; per-event IRQ lines equal INTMIS,
+//! the abort line (after the events, or in the combined line) FSRD/FSRC;
 //! the device never changes bytes it cannot write (R-only window and hole,
 //! compared with a shadow copy that follows the harness's own writes).
 #![allow(dead_code)]
@@ -39,6 +40,8 @@ const DBGCMD: u64 = 0xd04;
 const DBGINST0: u64 = 0xd08;
 const DBGINST1: u64 = 0xd0c;
 const INTMIS: u64 = 0x28;
+const FSRD: u64 = 0x30;
+const FSRC: u64 = 0x34;
 
 /// Byte reader; past the end everything is 0.
 struct Input<'a> {
@@ -265,11 +268,18 @@ pub fn run_outcome(data: &[u8]) -> Outcome {
         // Line levels follow INTMIS.
         let mis = pl.read(INTMIS, 4).expect("INTMIS");
         assert_eq!(mis, pl.intmis());
+        // irq_abort: some thread faulting (FSRD/FSRC), the line after the
+        // events or part of the combined line.
+        let abort = pl.read(FSRD, 4).expect("FSRD") != 0 || pl.read(FSRC, 4).expect("FSRC") != 0;
+        assert_eq!(pl.abort_level(), abort);
         for l in 0..lines.max(1) + 1 {
+            let events = u32::from(cfg.events);
             let want = if cfg.combined_irq {
-                l == 0 && mis != 0
+                l == 0 && (mis != 0 || abort)
+            } else if l < events {
+                mis & (1 << l) != 0
             } else {
-                l < u32::from(cfg.events) && mis & (1 << l) != 0
+                l == events && abort
             };
             assert_eq!(pl.irq_level(l), want, "line {l}, INTMIS {mis:#x}");
         }

@@ -48,6 +48,19 @@ fn parse_summary(line: &str) -> Option<Summary> {
     })
 }
 
+/// Did pl330.ko report a channel fault in the exec-off run? (the harness
+/// prefixes every inner line with its configuration).
+fn exec_off_fault_reported(log: &str) -> bool {
+    let exec_off = |l: &&str| l.starts_with("[exec-off] ");
+    log.lines()
+        .filter(exec_off)
+        .any(|l| l.contains("dma-pl330") && l.contains("Reset Channel-"))
+        && log
+            .lines()
+            .filter(exec_off)
+            .any(|l| l.contains("INNER-PL330-FAULT-REPORT yes"))
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -75,6 +88,16 @@ fn summary_line_parses() {
         }
     );
     assert!(parse_summary("arm64 Linux pl330: 1/2 transfers verified").is_none());
+    // The exec-off report must come from that run's inner machine.
+    let ok = "[exec-off] INNER-DMESG [   12.3] dma-pl330 c000000.dma-controller: Reset Channel-0\t CS-f FTC-20\n\
+              [exec-off] INNER-PL330-FAULT-REPORT yes\n";
+    assert!(exec_off_fault_reported(ok));
+    assert!(!exec_off_fault_reported(
+        &ok.replace("[exec-off]", "[clear-register]")
+    ));
+    assert!(!exec_off_fault_reported(
+        &ok.replace("FAULT-REPORT yes", "FAULT-REPORT no")
+    ));
     assert!(parse_summary(
         "arm64 Linux pl330: 1/2 transfers verified, host interrupts per device event 1.00 \
          (clear-register), 2.00 (first-access), exec-off fault seen: maybe"
@@ -129,6 +152,12 @@ fn linux_pl330_driver_in_arm64_kvm_guest() {
     assert!(
         log.contains("Loaded driver for PL330 DMAC-"),
         "pl330.ko did not probe in the inner machine"
+    );
+    // exec-off: Linux's own driver reported the fetch fault (its ISR, run by
+    // the PL330's irq_abort, prints "Reset Channel-N CS-.. FTC-..").
+    assert!(
+        exec_off_fault_reported(&log),
+        "exec-off: no 'Reset Channel-' report of pl330.ko in the inner log"
     );
     assert!(
         out.status.success(),

@@ -82,7 +82,8 @@ fn plain_client_dma_copy_runs_microcode_from_read_mapping() {
     let mut c = srv.connect(false);
     assert!(!c.negotiated().extension());
     let info = c.device_info().unwrap();
-    assert_eq!((info.num_regions, info.num_irqs), (1, 8));
+    // Eight event IRQs and irq_abort.
+    assert_eq!((info.num_regions, info.num_irqs), (1, 9));
     let mem = GuestMem::new("guest", MEM);
     map(&mut c, &mem, false);
     let pattern = prepare(&mem, 0);
@@ -192,9 +193,16 @@ fn device_description_for_pl330() {
     assert!(has(b"arm,pl330\0arm,primecell\0"));
     assert!(has(b"apb_pclk"));
     assert_eq!(d.clocks[0].name, "apb_pclk");
-    assert_eq!(d.irqs.len(), 4);
+    // Four event IRQs, then irq_abort, cleared by the DMAKILL written to DBGCMD.
+    assert_eq!(d.irqs.len(), 5);
     let clear = d.irqs[2].eoi.clear.unwrap();
     assert_eq!((clear.offset, clear.bit), (0x2c, Some(2)));
+    assert_eq!(d.irqs[4].name, "abort");
+    let abort = d.irqs[4].eoi.clear.unwrap();
+    assert_eq!(
+        (abort.region, abort.offset, abort.width, abort.mode),
+        (0, 0xd04, 4, vfio_sidecar_protocol::ext::ClearMode::WriteAny)
+    );
     // Region accesses are bounds-checked.
     assert!(c.region_read(0, 0xffc, 8).is_err());
     assert!(c.region_read(1, 0, 4).is_err());
@@ -236,4 +244,97 @@ fn resample_eventfd_unmasks() {
         assert_eq!(st.host_interrupts, round);
         assert_eq!(st.refires, 0);
     }
+}
+
+/// irq_abort is IRQ index 8 (after the eight event IRQs). A channel's
+/// instruction fetch from a mapping without EXEC faults it and raises the
+/// line; under clear-register EOI the IRQ stays masked until a DBGCMD write
+/// (Linux's DMAKILL through `_execute_DBGINSN`), which unmasks it locally and
+/// re-fires while another thread still faults.
+#[test]
+fn abort_irq_fires_on_fetch_fault_and_dmakill_is_its_eoi() {
+    const ABORT: u32 = 8;
+    let srv = Sidecar::start("model:pl330", &["--no-dmago-gate"]);
+    let mut c = srv.connect(true);
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, false);
+    prepare(&mem, 0);
+    let (fd, reader) = eventfd();
+    set_eventfd(&mut c, ABORT, IrqAction::Trigger, fd.as_fd()).unwrap();
+    let (ev_fd, ev_reader) = eventfd();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, ev_fd.as_fd()).unwrap();
+    let go = |c: &mut Client, chan: u8| {
+        c.debug_insn(
+            Insn::Go {
+                chan,
+                ns: false,
+                addr: (IOVA + CODE) as u32,
+            },
+            None,
+        )
+    };
+    // Channel 0 faults on its first fetch: one host interrupt on the abort IRQ
+    // (the DBGCMD write whose DMAGO faulted is no EOI of what it raised).
+    go(&mut c, 0);
+    assert_eq!(c.read32(FSRC), 1);
+    assert_eq!(drain(&reader), 1, "irq_abort fired");
+    // Reads (Linux's ISR reads FSRD/FSRC/FTR first) do not unmask it.
+    assert_eq!(c.read32(FSRD), 0);
+    assert_eq!(c.read32(FSRC), 1);
+    assert_eq!(drain(&reader), 0, "masked until the DBGCMD write");
+    let st = c.irq_stats(ABORT, 0, 1).unwrap()[0];
+    assert_eq!(
+        (st.device_events, st.host_interrupts, st.unmasks),
+        (1, 1, 0)
+    );
+    // Channel 1 faults too; its DMAGO is a DBGCMD write, so it counts as an
+    // EOI of the (still high) abort line: it fires again.
+    go(&mut c, 1);
+    assert_eq!(c.read32(FSRC), 0b11);
+    assert_eq!(drain(&reader), 1, "DBGCMD write unmasked a high line");
+    // DMAKILL of channel 0: the line stays high (channel 1), fires again.
+    c.debug_insn(Insn::Kill, Some(0));
+    assert_eq!(c.read32(FSRC), 0b10);
+    assert_eq!(drain(&reader), 1, "re-fired for channel 1");
+    // DMAKILL of channel 1: low, no interrupt.
+    c.debug_insn(Insn::Kill, Some(1));
+    assert_eq!(c.read32(FSRC), 0);
+    assert_eq!(drain(&reader), 0);
+    let st = c.irq_stats(ABORT, 0, 1).unwrap()[0];
+    assert_eq!(st.host_interrupts, 3, "{st:?}");
+    assert_eq!((st.unmasks, st.refires), (3, 2), "{st:?}");
+    // The event IRQ saw nothing: no DMASEV ran.
+    assert_eq!(drain(&ev_reader), 0);
+    assert_eq!(c.irq_stats(0, 0, 1).unwrap()[0].host_interrupts, 0);
+}
+
+/// With `combined-irq` the one IRQ carries irq_abort as well; its clear
+/// register stays INTCLR, which Linux's `_stop` writes right after the
+/// DMAKILL of a channel thread (for the thread's event): that write unmasks.
+#[test]
+fn combined_irq_carries_the_abort_and_intclr_ends_it() {
+    let srv = Sidecar::start("model:pl330,combined-irq", &["--no-dmago-gate"]);
+    let mut c = srv.connect(true);
+    assert_eq!(c.device_info().unwrap().num_irqs, 1);
+    let mem = GuestMem::new("guest", MEM);
+    map(&mut c, &mem, false);
+    prepare(&mem, 0);
+    let (fd, reader) = eventfd();
+    set_eventfd(&mut c, 0, IrqAction::Trigger, fd.as_fd()).unwrap();
+    linux_dmago(&mut c, 0);
+    assert_eq!(c.read32(FSRC), 1);
+    assert_eq!(drain(&reader), 1, "the combined line fired for the fault");
+    // DMAKILL lowers the line; the INTCLR write of `_stop` is the EOI.
+    c.debug_insn(Insn::Kill, Some(0));
+    assert_eq!(c.read32(FSRC), 0);
+    let st = c.irq_stats(0, 0, 1).unwrap()[0];
+    assert_eq!((st.host_interrupts, st.unmasks), (1, 0), "{st:?}");
+    c.write32(INTCLR, 1);
+    let st = c.irq_stats(0, 0, 1).unwrap()[0];
+    assert_eq!(
+        (st.host_interrupts, st.unmasks, st.refires),
+        (1, 1, 0),
+        "{st:?}"
+    );
+    assert_eq!(drain(&reader), 0);
 }

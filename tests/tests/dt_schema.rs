@@ -28,8 +28,8 @@ fn pl330_node_passes_dt_schema() {
 
     let set = ProfileSet::default();
     let p = set.by_name("pl330").unwrap();
-    // Per-event IRQs (8) and one combined IRQ.
-    for n in [8u32, 1] {
+    // Per-event IRQs (8) and irq_abort, and one combined IRQ.
+    for n in [9u32, 1] {
         let tree = device_tree(
             p,
             &DtDevice {
@@ -49,7 +49,8 @@ fn pl330_node_passes_dt_schema() {
     for dev in [
         "model:pl330",
         "model:pl330,combined-irq",
-        "model:pl330,events=32",
+        // 31 events and irq_abort: the binding's maximum of 32 interrupts.
+        "model:pl330,events=31",
     ] {
         let dtb = dir.0.join("cli.dtb");
         let out = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
@@ -82,7 +83,7 @@ fn pl330_node_passes_dt_schema() {
         .unwrap();
     let dts = String::from_utf8(out.stdout).unwrap();
     assert!(
-        dts.contains("interrupts = <0x0 0x20 0x4>, <0x0 0x21 0x4>;"),
+        dts.contains("interrupts = <0x0 0x20 0x4>, <0x0 0x21 0x4>, <0x0 0x22 0x4>;"),
         "{dts}"
     );
 

@@ -396,8 +396,8 @@ fn set_irqs_every_invalid_combination_is_einval_and_the_eventfd_stays() {
             EINVAL,
         );
     }
-    // Bad IRQ indices (the PL330 has 8).
-    for index in [8u32, 9, u32::MAX] {
+    // Bad IRQ indices (the PL330 has 9: eight events and irq_abort).
+    for index in [9u32, 10, u32::MAX] {
         r.expect(
             &format!("index {index}"),
             cmd::DEVICE_SET_IRQS,
@@ -470,14 +470,15 @@ fn region_info_and_irq_info_bad_indices() {
         &[],
         EINVAL,
     );
-    for index in [8u32, u32::MAX] {
+    // The PL330 has 9 IRQ indices: eight events and irq_abort.
+    for index in [9u32, u32::MAX] {
         let mut p = vec![0u8; 16];
         p[0..4].copy_from_slice(&16u32.to_ne_bytes());
         p[8..12].copy_from_slice(&index.to_ne_bytes());
         r.expect("irq index", cmd::DEVICE_GET_IRQ_INFO, &p, &[], EINVAL);
     }
     // IRQ_STATS beyond the vectors, and start + count overflowing.
-    for (index, start, count) in [(8u32, 0u32, 1u32), (0, 1, 1), (0, 0, 2), (0, u32::MAX, 2)] {
+    for (index, start, count) in [(9u32, 0u32, 1u32), (0, 1, 1), (0, 0, 2), (0, u32::MAX, 2)] {
         let mut p = Vec::new();
         p.extend_from_slice(&(16 + 32 * count.min(4)).to_ne_bytes());
         p.extend_from_slice(&index.to_ne_bytes());

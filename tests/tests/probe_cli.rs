@@ -97,11 +97,13 @@ fn pl330_text_with_device_tree_and_plain_mode() {
     for want in [
         "Protocol: vfio-user 0.1",
         "Extension org.vfio-sidecar: version 1 dma_exec+ platform+ eoi+ exec_enforced+",
-        "Device: AMBA [flags 0xd: RESET PLATFORM AMBA], 1 regions, 8 IRQ indices",
+        "Device: AMBA [flags 0xd: RESET PLATFORM AMBA], 1 regions, 9 IRQ indices",
         "compatible \"arm,pl330\", \"arm,primecell\"",
         "Region 0 (pl330-regs): size 0x1000 (4 KiB) [READ WRITE]",
         "Trapped: all (no MMAP)",
         "IRQ 3 (irq3): count 1 [EVENTFD MASKABLE AUTOMASKED]; level-high; EOI clear-register (region 0 offset 0x2c width 4 w1c bit 3)",
+        // irq_abort: the index after the eight events, EOI by the DMAKILL written to DBGCMD.
+        "IRQ 8 (abort): count 1 [EVENTFD MASKABLE AUTOMASKED]; level-high; EOI clear-register (region 0 offset 0xd04 width 4 write-any)",
         // The server sends a DTB fragment with the description: decoded.
         "Device tree (the server's DTB fragment):",
         "dma-controller@c000000 {",

@@ -11,7 +11,8 @@
 //!   "pl330-regs", trapped: INTCLR shares the frame), device flags
 //!   `PLATFORM | AMBA | RESET` (AMBA: it is a PrimeCell, as vfio-amba reports it;
 //!   PLATFORM too so clients that only know platform devices accept it), one IRQ
-//!   index per model line (`EVENTFD | MASKABLE | AUTOMASKED`, count 1). Options:
+//!   index per model line (`EVENTFD | MASKABLE | AUTOMASKED`, count 1): one per
+//!   event, then `irq_abort` (or one combined line for both). Options:
 //!   `channels=N`, `events=N`, `periph-reqs=N`, `revision=N`, `data-width=BITS`,
 //!   `buffer-lines=N`, `combined-irq`, `no-dmago-gate`, `step-budget=N`,
 //!   `time-slice-us=N`.

@@ -2,10 +2,13 @@
 //!
 //! One region (index 0, 4 KiB, READ|WRITE, "pl330-regs", no mmap: INTCLR shares
 //! the frame, so the whole frame is trapped), flags `PLATFORM | AMBA | RESET`,
-//! IRQ index n = model line n (`num_irq_lines()`: one per event, or one combined
-//! line). The abort line (`irq_abort`) is not exposed as an IRQ index: Linux's
-//! binding lists event interrupts only, and a fault is seen through FSRD/FSRC
-//! and the event that never comes.
+//! IRQ index n = model line n (`num_irq_lines()`: one per event and then
+//! `irq_abort` as the last index, or one combined line carrying both). Linux's
+//! binding lists every interrupt of the node and `pl330.c` requests each AMBA
+//! IRQ with the same handler, which reads FSRD/FSRC first: the abort index is
+//! how a fault (an instruction fetch without EXEC, a bad data address) reaches
+//! the driver, which then kills the thread with DMAKILL through DBGCMD (the
+//! abort line's clear register in the built-in profile).
 
 use super::pl330::{Pl330, Pl330Config};
 use super::{parse_num, Model, ModelSpec};
@@ -142,8 +145,9 @@ impl Model for Pl330Model {
     }
 
     fn irq_fingerprint(&self) -> Option<u64> {
-        // Every line is a function of INTMIS (and constant configuration).
-        Some(u64::from(self.dev.intmis()))
+        // Every line is a function of INTMIS and the abort level (and
+        // constant configuration).
+        Some(self.dev.irq_fingerprint())
     }
 
     fn run_pending(&mut self, mem: &dyn DmaMemory) -> bool {
@@ -195,7 +199,8 @@ mod tests {
     fn device_view() {
         let mut d = create(&"pl330,events=4".parse().unwrap(), false).unwrap();
         let info = d.info();
-        assert_eq!((info.num_regions, info.num_irqs), (1, 4));
+        // Four event lines and irq_abort.
+        assert_eq!((info.num_regions, info.num_irqs), (1, 5));
         assert_eq!(info.flags, super::super::PRIMECELL_FLAGS);
         let r = d.region_info(0).unwrap();
         assert_eq!(

@@ -78,8 +78,10 @@
 //! (level, see [`Pl330::irq_level`]) until INTCLR\[n\] is written. With
 //! INTEN\[n\] clear it is an event: every channel waiting in DMAWFE n
 //! resumes; if none waits, RIS\[n\] stays set until a DMAWFE n consumes it.
-//! INTMIS = RIS & INTEN. The abort line is separate ([`Pl330::abort_level`])
-//! and not part of the combined IRQ line.
+//! INTMIS = RIS & INTEN. `irq_abort` ([`Pl330::abort_level`]: some thread
+//! is faulting) is one more line after the event lines
+//! ([`Pl330::abort_line`]), or part of the combined line with
+//! `combined_irq`; it stays high until DMAKILL of every faulting thread.
 //!
 //! Not modelled: the manager's own microcode (boot), the instruction cache,
 //! `endian_swap_size` (data is stored unswapped), AXI cache/prot attributes
@@ -582,23 +584,41 @@ impl Pl330 {
             .any(|c| c.state == ThreadState::Executing)
     }
 
-    /// Number of interrupt lines: one per event, or one combined line.
+    /// Number of interrupt lines: one per event plus `irq_abort` (the last
+    /// line, [`Pl330::abort_line`]), or one combined line (events and abort).
     pub fn num_irq_lines(&self) -> u32 {
         if self.cfg.combined_irq {
             1
+        } else {
+            u32::from(self.cfg.events) + 1
+        }
+    }
+
+    /// The line that carries `irq_abort`: the one after the event lines, or
+    /// the combined line (0).
+    pub fn abort_line(&self) -> u32 {
+        if self.cfg.combined_irq {
+            0
         } else {
             u32::from(self.cfg.events)
         }
     }
 
-    /// Level of interrupt line `line` (per event: INTEN\[n\] && event n
-    /// pending; combined: any of them). Out-of-range lines are low.
+    /// Level of interrupt line `line`: per event, INTEN\[n\] && event n
+    /// pending; the abort line, [`Self::abort_level`]; the combined line, any
+    /// of them. Out-of-range lines are low.
     pub fn irq_level(&self, line: u32) -> bool {
-        let mis = self.ris & self.inten;
+        self.level_of(line, self.ris & self.inten, self.abort_level())
+    }
+
+    fn level_of(&self, line: u32, mis: u32, abort: bool) -> bool {
+        let events = u32::from(self.cfg.events);
         if self.cfg.combined_irq {
-            line == 0 && mis != 0
+            line == 0 && (mis != 0 || abort)
+        } else if line < events {
+            mis & (1 << line) != 0
         } else {
-            line < u32::from(self.cfg.events) && mis & (1 << line) != 0
+            line == events && abort
         }
     }
 
@@ -606,15 +626,9 @@ impl Pl330 {
     /// one pass (called after every access).
     pub fn irq_levels_into(&self, out: &mut [bool]) {
         let mis = self.ris & self.inten;
-        let lines = self.num_irq_lines();
+        let abort = self.abort_level();
         for (line, level) in (0u32..).zip(out.iter_mut()) {
-            *level = if line >= lines {
-                false
-            } else if self.cfg.combined_irq {
-                mis != 0
-            } else {
-                mis & (1 << line) != 0
-            };
+            *level = self.level_of(line, mis, abort);
         }
     }
 
@@ -627,6 +641,12 @@ impl Pl330 {
     /// Level of `irq_abort`: some thread is faulting.
     pub fn abort_level(&self) -> bool {
         self.manager.state.is_faulting() || self.channels.iter().any(|c| c.state.is_faulting())
+    }
+
+    /// A value that changes whenever some line level may have changed: INTMIS
+    /// in bits 0–31, the abort level in bit 32.
+    pub fn irq_fingerprint(&self) -> u64 {
+        u64::from(self.intmis()) | (u64::from(self.abort_level()) << 32)
     }
 
     /// Channels still executing (after a budget ran out).

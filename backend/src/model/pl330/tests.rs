@@ -534,7 +534,8 @@ fn configuration_registers_describe_config() {
     assert_eq!(crd & 7, 4);
     assert_eq!((crd >> 20) & 0x3ff, 1023);
     assert_eq!(rd(&mut q, regs::CR3), u32::MAX);
-    assert_eq!(q.num_irq_lines(), 32);
+    // 32 event lines and irq_abort.
+    assert_eq!((q.num_irq_lines(), q.abort_line()), (33, 32));
     // Registers of absent channels read 0.
     assert_eq!(rd(&mut q, regs::csr(5)), 0);
     assert_eq!(rd(&mut q, regs::sar(7)), 0);
@@ -1747,9 +1748,13 @@ proptest! {
             p.run_pending(&mem);
             prop_assert_eq!(p.abort_level(), rd(&mut p, regs::FSRD) != 0 || rd(&mut p, regs::FSRC) != 0);
             prop_assert_eq!(p.intmis(), rd(&mut p, regs::INTMIS));
-            for line in 0..p.num_irq_lines() {
+            let events = u32::from(p.config().events);
+            for line in 0..events {
                 prop_assert_eq!(p.irq_level(line), p.intmis() & (1 << line) != 0);
             }
+            prop_assert_eq!(p.num_irq_lines(), events + 1);
+            prop_assert_eq!(p.irq_level(events), p.abort_level());
+            prop_assert!(!p.irq_level(events + 1));
         }
     }
 }
@@ -1757,27 +1762,79 @@ proptest! {
 #[test]
 fn irq_levels_into_matches_irq_level() {
     for combined in [false, true] {
-        let mut p = dev_with(|c| c.combined_irq = combined);
         for (ris, inten) in [
             (0, 0),
             (0b1010, 0b0110),
             (u32::MAX, 1 << 31),
             (0xff, 0xffff_ffff),
         ] {
-            p.ris = ris;
-            p.inten = inten;
-            // One slot more than the device has lines: it must read low.
-            let n = p.num_irq_lines() as usize + 1;
-            let mut out = vec![true; n];
-            p.irq_levels_into(&mut out);
-            let want: Vec<bool> = (0..n as u32).map(|l| p.irq_level(l)).collect();
-            assert_eq!(
-                out, want,
-                "combined {combined} ris {ris:#x} inten {inten:#x}"
-            );
-            assert!(!out[n - 1]);
+            for abort in [false, true] {
+                let mem = TestMem::standard();
+                let mut p = dev_with(|c| c.combined_irq = combined);
+                if abort {
+                    // An undefined instruction faults channel 0: irq_abort.
+                    mem.poke(CODE, &[0x18, 0xff]);
+                    go(&mut p, &mem, 0, CODE, 0);
+                    assert!(p.abort_level());
+                }
+                p.ris = ris;
+                p.inten = inten;
+                // One slot more than the device has lines: it must read low.
+                let n = p.num_irq_lines() as usize + 1;
+                let mut out = vec![true; n];
+                p.irq_levels_into(&mut out);
+                let want: Vec<bool> = (0..n as u32).map(|l| p.irq_level(l)).collect();
+                assert_eq!(
+                    out, want,
+                    "combined {combined} abort {abort} ris {ris:#x} inten {inten:#x}"
+                );
+                assert!(!out[n - 1]);
+                assert_eq!(
+                    out[p.abort_line() as usize],
+                    abort || (combined && ris & inten != 0)
+                );
+            }
         }
     }
+}
+
+#[test]
+fn abort_line_follows_faults_until_dmakill() {
+    // Per-event lines: the abort line is the one after the events.
+    let mem = TestMem::standard();
+    let mut p = dev();
+    assert_eq!((p.num_irq_lines(), p.abort_line()), (9, 8));
+    let fp0 = p.irq_fingerprint();
+    assert!(!p.irq_level(8));
+    // Two channels fault (undefined instruction).
+    mem.poke(CODE, &[0x18, 0xff]);
+    go(&mut p, &mem, 0, CODE, 0);
+    go(&mut p, &mem, 1, CODE, 0);
+    assert!(p.irq_level(8));
+    assert!((0..8).all(|l| !p.irq_level(l)), "no event line rises");
+    assert_ne!(p.irq_fingerprint(), fp0, "the fingerprint sees the abort");
+    // Killing one leaves the line high (the other still faults)...
+    dbg(&mut p, &mem, Insn::Kill, Some(0));
+    assert!(p.irq_level(8));
+    // ...killing both lowers it.
+    dbg(&mut p, &mem, Insn::Kill, Some(1));
+    assert!(!p.irq_level(8));
+    assert_eq!(p.irq_fingerprint(), fp0);
+    // A manager fault (DMAGO of a channel that does not exist) raises it too.
+    let mut q = dev_with(|c| c.channels = 2);
+    go(&mut q, &mem, 5, CODE, 0);
+    assert_eq!(rd(&mut q, regs::FSRD), 1);
+    assert!(q.irq_level(q.abort_line()));
+    dbg(&mut q, &mem, Insn::Kill, None);
+    assert!(!q.irq_level(q.abort_line()));
+
+    // Combined: the single line carries the abort as well.
+    let mut p = dev_with(|c| c.combined_irq = true);
+    assert_eq!((p.num_irq_lines(), p.abort_line()), (1, 0));
+    go(&mut p, &mem, 2, CODE, 0);
+    assert!(p.irq_level(0) && p.intmis() == 0);
+    dbg(&mut p, &mem, Insn::Kill, Some(2));
+    assert!(!p.irq_level(0));
 }
 
 #[test]
