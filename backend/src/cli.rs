@@ -421,6 +421,9 @@ pub enum CliError {
     },
 }
 
+/// The crates whose logs `vfio-sidecar` prints.
+const OUR_CRATES: &[&str] = &["vfio_sidecar", "vfio_sidecar_protocol"];
+
 /// Sets up `env_logger`: `RUST_LOG` wins; else info (0), debug (1), trace (2+).
 pub fn init_logging(verbose: u8) {
     let level = match verbose {
@@ -429,7 +432,7 @@ pub fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let mut builder = match std::env::var("RUST_LOG") {
-        Ok(spec) if !rust_log_enables(&spec, OUR_CRATES) => {
+        Ok(spec) if !vfio_sidecar_protocol::peerlog::rust_log_enables(&spec, OUR_CRATES) => {
             eprintln!(
                 "warning: RUST_LOG={spec:?} enables no log of this program (no level, no module \
                  of {}); ignoring it and logging at {level}",
@@ -467,34 +470,6 @@ fn journal_priority(level: log::Level) -> u8 {
         log::Level::Info => 6,
         log::Level::Debug | log::Level::Trace => 7,
     }
-}
-
-/// The crates whose logs the binaries print.
-const OUR_CRATES: &[&str] = &["vfio_sidecar", "vfio_sidecar_protocol", "vmm_shim"];
-
-/// Does an env_logger spec (`RUST_LOG`) let any log of `crates` through? A
-/// bare level other than `off` does; a `module[=level]` directive does when a
-/// crate name starts with the module path (env_logger's prefix rule). A typo
-/// such as `infox` is a module filter that matches nothing.
-fn rust_log_enables(spec: &str, crates: &[&str]) -> bool {
-    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
-    let filters = spec.split('/').next().unwrap_or("");
-    filters.split(',').map(str::trim).any(|d| {
-        let (module, level) = match d.split_once('=') {
-            Some((m, l)) => (m.trim(), Some(l.trim())),
-            None => (d, None),
-        };
-        let lower = module.to_ascii_lowercase();
-        if level.is_none() && LEVELS.contains(&lower.as_str()) {
-            return true;
-        }
-        let level_on = level.is_none_or(|l| !l.eq_ignore_ascii_case("off"));
-        level_on
-            && !module.is_empty()
-            && crates
-                .iter()
-                .any(|c| c.starts_with(module) || module.starts_with(c))
-    })
 }
 
 /// Loads built-in profiles plus the optional file.
@@ -656,25 +631,6 @@ pub fn run_bind(args: &BindArgs) -> Result<(), CliError> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-
-    #[test]
-    fn rust_log_typos_are_caught() {
-        let ours = OUR_CRATES;
-        for ok in [
-            "info",
-            "DEBUG",
-            "vfio_sidecar=trace",
-            "vfio",
-            "warn,foo=debug",
-            "vmm_shim::vm",
-            "x=info,trace",
-        ] {
-            assert!(rust_log_enables(ok, ours), "{ok}");
-        }
-        for bad in ["infox", "inf", "tokio=debug", "vfio_sidecar=off", "off", ""] {
-            assert!(!rust_log_enables(bad, ours), "{bad}");
-        }
-    }
 
     use super::*;
     use clap::CommandFactory;

@@ -81,8 +81,52 @@ macro_rules! peer_warn {
     };
 }
 
+/// Does an env_logger spec (`RUST_LOG`) let any log of `crates` through? A
+/// bare level other than `off` does; a `module[=level]` directive does when a
+/// crate name starts with the module path (env_logger's prefix rule). A typo
+/// such as `infox` is a module filter that matches nothing.
+pub fn rust_log_enables(spec: &str, crates: &[&str]) -> bool {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let filters = spec.split('/').next().unwrap_or("");
+    filters.split(',').map(str::trim).any(|d| {
+        let (module, level) = match d.split_once('=') {
+            Some((m, l)) => (m.trim(), Some(l.trim())),
+            None => (d, None),
+        };
+        let lower = module.to_ascii_lowercase();
+        if level.is_none() && LEVELS.contains(&lower.as_str()) {
+            return true;
+        }
+        let level_on = level.is_none_or(|l| !l.eq_ignore_ascii_case("off"));
+        level_on
+            && !module.is_empty()
+            && crates
+                .iter()
+                .any(|c| c.starts_with(module) || module.starts_with(c))
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rust_log_typos_are_caught() {
+        let ours = &["vfio_sidecar", "vfio_sidecar_protocol", "vmm_shim"];
+        for ok in [
+            "info",
+            "DEBUG",
+            "vfio_sidecar=trace",
+            "vfio",
+            "warn,foo=debug",
+            "vmm_shim::vm",
+            "x=info,trace",
+        ] {
+            assert!(rust_log_enables(ok, ours), "{ok}");
+        }
+        for bad in ["infox", "inf", "tokio=debug", "vfio_sidecar=off", "off", ""] {
+            assert!(!rust_log_enables(bad, ours), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -160,3 +160,37 @@ fn serve_notifies_systemd_readiness() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// A shim/backend EOI policy mismatch is refused before the guest starts, with
+/// both policies named, instead of a guest that waits for an interrupt until
+/// its timeout.
+#[test]
+fn shim_refuses_an_eoi_policy_the_backend_does_not_serve() {
+    let srv = vfio_sidecar_tests::Sidecar::start("model:pl330", &["--eoi", "resample"]);
+    let mut child = Command::new(workspace_bin("vmm-shim", "vmm-shim"))
+        .args([
+            "run",
+            "--eoi",
+            "clear-register",
+            "--timeout",
+            "60",
+            "--socket",
+        ])
+        .arg(&srv.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_until("the shim to refuse", Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.unwrap().success(), "{err}");
+    assert!(
+        err.contains("EOI policy mismatch: the backend serves IRQ 0 with --eoi resample, this run was asked for --eoi clear-register"),
+        "{err}"
+    );
+}

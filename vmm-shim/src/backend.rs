@@ -95,6 +95,66 @@ pub trait Backend: DeviceLink {
     ) -> Result<(), LinkError>;
     /// IRQ_STATS for one vector, if the backend supports the query.
     fn irq_stats(&mut self, index: u32, vector: u32) -> Result<Option<IrqStats>, LinkError>;
+    /// The EOI policy the backend serves IRQ `index` with, when it says
+    /// (the extension's device description); `None` for a plain server.
+    fn eoi_policy(&mut self, _index: u32) -> Result<Option<EoiPolicy>, LinkError> {
+        Ok(None)
+    }
+}
+
+/// The shim's `--eoi` must be the backend's: the shim wires the interrupt for
+/// one policy (a resamplefd, level or edge delivery) and the backend unmasks
+/// by its own, so a mismatch would leave the guest waiting for an interrupt
+/// until the run times out. Checked before the guest starts, with the fix in
+/// the message.
+pub fn check_eoi_policy(
+    backend: &mut dyn Backend,
+    index: u32,
+    wanted: EoiPolicy,
+) -> Result<(), EoiMismatch> {
+    match backend.eoi_policy(index) {
+        Ok(Some(served)) if served != wanted => Err(EoiMismatch {
+            index,
+            served,
+            wanted,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The first level IRQ of `desc` the backend serves with another EOI policy
+/// than `wanted` (edge IRQs are not automasked: no EOI to agree on).
+pub fn eoi_mismatch_in(
+    desc: &vfio_sidecar_protocol::ext::DeviceDescription,
+    wanted: EoiPolicy,
+) -> Option<EoiMismatch> {
+    use vfio_sidecar_protocol::ext::IrqTrigger;
+    desc.irqs
+        .iter()
+        .filter(|i| matches!(i.trigger, IrqTrigger::LevelHigh | IrqTrigger::LevelLow))
+        .find(|i| i.eoi.policy != wanted)
+        .map(|i| EoiMismatch {
+            index: i.index,
+            served: i.eoi.policy,
+            wanted,
+        })
+}
+
+/// The backend serves an IRQ with another EOI policy than the shim was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "EOI policy mismatch: the backend serves IRQ {index} with --eoi {}, this run was asked for --eoi {}: \
+     give both the same --eoi",
+    .served.name(),
+    .wanted.name()
+)]
+pub struct EoiMismatch {
+    /// The IRQ index.
+    pub index: u32,
+    /// The backend's policy.
+    pub served: EoiPolicy,
+    /// The shim's `--eoi`.
+    pub wanted: EoiPolicy,
 }
 
 /// A `&mut dyn Backend` seen as the [`DeviceLink`] it extends (what trait

@@ -246,10 +246,21 @@ pub fn init_logging(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let env = env_logger::Env::default().default_filter_or(level);
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_micros()
-        .try_init();
+    const OURS: &[&str] = &["vmm_shim", "vfio_sidecar_protocol"];
+    let mut builder = match std::env::var("RUST_LOG") {
+        Ok(spec) if !vfio_sidecar_protocol::peerlog::rust_log_enables(&spec, OURS) => {
+            eprintln!(
+                "warning: RUST_LOG={spec:?} enables no log of this program (no level, no module \
+                 of {}); ignoring it and logging at {level}",
+                OURS.join("/")
+            );
+            let mut b = env_logger::Builder::new();
+            b.parse_filters(level);
+            b
+        }
+        _ => env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)),
+    };
+    let _ = builder.format_timestamp_micros().try_init();
 }
 
 /// The clap command of `vmm-shim` (for generated docs).

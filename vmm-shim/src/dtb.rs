@@ -664,7 +664,7 @@ pub fn fetch_guest_dtb(
         .client()
         .device_desc()
         .map_err(|e| DtbError::Backend(e.to_string()))?;
-    log::info!("device description: {desc:?}");
+    log::debug!("device description: {desc:?}");
     if !dtb.is_empty() {
         return guest_dtb(&dtb);
     }

@@ -38,6 +38,9 @@ pub enum RunError {
     /// Planning / results.
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The backend's EOI policy is not the one asked for.
+    #[error(transparent)]
+    Eoi(#[from] crate::backend::EoiMismatch),
     /// eventfd creation.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
@@ -143,6 +146,7 @@ pub fn run_in(
             "guest RAM must be {RAM_SIZE:#x} bytes"
         )));
     }
+    crate::backend::check_eoi_policy(backend, 0, opts.eoi)?;
     let exec_negotiated = backend.exec_negotiated();
     let fault_expected = exec_negotiated && !opts.exec_all;
     let xfers = plan::plan(opts.transfers, opts.max_size, 8, fault_expected, opts.seed)?;

@@ -28,6 +28,9 @@ use vfio_sidecar_protocol::ext::DeviceDescription;
 /// Errors of a Linux boot (each one line: the shim's exit reason).
 #[derive(Debug, Error)]
 pub enum LinuxError {
+    /// The backend's EOI policy is not the one asked for.
+    #[error(transparent)]
+    Eoi(crate::backend::EoiMismatch),
     /// A file could not be read.
     #[error("cannot read {what} {path}: {source}")]
     Read {
@@ -212,6 +215,9 @@ pub fn run_linux<W: Write>(
         .client()
         .device_desc()
         .map_err(|e| LinuxError::Link(LinkError::Transport(e.to_string())))?;
+    if let Some(m) = crate::backend::eoi_mismatch_in(&desc, opts.eoi) {
+        return Err(LinuxError::Eoi(m));
+    }
     let (nodes, how) = device_nodes(&desc, &backend_dtb)?;
     let at = device_placement(&desc, &placed).map_err(LinuxError::Device)?;
 
