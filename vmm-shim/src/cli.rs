@@ -158,6 +158,26 @@ pub struct DemoArgs {
     /// comparison table after the summaries (--eoi is ignored).
     #[arg(long)]
     pub compare: bool,
+    /// Give the backend a statistics socket (`vfio-sidecar serve
+    /// --stats-socket`): `vfio-sidecar probe --stats --socket PATH` shows the
+    /// guest's live counters while the demo runs.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<PathBuf>,
+}
+
+impl DemoArgs {
+    /// The `vfio-sidecar serve` options these arguments add.
+    pub fn backend_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.no_dmago_gate {
+            v.push("--no-dmago-gate".into());
+        }
+        if let Some(p) = &self.stats_socket {
+            v.push("--stats-socket".into());
+            v.push(p.display().to_string());
+        }
+        v
+    }
 }
 
 #[derive(Debug, Args)]

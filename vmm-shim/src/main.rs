@@ -78,11 +78,7 @@ fn main() -> ExitCode {
                     run: guest.options(),
                     backend: a.backend.clone(),
                     device: a.device.clone(),
-                    backend_args: if a.no_dmago_gate {
-                        vec!["--no-dmago-gate".into()]
-                    } else {
-                        Vec::new()
-                    },
+                    backend_args: a.backend_args(),
                 };
                 match demo::demo(&opts) {
                     Ok(s) => all.push(s),
@@ -110,13 +106,9 @@ fn main() -> ExitCode {
         Command::Demo(a) => {
             let opts = DemoOptions {
                 run: a.guest.options(),
+                backend_args: a.backend_args(),
                 backend: a.backend,
                 device: a.device,
-                backend_args: if a.no_dmago_gate {
-                    vec!["--no-dmago-gate".into()]
-                } else {
-                    Vec::new()
-                },
             };
             match demo::demo(&opts) {
                 Ok(s) => print_summary(&s, a.guest.json),

@@ -53,6 +53,7 @@ complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l seed -d 'Seed
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l timeout -d 'Give up after this many seconds' -r
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l backend -d 'Backend binary (default: the `vfio-sidecar` next to this executable)' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l device -d 'Device string for the backend' -r
+complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l stats-socket -d 'Give the backend a statistics socket (`vfio-sidecar serve --stats-socket`): `vfio-sidecar probe --stats --socket PATH` shows the guest\'s live counters while the demo runs' -r -F
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l exec-all -d 'DMA-map all guest RAM executable (comparison: the fault transfer then completes)'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l json -d 'Print the summary as JSON'
 complete -c vmm-shim -n "__fish_vmm_shim_using_subcommand demo" -l no-dmago-gate -d 'Let the backend start microcode from any address (no DMAGO check): the deliberate fault then shows as a channel fault (FSRC/FTR, instruction fetch) instead of a manager fault (FSRD/FTRD) at DMAGO'
