@@ -13,7 +13,9 @@ use crate::guest::GUEST_BIN;
 use crate::layout::*;
 use crate::memory::{default_dma_table, DmaEntry, GuestRam, MemoryError};
 pub use crate::mmio::PageExits;
-use crate::mmio::{place_regions, sparse_slots, LinkError, MmioBus, PlacementError, RegionSpec};
+use crate::mmio::{
+    place_regions, sparse_slots, write_mmio_exits, LinkError, MmioBus, PlacementError, RegionSpec,
+};
 use crate::plan::{self, PlanError, Transfer, Verdict};
 use crate::vm::{Mailbox, RunCounters, Vm, VmError};
 
@@ -402,22 +404,14 @@ impl std::fmt::Display for Summary {
                 (false, _) => "not expected (page executable) - ran as a normal transfer",
             }
         )?;
-        write!(f, "  MMIO exits    ")?;
-        for (r, n) in &self.mmio_per_region {
-            write!(f, "region {r}: {n}  ")?;
-        }
-        writeln!(
+        write_mmio_exits(
             f,
-            "(sparse slots mapped: {}; stray {}, refused {})",
-            self.sparse_slots, self.mmio_stray, self.mmio_refused
+            &self.mmio_per_region,
+            &self.mmio_per_page,
+            self.sparse_slots,
+            self.mmio_stray,
+            self.mmio_refused,
         )?;
-        for p in &self.mmio_per_page {
-            writeln!(
-                f,
-                "    region {} page {:#06x}: {} reads, {} writes",
-                p.region, p.page, p.reads, p.writes
-            )?;
-        }
         writeln!(
             f,
             "  interrupts    {} delivered to the guest ({} without an event), EOI policy {}",
