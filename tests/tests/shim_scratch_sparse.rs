@@ -10,11 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vmm_shim::backend::place_and_map_sparse;
 use vmm_shim::layout::*;
 use vmm_shim::link::ProtoBackend;
 use vmm_shim::memory::GuestRam;
-use vmm_shim::mmio::{place_regions, sparse_slots, DeviceLink, MmioBus, RegionSpec};
-use vmm_shim::runner::Backend;
+use vmm_shim::mmio::{DeviceLink, MmioBus};
+use vmm_shim::runner::{Backend, RunError};
 use vmm_shim::vm::{Mailbox, Vm};
 
 struct Kill(Child);
@@ -76,15 +77,12 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
         vec![(0x1000, 0x1000)],
         "page 1 is the sparse area"
     );
-    let (fd, fd_off) = regions[0].mmap.as_ref().expect("an mmap fd");
+    assert!(regions[0].mmap.is_some(), "an mmap fd");
 
     // the backend's page 1 content, written through the protocol
     be.region_write(0, 0x1010, &0x600d_f00du32.to_le_bytes())
         .unwrap();
 
-    let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
-    let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END).unwrap();
-    let base = placed[0].gpa as u32;
     let ram = GuestRam::new(RAM_SIZE).unwrap();
     let gdt: [u64; 3] = [0, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
     for (i, d) in gdt.iter().enumerate() {
@@ -92,10 +90,11 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
             .unwrap();
     }
     let mut vm = Vm::new(&ram).unwrap();
-    for s in sparse_slots(&placed) {
-        vm.map_sparse(&s, std::os::fd::AsFd::as_fd(fd), *fd_off)
-            .unwrap();
-    }
+    let placed = place_and_map_sparse(&regions, DEVICE_BASE, DEVICE_END, |s, fd, off| {
+        vm.map_sparse(s, fd, off).map_err(RunError::from)
+    })
+    .unwrap();
+    let base = placed[0].gpa as u32;
     assert_eq!(vm.sparse_slots(), 1);
 
     // mov eax,[base+0x1010]; out 0xf0,eax; mov dword [base+0x1020],0xabcdef01;
