@@ -6,10 +6,9 @@
 // The x86 back end only (the aarch64 one boots Linux: `vmm-shim linux`).
 #![cfg(target_arch = "x86_64")]
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use vfio_sidecar_tests::Sidecar;
 use vmm_shim::backend::place_and_map_sparse;
 use vmm_shim::layout::*;
 use vmm_shim::link::ProtoBackend;
@@ -17,41 +16,6 @@ use vmm_shim::memory::GuestRam;
 use vmm_shim::mmio::{DeviceLink, MmioBus};
 use vmm_shim::runner::{Backend, RunError};
 use vmm_shim::vm::{Mailbox, Vm};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_scratch(dir: &Path) -> (Kill, std::path::PathBuf) {
-    let socket = dir.join("s.sock");
-    let child = Command::new(vfio_sidecar_tests::workspace_bin(
-        "vfio-sidecar",
-        "vfio-sidecar",
-    ))
-    .arg("serve")
-    .arg("--socket")
-    .arg(&socket)
-    .args(["--device", "model:scratch"])
-    .env("RUST_LOG", "warn")
-    .stdin(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut child = Kill(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "backend exited early"
-        );
-        assert!(Instant::now() < deadline, "backend socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, socket)
-}
 
 #[test]
 fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
@@ -64,10 +28,8 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
         eprintln!("SKIPPED: /dev/kvm not available; see the unit tests of mmio.rs/link.rs");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("vmm-shim-scratch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_child, socket) = start_scratch(&dir);
-    let mut be = ProtoBackend::connect(&socket, Duration::from_secs(5)).unwrap();
+    let backend = Sidecar::start("model:scratch", &[]);
+    let mut be = ProtoBackend::connect(&backend.socket, Duration::from_secs(5)).unwrap();
 
     let regions = be.regions().unwrap();
     assert_eq!(regions.len(), 1);
@@ -135,5 +97,4 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
     let pages = bus.page_counts();
     assert_eq!(pages.len(), 1, "only page 0 trapped: {pages:?}");
     assert_eq!(pages[&(0, 0)].reads, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
