@@ -249,20 +249,29 @@ impl HostMap {
         self.region.get_slice(off, n)
     }
 
+    /// The `len` bytes at `off` of the mapping as the remote iovec of
+    /// [`HostMap::read_checked`]/[`HostMap::write_checked`]; `None` if they do
+    /// not lie inside it.
+    fn remote_iovec(&self, off: usize, len: usize) -> Option<libc::iovec> {
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return None;
+        }
+        Some(libc::iovec {
+            // Inside the mapping: checked above.
+            iov_base: self.addr.cast::<u8>().wrapping_add(off).cast(),
+            iov_len: len,
+        })
+    }
+
     /// Copies `dst.len()` bytes at `off` out of the mapping through the kernel
     /// (`process_vm_readv` on ourselves): a page the file no longer backs gives
     /// an error instead of SIGBUS.
     fn read_checked(&self, off: usize, dst: &mut [u8]) -> bool {
-        if off.checked_add(dst.len()).is_none_or(|e| e > self.len) {
+        let Some(remote) = self.remote_iovec(off, dst.len()) else {
             return false;
-        }
+        };
         let local = libc::iovec {
             iov_base: dst.as_mut_ptr().cast(),
-            iov_len: dst.len(),
-        };
-        let remote = libc::iovec {
-            // Inside the mapping: checked above.
-            iov_base: self.addr.cast::<u8>().wrapping_add(off).cast(),
             iov_len: dst.len(),
         };
         // SAFETY: `local` is our writable buffer; `remote` is read by the kernel
@@ -274,16 +283,11 @@ impl HostMap {
     /// Copies `src` into the mapping at `off` through the kernel
     /// (`process_vm_writev` on ourselves); see [`HostMap::read_checked`].
     fn write_checked(&self, off: usize, src: &[u8]) -> bool {
-        if off.checked_add(src.len()).is_none_or(|e| e > self.len) {
+        let Some(remote) = self.remote_iovec(off, src.len()) else {
             return false;
-        }
+        };
         let local = libc::iovec {
             iov_base: src.as_ptr() as *mut libc::c_void,
-            iov_len: src.len(),
-        };
-        let remote = libc::iovec {
-            // Inside the mapping: checked above.
-            iov_base: self.addr.cast::<u8>().wrapping_add(off).cast(),
             iov_len: src.len(),
         };
         // SAFETY: `local` is only read; the kernel writes `remote` (our shared
@@ -1293,6 +1297,24 @@ mod tests {
         // A hole between mappings faults.
         t.map(0x4000, 0x1000, mfd(0x1000), 0, RW).unwrap();
         assert!(t.dma_read(0x2ffe, &mut buf, DmaAccess::Read).is_err());
+    }
+
+    #[test]
+    fn checked_copies_stay_inside_the_mapping() {
+        let fd = mfd(0x2000);
+        let map = HostMap::new(&fd, 0, 0x2000, libc::PROT_READ | libc::PROT_WRITE).unwrap();
+        assert!(map.write_checked(0x1ffc, &[1, 2, 3, 4]));
+        let mut b = [0u8; 4];
+        assert!(map.read_checked(0x1ffc, &mut b));
+        assert_eq!(b, [1, 2, 3, 4]);
+        // one byte past the end, and an offset that wraps, are refused
+        assert!(!map.write_checked(0x1ffd, &[0; 4]));
+        assert!(!map.read_checked(0x1ffd, &mut b));
+        assert!(!map.read_checked(usize::MAX, &mut b));
+        assert!(map.remote_iovec(0x2000, 1).is_none());
+        let r = map.remote_iovec(0x1000, 0x1000).unwrap();
+        assert_eq!(r.iov_base as usize, map.as_ptr() as usize + 0x1000);
+        assert_eq!(r.iov_len, 0x1000);
     }
 
     #[test]

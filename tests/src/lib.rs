@@ -10,7 +10,7 @@ pub mod pl330;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -276,6 +276,18 @@ pub fn eventfd() -> (OwnedFd, File) {
     (owned, reader)
 }
 
+/// Waits up to `ms` for a non-blocking eventfd; the counter it read (0 = timeout).
+pub fn wait_event(fd: &OwnedFd, ms: u64) -> u64 {
+    match vfio_sidecar_protocol::transport::wait_fd(
+        fd.as_fd(),
+        libc::POLLIN,
+        Some(Duration::from_millis(ms)),
+    ) {
+        Ok(true) => vfio_sidecar_protocol::testing::eventfd_read(fd.as_raw_fd()),
+        _ => 0,
+    }
+}
+
 /// Reads (and resets) an eventfd counter; 0 if it was not signalled.
 pub fn drain(f: &File) -> u64 {
     let mut b = [0u8; 8];
@@ -389,4 +401,20 @@ pub fn set_nofile(pid: u32, soft: u64) {
         )
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_sidecar_protocol::testing;
+
+    #[test]
+    fn wait_event_reads_and_resets_a_signalled_eventfd() {
+        let fd = testing::eventfd(true).unwrap();
+        assert_eq!(wait_event(&fd, 10), 0, "nothing signalled");
+        testing::eventfd_signal(fd.as_raw_fd()).unwrap();
+        testing::eventfd_signal(fd.as_raw_fd()).unwrap();
+        assert_eq!(wait_event(&fd, 1000), 2);
+        assert_eq!(wait_event(&fd, 10), 0, "the read reset the counter");
+    }
 }

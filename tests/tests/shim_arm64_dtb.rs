@@ -8,54 +8,15 @@
 //! phandle; built from the description alone it must come out the same.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use vfio_sidecar_tests::Sidecar;
 use vmm_shim::arm64::fdt::{device_placement, guest_fdt, MachineSpec, GIC_PHANDLE};
 use vmm_shim::arm64::layout::{DEVICE_BASE, DEVICE_END, DEVICE_SPI_BASE};
 use vmm_shim::backend::Backend;
 use vmm_shim::dtb::{self, DeviceNodes, Node};
 use vmm_shim::link::ProtoBackend;
 use vmm_shim::mmio::{place_regions, RegionSpec};
-
-struct Kill(Child, PathBuf);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn start_pl330() -> (Kill, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("vmm-shim-arm64-dtb-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("s.sock");
-    let child = Command::new(vfio_sidecar_tests::workspace_bin(
-        "vfio-sidecar",
-        "vfio-sidecar",
-    ))
-    .arg("serve")
-    .arg("--socket")
-    .arg(&socket)
-    .args(["--device", "model:pl330"])
-    .env("RUST_LOG", "warn")
-    .stdin(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut child = Kill(child, dir);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "backend exited early"
-        );
-        assert!(Instant::now() < deadline, "backend socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, socket)
-}
 
 fn cells(v: &[u8]) -> Vec<u32> {
     v.chunks(4)
@@ -84,8 +45,8 @@ fn spec() -> MachineSpec {
 
 #[test]
 fn guest_tree_holds_the_backends_pl330_node_at_the_shims_place() {
-    let (_backend, socket) = start_pl330();
-    let mut b = ProtoBackend::connect(&socket, Duration::from_secs(5)).unwrap();
+    let backend = Sidecar::start("model:pl330", &[]);
+    let mut b = ProtoBackend::connect(&backend.socket, Duration::from_secs(5)).unwrap();
     let (desc, backend_dtb) = b.client().device_desc().unwrap();
     assert!(!backend_dtb.is_empty(), "model:pl330 sends its DTB");
     let regions = b.regions().unwrap();

@@ -6,51 +6,16 @@
 // The x86 back end only (the aarch64 one boots Linux: `vmm-shim linux`).
 #![cfg(target_arch = "x86_64")]
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use vfio_sidecar_tests::Sidecar;
+use vmm_shim::backend::place_and_map_sparse;
 use vmm_shim::layout::*;
 use vmm_shim::link::ProtoBackend;
 use vmm_shim::memory::GuestRam;
-use vmm_shim::mmio::{place_regions, sparse_slots, DeviceLink, MmioBus, RegionSpec};
-use vmm_shim::runner::Backend;
+use vmm_shim::mmio::{DeviceLink, MmioBus};
+use vmm_shim::runner::{Backend, RunError};
 use vmm_shim::vm::{Mailbox, Vm};
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_scratch(dir: &Path) -> (Kill, std::path::PathBuf) {
-    let socket = dir.join("s.sock");
-    let child = Command::new(vfio_sidecar_tests::workspace_bin(
-        "vfio-sidecar",
-        "vfio-sidecar",
-    ))
-    .arg("serve")
-    .arg("--socket")
-    .arg(&socket)
-    .args(["--device", "model:scratch"])
-    .env("RUST_LOG", "warn")
-    .stdin(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut child = Kill(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "backend exited early"
-        );
-        assert!(Instant::now() < deadline, "backend socket never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, socket)
-}
 
 #[test]
 fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
@@ -63,10 +28,8 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
         eprintln!("SKIPPED: /dev/kvm not available; see the unit tests of mmio.rs/link.rs");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("vmm-shim-scratch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_child, socket) = start_scratch(&dir);
-    let mut be = ProtoBackend::connect(&socket, Duration::from_secs(5)).unwrap();
+    let backend = Sidecar::start("model:scratch", &[]);
+    let mut be = ProtoBackend::connect(&backend.socket, Duration::from_secs(5)).unwrap();
 
     let regions = be.regions().unwrap();
     assert_eq!(regions.len(), 1);
@@ -76,15 +39,12 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
         vec![(0x1000, 0x1000)],
         "page 1 is the sparse area"
     );
-    let (fd, fd_off) = regions[0].mmap.as_ref().expect("an mmap fd");
+    assert!(regions[0].mmap.is_some(), "an mmap fd");
 
     // the backend's page 1 content, written through the protocol
     be.region_write(0, 0x1010, &0x600d_f00du32.to_le_bytes())
         .unwrap();
 
-    let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
-    let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END).unwrap();
-    let base = placed[0].gpa as u32;
     let ram = GuestRam::new(RAM_SIZE).unwrap();
     let gdt: [u64; 3] = [0, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
     for (i, d) in gdt.iter().enumerate() {
@@ -92,10 +52,11 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
             .unwrap();
     }
     let mut vm = Vm::new(&ram).unwrap();
-    for s in sparse_slots(&placed) {
-        vm.map_sparse(&s, std::os::fd::AsFd::as_fd(fd), *fd_off)
-            .unwrap();
-    }
+    let placed = place_and_map_sparse(&regions, DEVICE_BASE, DEVICE_END, |s, fd, off| {
+        vm.map_sparse(s, fd, off).map_err(RunError::from)
+    })
+    .unwrap();
+    let base = placed[0].gpa as u32;
     assert_eq!(vm.sparse_slots(), 1);
 
     // mov eax,[base+0x1010]; out 0xf0,eax; mov dword [base+0x1020],0xabcdef01;
@@ -136,5 +97,4 @@ fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
     let pages = bus.page_counts();
     assert_eq!(pages.len(), 1, "only page 0 trapped: {pages:?}");
     assert_eq!(pages[&(0, 0)].reads, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,10 +3,15 @@
 //! [`crate::link::ProtoBackend`]), the device regions it reports and its
 //! interrupt counters.
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use thiserror::Error;
 
 use crate::memory::DmaEntry;
-use crate::mmio::{DeviceLink, LinkError, RegionSpec};
+use crate::mmio::{
+    place_regions, sparse_slots, DeviceLink, LinkError, PlacedRegion, PlacementError, RegionSpec,
+    SparseSlot,
+};
 
 /// How the guest's end of interrupt reaches the device: the protocol's policy
 /// type (the device description's; the shim passes it as the backend's `--eoi`).
@@ -69,6 +74,38 @@ pub struct BackendRegion {
     pub spec: RegionSpec,
     /// fd to mmap sparse areas from, and the region's offset within it.
     pub mmap: Option<(OwnedFd, u64)>,
+}
+
+/// The backend reported sparse areas for a region without an fd to map them from.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("region {0} has sparse areas but no fd")]
+pub struct NoSparseFd(pub u32);
+
+/// Places `regions` one after another in the device window `[base, end)` and
+/// hands every sparse area to `map` with the fd and region offset it maps from
+/// (the VM makes it a memory slot); the rest of each region traps.
+pub fn place_and_map_sparse<E>(
+    regions: &[BackendRegion],
+    base: u64,
+    end: u64,
+    mut map: impl FnMut(&SparseSlot, BorrowedFd<'_>, u64) -> Result<(), E>,
+) -> Result<Vec<PlacedRegion>, E>
+where
+    E: From<PlacementError> + From<NoSparseFd>,
+{
+    let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
+    let placed = place_regions(&specs, base, end)?;
+    for slot in sparse_slots(&placed) {
+        let Some((fd, off)) = regions
+            .iter()
+            .find(|r| r.spec.index == slot.index)
+            .and_then(|r| r.mmap.as_ref())
+        else {
+            return Err(NoSparseFd(slot.index).into());
+        };
+        map(&slot, fd.as_fd(), *off)?;
+    }
+    Ok(placed)
 }
 
 /// Everything the shim needs from a vfio-user connection.
@@ -194,5 +231,79 @@ mod tests {
         assert_eq!(EoiPolicy::None.name(), "none");
         let e = EoiPolicy::from_name("none").unwrap_err();
         assert!(e.contains("clear-register, resample, first-access"), "{e}");
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum MapErr {
+        Placement,
+        NoFd(u32),
+    }
+    impl From<PlacementError> for MapErr {
+        fn from(_: PlacementError) -> Self {
+            MapErr::Placement
+        }
+    }
+    impl From<NoSparseFd> for MapErr {
+        fn from(e: NoSparseFd) -> Self {
+            MapErr::NoFd(e.0)
+        }
+    }
+
+    fn region(index: u32, size: u64, sparse: &[(u64, u64)], fd_off: Option<u64>) -> BackendRegion {
+        BackendRegion {
+            spec: RegionSpec {
+                index,
+                size,
+                sparse: sparse.to_vec(),
+            },
+            mmap: fd_off.map(|o| (OwnedFd::from(std::fs::File::open("/dev/null").unwrap()), o)),
+        }
+    }
+
+    #[test]
+    fn sparse_areas_are_mapped_from_their_region_fd() {
+        let regions = [
+            region(0, 0x1000, &[], None),
+            region(1, 0x2000, &[(0x1000, 0x1000)], Some(0x10_0000)),
+        ];
+        let mut mapped = Vec::new();
+        let placed = place_and_map_sparse(&regions, 0x4000, 0x8000, |slot, _fd, off| {
+            mapped.push((*slot, off));
+            Ok::<(), MapErr>(())
+        })
+        .unwrap();
+        assert_eq!(
+            placed.iter().map(|p| p.gpa).collect::<Vec<_>>(),
+            [0x4000, 0x5000]
+        );
+        assert_eq!(
+            mapped,
+            [(
+                SparseSlot {
+                    index: 1,
+                    gpa: 0x6000,
+                    size: 0x1000,
+                    region_offset: 0x1000
+                },
+                0x10_0000
+            )]
+        );
+        // the map function's error stops the placement
+        let e = place_and_map_sparse(&regions, 0x4000, 0x8000, |_, _, _| Err(MapErr::NoFd(99)));
+        assert_eq!(e, Err(MapErr::NoFd(99)));
+    }
+
+    #[test]
+    fn sparse_areas_without_an_fd_or_room_are_refused() {
+        let no_fd = [region(2, 0x1000, &[(0, 0x1000)], None)];
+        let e = place_and_map_sparse(&no_fd, 0, 0x1000, |_, _, _| Ok::<(), MapErr>(()));
+        assert_eq!(e, Err(MapErr::NoFd(2)));
+        assert_eq!(
+            NoSparseFd(2).to_string(),
+            "region 2 has sparse areas but no fd"
+        );
+        let too_big = [region(0, 0x2000, &[], None)];
+        let e = place_and_map_sparse(&too_big, 0, 0x1000, |_, _, _| Ok::<(), MapErr>(()));
+        assert_eq!(e, Err(MapErr::Placement));
     }
 }

@@ -226,6 +226,23 @@ fn gic_node(w: &mut FdtWriter, phandle: u32) -> Result<(), DtbError> {
     Ok(())
 }
 
+/// The root properties of a guest tree the shim builds whole: `compatible`
+/// (`board`, then `linux,dummy-virt`), `model`, two address and size cells,
+/// and the GIC (`gic_phandle`) as interrupt parent.
+pub fn root_props(
+    w: &mut FdtWriter,
+    board: &str,
+    model: &str,
+    gic_phandle: u32,
+) -> Result<(), DtbError> {
+    w.property_string_list("compatible", vec![board.into(), "linux,dummy-virt".into()])?;
+    w.property_string("model", model)?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_u32("interrupt-parent", gic_phandle)?;
+    Ok(())
+}
+
 /// Wraps the nodes of `partial` (a tree without the guest's basics) in a
 /// minimal ARM guest tree.
 pub fn wrap(partial: &Node) -> Result<Vec<u8>, DtbError> {
@@ -631,14 +648,7 @@ pub fn from_description(
     const GIC: u32 = 1;
     let mut w = FdtWriter::new()?;
     let root = w.begin_node("")?;
-    w.property_string_list(
-        "compatible",
-        vec!["vfio-sidecar,virt".into(), "linux,dummy-virt".into()],
-    )?;
-    w.property_string("model", "vfio-sidecar guest")?;
-    w.property_u32("#address-cells", 2)?;
-    w.property_u32("#size-cells", 2)?;
-    w.property_u32("interrupt-parent", GIC)?;
+    root_props(&mut w, "vfio-sidecar,virt", "vfio-sidecar guest", GIC)?;
     let c = w.begin_node("chosen")?;
     w.end_node(c)?;
     memory_node(&mut w)?;

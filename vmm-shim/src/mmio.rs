@@ -211,6 +211,35 @@ pub struct PageExits {
     pub writes: u64,
 }
 
+/// The MMIO lines of the run summaries (x86 `run`, arm64 `linux`): exits per
+/// region with the sparse-slot, stray and refused counts, then one line per
+/// trapped page.
+pub fn write_mmio_exits(
+    f: &mut impl std::fmt::Write,
+    per_region: &BTreeMap<u32, u64>,
+    per_page: &[PageExits],
+    sparse_slots: usize,
+    stray: u64,
+    refused: u64,
+) -> std::fmt::Result {
+    write!(f, "  MMIO exits    ")?;
+    for (r, n) in per_region {
+        write!(f, "region {r}: {n}  ")?;
+    }
+    writeln!(
+        f,
+        "(sparse slots mapped: {sparse_slots}; stray {stray}, refused {refused})"
+    )?;
+    for p in per_page {
+        writeln!(
+            f,
+            "    region {} page {:#06x}: {} reads, {} writes",
+            p.region, p.page, p.reads, p.writes
+        )?;
+    }
+    Ok(())
+}
+
 /// Errors of MMIO forwarding.
 #[derive(Debug, Error)]
 pub enum MmioError {
@@ -546,5 +575,28 @@ mod tests {
             0x10_0000,
         );
         assert!(matches!(e, Err(PlacementError::NoSpace { .. })));
+    }
+
+    #[test]
+    fn mmio_exit_lines() {
+        let mut s = String::new();
+        let pages = [PageExits {
+            region: 0,
+            page: 0x1000,
+            reads: 3,
+            writes: 4,
+        }];
+        write_mmio_exits(&mut s, &BTreeMap::from([(0, 7), (2, 1)]), &pages, 1, 2, 5).unwrap();
+        assert_eq!(
+            s,
+            "  MMIO exits    region 0: 7  region 2: 1  (sparse slots mapped: 1; stray 2, refused 5)\n    \
+             region 0 page 0x1000: 3 reads, 4 writes\n"
+        );
+        let mut s = String::new();
+        write_mmio_exits(&mut s, &BTreeMap::new(), &[], 0, 0, 0).unwrap();
+        assert_eq!(
+            s,
+            "  MMIO exits    (sparse slots mapped: 0; stray 0, refused 0)\n"
+        );
     }
 }

@@ -3,17 +3,18 @@
 //! driver, verify, and collect the numbers for the summary.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::backend::{place_and_map_sparse, NoSparseFd};
 use crate::guest::GUEST_BIN;
 use crate::layout::*;
 use crate::memory::{default_dma_table, DmaEntry, GuestRam, MemoryError};
 pub use crate::mmio::PageExits;
-use crate::mmio::{place_regions, sparse_slots, LinkError, MmioBus, PlacementError, RegionSpec};
+use crate::mmio::{write_mmio_exits, LinkError, MmioBus, PlacementError};
 use crate::plan::{self, PlanError, Transfer, Verdict};
 use crate::vm::{Mailbox, RunCounters, Vm, VmError};
 
@@ -50,6 +51,12 @@ pub enum RunError {
     /// The guest stopped early.
     #[error("guest finished with code {0} ({1})")]
     Guest(u32, &'static str),
+}
+
+impl From<NoSparseFd> for RunError {
+    fn from(e: NoSparseFd) -> Self {
+        RunError::Device(e.to_string())
+    }
 }
 
 /// One transfer in the summary.
@@ -168,21 +175,9 @@ pub fn run_in(
             "region 0 (the register frame) is missing".into(),
         ));
     }
-    let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
-    let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END)?;
-    for slot in sparse_slots(&placed) {
-        let Some((fd, off)) = regions
-            .iter()
-            .find(|r| r.spec.index == slot.index)
-            .and_then(|r| r.mmap.as_ref())
-        else {
-            return Err(RunError::Device(format!(
-                "region {} has sparse areas but no fd",
-                slot.index
-            )));
-        };
-        vm.map_sparse(&slot, fd.as_fd(), *off)?;
-    }
+    let placed = place_and_map_sparse(&regions, DEVICE_BASE, DEVICE_END, |slot, fd, off| {
+        vm.map_sparse(slot, fd, off).map_err(RunError::from)
+    })?;
     if let Some(r0) = placed.iter().find(|r| r.index == 0) {
         log::info!("device region 0 at GPA {:#x} (+{:#x})", r0.gpa, r0.size);
     }
@@ -402,22 +397,14 @@ impl std::fmt::Display for Summary {
                 (false, _) => "not expected (page executable) - ran as a normal transfer",
             }
         )?;
-        write!(f, "  MMIO exits    ")?;
-        for (r, n) in &self.mmio_per_region {
-            write!(f, "region {r}: {n}  ")?;
-        }
-        writeln!(
+        write_mmio_exits(
             f,
-            "(sparse slots mapped: {}; stray {}, refused {})",
-            self.sparse_slots, self.mmio_stray, self.mmio_refused
+            &self.mmio_per_region,
+            &self.mmio_per_page,
+            self.sparse_slots,
+            self.mmio_stray,
+            self.mmio_refused,
         )?;
-        for p in &self.mmio_per_page {
-            writeln!(
-                f,
-                "    region {} page {:#06x}: {} reads, {} writes",
-                p.region, p.page, p.reads, p.writes
-            )?;
-        }
         writeln!(
             f,
             "  interrupts    {} delivered to the guest ({} without an event), EOI policy {}",

@@ -36,6 +36,7 @@ use vfio_sidecar::device::{
 use vfio_sidecar::vfio::{self, VfioOptions};
 use vfio_sidecar_protocol::testing;
 use vfio_sidecar_protocol::transport::wait_fd;
+use vfio_sidecar_tests::wait_event;
 
 const EDU_ID: u32 = 0x0100_00ed;
 const PAGE: usize = 4096;
@@ -499,14 +500,6 @@ fn uio_wait(f: &File, ms: u64) -> Option<u32> {
 
 fn eventfd() -> OwnedFd {
     testing::eventfd(true).expect("eventfd")
-}
-
-/// Waits up to `ms` for the eventfd; the counter it read (0 = timeout).
-fn wait_event(fd: &OwnedFd, ms: u64) -> u64 {
-    match wait_fd(fd.as_fd(), libc::POLLIN, Some(Duration::from_millis(ms))) {
-        Ok(true) => testing::eventfd_read(fd.as_raw_fd()),
-        _ => 0,
-    }
 }
 
 fn set_trigger(d: &mut vfio::VfioDevice, index: u32, fd: Option<&OwnedFd>) -> Result<(), String> {

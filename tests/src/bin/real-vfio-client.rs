@@ -23,7 +23,7 @@
 //! Every wait has a timeout (3 s for an expected event); "nothing arrives" checks
 //! wait 200-300 ms.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use vfio_sidecar::device::{
 };
 use vfio_sidecar::vfio::{self, IommuBackend, VfioOptions};
 use vfio_sidecar_protocol::testing;
-use vfio_sidecar_protocol::transport::wait_fd;
+use vfio_sidecar_tests::wait_event;
 
 const EDU_ID: u32 = 0x0100_00ed;
 const IOVA: u64 = 0x10_0000;
@@ -122,14 +122,6 @@ impl Drop for Mapping {
 
 fn eventfd() -> OwnedFd {
     testing::eventfd(true).expect("eventfd")
-}
-
-/// Waits up to `ms` for the eventfd; returns the counter it read (0 = timeout).
-fn wait_event(fd: &OwnedFd, ms: u64) -> u64 {
-    match wait_fd(fd.as_fd(), libc::POLLIN, Some(Duration::from_millis(ms))) {
-        Ok(true) => testing::eventfd_read(fd.as_raw_fd()),
-        _ => 0,
-    }
 }
 
 fn signal(fd: &OwnedFd) {

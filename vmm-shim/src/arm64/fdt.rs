@@ -8,7 +8,7 @@ use vm_fdt::FdtWriter;
 
 use super::exit::mpidr_affinity;
 use super::layout::*;
-use crate::dtb::{DeviceNodes, DevicePlacement, DtbError};
+use crate::dtb::{root_props, DeviceNodes, DevicePlacement, DtbError};
 use crate::mmio::PlacedRegion;
 use vfio_sidecar_protocol::ext::DeviceDescription;
 
@@ -78,14 +78,12 @@ pub fn guest_fdt(
 ) -> Result<Vec<u8>, DtbError> {
     let mut w = FdtWriter::new()?;
     let root = w.begin_node("")?;
-    w.property_string_list(
-        "compatible",
-        vec!["vfio-sidecar,arm64-virt".into(), "linux,dummy-virt".into()],
+    root_props(
+        &mut w,
+        "vfio-sidecar,arm64-virt",
+        "vfio-sidecar arm64 guest (vmm-shim)",
+        GIC_PHANDLE,
     )?;
-    w.property_string("model", "vfio-sidecar arm64 guest (vmm-shim)")?;
-    w.property_u32("#address-cells", 2)?;
-    w.property_u32("#size-cells", 2)?;
-    w.property_u32("interrupt-parent", GIC_PHANDLE)?;
 
     let c = w.begin_node("chosen")?;
     w.property_string("bootargs", &m.bootargs)?;

@@ -3,7 +3,7 @@
 //! write its node into the guest's device tree, boot, and collect the numbers.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Instant;
 
 use thiserror::Error;
@@ -16,13 +16,11 @@ use super::layout::*;
 use super::summary::{IrqWiring, LinuxOptions, LinuxSummary};
 use super::uart::Uart;
 use super::vm::{ArmVm, ArmVmError};
-use crate::backend::{Backend, EoiPolicy};
+use crate::backend::{place_and_map_sparse, Backend, EoiPolicy, NoSparseFd};
 use crate::dtb::{self, DeviceNodes, DevicePlacement, DtbError};
 use crate::link::ProtoBackend;
 use crate::memory::{GuestRam, MemoryError};
-use crate::mmio::{
-    place_regions, sparse_slots, LinkError, MmioBus, PlacedRegion, PlacementError, RegionSpec,
-};
+use crate::mmio::{LinkError, MmioBus, PlacedRegion, PlacementError};
 use vfio_sidecar_protocol::ext::DeviceDescription;
 
 /// Errors of a Linux boot (each one line: the shim's exit reason).
@@ -68,6 +66,12 @@ pub enum LinuxError {
     /// The device cannot be wired.
     #[error("device: {0}")]
     Device(String),
+}
+
+impl From<NoSparseFd> for LinuxError {
+    fn from(e: NoSparseFd) -> Self {
+        LinuxError::Device(e.to_string())
+    }
 }
 
 fn read_file(what: &'static str, p: &std::path::Path) -> Result<Vec<u8>, LinuxError> {
@@ -119,22 +123,9 @@ fn map_regions(
     vm: &mut ArmVm<'_>,
 ) -> Result<Vec<PlacedRegion>, LinuxError> {
     let regions = backend.regions()?;
-    let specs: Vec<RegionSpec> = regions.iter().map(|r| r.spec.clone()).collect();
-    let placed = place_regions(&specs, DEVICE_BASE, DEVICE_END)?;
-    for slot in sparse_slots(&placed) {
-        let Some((fd, off)) = regions
-            .iter()
-            .find(|r| r.spec.index == slot.index)
-            .and_then(|r| r.mmap.as_ref())
-        else {
-            return Err(LinuxError::Device(format!(
-                "region {} has sparse areas but no fd",
-                slot.index
-            )));
-        };
-        vm.map_sparse(&slot, fd.as_fd(), *off)?;
-    }
-    Ok(placed)
+    place_and_map_sparse(&regions, DEVICE_BASE, DEVICE_END, |slot, fd, off| {
+        vm.map_sparse(slot, fd, off).map_err(LinuxError::from)
+    })
 }
 
 /// The device's nodes from the backend's DTB, or from its description when it

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::backend::{EoiName, EoiPolicy, IrqStats};
 use crate::memory::DmaEntry;
-use crate::mmio::PageExits;
+use crate::mmio::{write_mmio_exits, PageExits};
 
 use super::exit::GuestStop;
 
@@ -164,22 +164,14 @@ impl std::fmt::Display for LinuxSummary {
             writeln!(f, "  region {i}      GPA {b:#x} (+{s:#x})")?;
         }
         writeln!(f, "  device node   {}", self.device_node)?;
-        write!(f, "  MMIO exits    ")?;
-        for (r, n) in &self.mmio_per_region {
-            write!(f, "region {r}: {n}  ")?;
-        }
-        writeln!(
+        write_mmio_exits(
             f,
-            "(sparse slots mapped: {}; stray {}, refused {})",
-            self.sparse_slots, self.mmio_stray, self.mmio_refused
+            &self.mmio_per_region,
+            &self.mmio_per_page,
+            self.sparse_slots,
+            self.mmio_stray,
+            self.mmio_refused,
         )?;
-        for p in &self.mmio_per_page {
-            writeln!(
-                f,
-                "    region {} page {:#06x}: {} reads, {} writes",
-                p.region, p.page, p.reads, p.writes
-            )?;
-        }
         writeln!(f, "  interrupts    EOI policy {}", self.eoi.name())?;
         for i in &self.irqs {
             let mut eois = String::new();
