@@ -418,3 +418,23 @@ mod tests {
         assert_eq!(wait_event(&fd, 10), 0, "the read reset the counter");
     }
 }
+
+/// Whether `/dev/kvm` can be opened. Without it the KVM tests say SKIPPED and
+/// return; under `CI=true` (CI machines have /dev/kvm) that is a failure.
+pub fn kvm_usable() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "/dev/kvm is not usable under CI=true: {e}"
+            );
+            eprintln!("SKIPPED: /dev/kvm is not usable here ({e}); this test needs KVM");
+            false
+        }
+    }
+}

@@ -11,22 +11,7 @@ use serde_json::Value;
 use vfio_sidecar_tests::{run_ok, workspace_bin, Sidecar, TempDir};
 
 fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            // CI machines have /dev/kvm: nothing may skip there.
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "/dev/kvm is not usable under CI=true: {e}"
-            );
-            eprintln!("SKIPPED: /dev/kvm is not usable here ({e}); vmm-shim needs KVM");
-            false
-        }
-    }
+    vfio_sidecar_tests::kvm_usable()
 }
 
 /// Runs `vmm-shim run --json` against `socket`; returns (exit success, summary).

@@ -19,13 +19,7 @@ use vmm_shim::vm::{Mailbox, Vm};
 
 #[test]
 fn scratch_sparse_page_is_shared_memory_and_page0_traps() {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        eprintln!("SKIPPED: /dev/kvm not available; see the unit tests of mmio.rs/link.rs");
+    if !vfio_sidecar_tests::kvm_usable() {
         return;
     }
     let backend = Sidecar::start("model:scratch", &[]);
