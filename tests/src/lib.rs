@@ -403,22 +403,6 @@ pub fn set_nofile(pid: u32, soft: u64) {
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vfio_sidecar_protocol::testing;
-
-    #[test]
-    fn wait_event_reads_and_resets_a_signalled_eventfd() {
-        let fd = testing::eventfd(true).unwrap();
-        assert_eq!(wait_event(&fd, 10), 0, "nothing signalled");
-        testing::eventfd_signal(fd.as_raw_fd()).unwrap();
-        testing::eventfd_signal(fd.as_raw_fd()).unwrap();
-        assert_eq!(wait_event(&fd, 1000), 2);
-        assert_eq!(wait_event(&fd, 10), 0, "the read reset the counter");
-    }
-}
-
 /// Whether `/dev/kvm` can be opened. Without it the KVM tests say SKIPPED and
 /// return; under `CI=true` (CI machines have /dev/kvm) that is a failure.
 pub fn kvm_usable() -> bool {
@@ -436,5 +420,21 @@ pub fn kvm_usable() -> bool {
             eprintln!("SKIPPED: /dev/kvm is not usable here ({e}); this test needs KVM");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_sidecar_protocol::testing;
+
+    #[test]
+    fn wait_event_reads_and_resets_a_signalled_eventfd() {
+        let fd = testing::eventfd(true).unwrap();
+        assert_eq!(wait_event(&fd, 10), 0, "nothing signalled");
+        testing::eventfd_signal(fd.as_raw_fd()).unwrap();
+        testing::eventfd_signal(fd.as_raw_fd()).unwrap();
+        assert_eq!(wait_event(&fd, 1000), 2);
+        assert_eq!(wait_event(&fd, 10), 0, "the read reset the counter");
     }
 }
