@@ -194,3 +194,41 @@ fn shim_refuses_an_eoi_policy_the_backend_does_not_serve() {
         "{err}"
     );
 }
+
+/// Under systemd (JOURNAL_STREAM set) log lines carry journal priorities
+/// (`<6>` info, `<4>` warning) instead of timestamps.
+#[test]
+fn journal_priorities_under_systemd() {
+    let dir = TempDir::new("journal");
+    let sock = dir.0.join("s.sock");
+    // A stale socket file: removed with a warning.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let mut child = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
+        .args(["serve", "--device", "model:pl330", "--socket"])
+        .arg(&sock)
+        .env("JOURNAL_STREAM", "8:12345")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("serve to listen", Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    });
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("<4>removing stale socket")),
+        "{err}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("<6>listening on ")),
+        "{err}"
+    );
+    assert!(
+        err.lines().all(|l| l.starts_with('<')),
+        "every line prefixed: {err}"
+    );
+}
