@@ -203,7 +203,7 @@ fn journal_priorities_under_systemd() {
     let sock = dir.0.join("s.sock");
     // A stale socket file: removed with a warning.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-    let mut child = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
+    let child = Command::new(workspace_bin("vfio-sidecar", "vfio-sidecar"))
         .args(["serve", "--device", "model:pl330", "--socket"])
         .arg(&sock)
         .env("JOURNAL_STREAM", "8:12345")
