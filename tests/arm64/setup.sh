@@ -15,6 +15,10 @@
 # Prints on its last lines: ARM64_ROOT=…, ARM64_KVER=…, ARM64_IMAGE=…, ARM64_INNER_INITRD=…
 # Any failure exits non-zero with the failing step named: never a silent skip.
 set -euo pipefail
+# shellcheck source=../lib/kmods.sh
+. "$(dirname "$0")/../lib/kmods.sh"
+# zstd from the trixie root (paths inside it).
+kmods_unzstd() { inroot zstd -qdc "${1#"$R"}"; }
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 die() { echo "arm64 setup: ERROR: $*" >&2; exit 1; }
@@ -79,27 +83,8 @@ if [ ! -f "$dir/.kernel-complete" ]; then
     kmod=$x/usr/lib/modules/$kver                 # merged /usr (trixie); older packages: /lib/modules
     [ -d "$kmod" ] || kmod=$x/lib/modules/$kver
     [ -d "$kmod/kernel" ] || die "$pkg has no lib/modules/$kver/kernel"
-    declare -A seen=(); order=()
-    kofile() { find "$kmod/kernel" -regextype posix-extended \
-        -regex ".*/($1|$(tr _- -_ <<< "$1"))\.ko(\.xz|\.zst|\.gz)?" | head -1 || true; }
-    add_mod() {
-        local name=${1//-/_} f d
-        [ -n "${seen[$name]:-}" ] && return 0
-        seen[$name]=1
-        f=$(kofile "$1")
-        if [ -z "$f" ]; then
-            grep -qE "/($1|$name)\.ko" "$kmod/modules.builtin" 2>/dev/null && return 0
-            die "module $1 not found in $pkg"
-        fi
-        case $f in
-            *.xz) xz -dc "$f" ;; *.zst) inroot zstd -qdc "${f#"$R"}" ;; *.gz) gzip -dc "$f" ;; *) cat "$f" ;;
-        esac > "$dir/modules/$name.ko" || die "cannot unpack $f"
-        for d in $(strings "$dir/modules/$name.ko" | sed -n 's/^depends=//p' | tr , ' '); do
-            add_mod "$d"
-        done
-        order+=("$name")
-    }
-    add_mod pl330
+    kmods_collect "$kmod" "$dir/modules" "$pkg" pl330
+    order=("${KMODS_ORDER[@]}")
     printf '%s\n' "${order[@]}" > "$dir/modules/load-order"
     cp "$img" "$dir/Image"
     cp "$cfg" "$dir/config"

@@ -12,6 +12,11 @@
 # Prints QI_ROOT=, QI_QEMU_VERSION=, QI_KERNEL=, QI_INITRD= on its last four lines.
 # Every missing piece is an error (exit != 0) with the reason: never a silent skip.
 set -euo pipefail
+# shellcheck source=../lib/kmods.sh
+. "$(dirname "$0")/../lib/kmods.sh"
+# xz and zstd come from the trixie root, not the host.
+kmods_unxz() { rootbin xz -dc "$1"; }
+kmods_unzstd() { rootbin zstd -qdc "$1"; }
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 die() { echo "qemu-interop setup: ERROR: $*" >&2; exit 1; }
@@ -80,27 +85,8 @@ if [ ! -f "$dir/.complete" ]; then
     kmod=$dir/x/usr/lib/modules/$kver
     [ -d "$kmod" ] || kmod=$dir/x/lib/modules/$kver
     [ -d "$kmod/kernel" ] || die "$pkg has no modules directory for $kver"
-    declare -A seen=(); order=()
-    kofile() { find "$kmod/kernel" -regextype posix-extended \
-        -regex ".*/($1|$(tr _- -_ <<< "$1"))\.ko(\.xz|\.zst|\.gz)?" | head -1; }
-    add_mod() {
-        local name=${1//-/_} f d
-        [ -n "${seen[$name]:-}" ] && return 0
-        seen[$name]=1
-        f=$(kofile "$1")
-        if [ -z "$f" ]; then
-            grep -qE "/($1|$name)\.ko" "$kmod/modules.builtin" 2>/dev/null && return 0
-            die "module $1 not found in $pkg"
-        fi
-        case $f in
-            *.xz) rootbin xz -dc "$f" ;; *.zst) rootbin zstd -qdc "$f" ;; *.gz) gzip -dc "$f" ;; *) cat "$f" ;;
-        esac > "$root/lib/modules/$name.ko" || die "cannot unpack $f"
-        for d in $(tr '\0' '\n' < "$root/lib/modules/$name.ko" | sed -n 's/^depends=//p' | tr , ' '); do
-            add_mod "$d"
-        done
-        order+=("$name")
-    }
-    for m in nvram uio uio_pci_generic vfio vfio_iommu_type1 vfio-pci; do add_mod "$m"; done
+    kmods_collect "$kmod" "$root/lib/modules" "$pkg" nvram uio uio_pci_generic vfio vfio_iommu_type1 vfio-pci
+    order=("${KMODS_ORDER[@]}")
     printf '%s\n' "${order[@]}" > "$root/lib/modules/load-order"
     log "modules ${order[*]}"
     rm -rf "$dir/x" "$dir/bb"               # keep only vmlinuz + the initramfs tree (~20 MB)

@@ -10,6 +10,8 @@
 # Prints `REAL_VFIO_KERNEL=<path>` and `REAL_VFIO_INITRD=<path>` on its last two lines.
 # Any missing package or failed download is an error (exit != 0) with a message: never a silent skip.
 set -euo pipefail
+# shellcheck source=../lib/kmods.sh
+. "$(dirname "$0")/../lib/kmods.sh"
 here=$(cd "$(dirname "$0")" && pwd)
 cache=$here/cache
 mkdir -p "$cache"
@@ -71,30 +73,12 @@ if [ ! -f "$dir/.complete" ]; then
     mkdir -p "$root"/{bin,dev,proc,sys,tmp,lib/modules}
     cp /bin/busybox "$root/bin/busybox"
     kmod=$dir/x/lib/modules/$kver
-    declare -A seen=(); order=()
-    kofile() { find "$kmod/kernel" -regextype posix-extended \
-        -regex ".*/($1|$(tr _- -_ <<< "$1"))\.ko(\.xz|\.zst|\.gz)?" | head -1; }
-    add_mod() {
-        local name=${1//-/_} f d
-        [ -n "${seen[$name]:-}" ] && return 0
-        seen[$name]=1
-        f=$(kofile "$1")
-        if [ -z "$f" ]; then
-            grep -qE "/($1|$name)\.ko" "$kmod/modules.builtin" 2>/dev/null && return 0
-            die "module $1 not found in $pkg"
-        fi
-        case $f in
-            *.xz) xz -dc "$f" ;; *.zst) zstd -qdc "$f" ;; *.gz) gzip -dc "$f" ;; *) cat "$f" ;;
-        esac > "$root/lib/modules/$name.ko" || die "cannot unpack $f"
-        for d in $(strings "$root/lib/modules/$name.ko" | sed -n 's/^depends=//p' | tr , ' '); do
-            add_mod "$d"
-        done
-        order+=("$name")
-    }
-    for m in vfio vfio_iommu_type1 vfio-pci; do add_mod "$m"; done
+    mods=(vfio vfio_iommu_type1 vfio-pci)
     # iommufd (/dev/iommu) when the kernel has it as a module (CONFIG_IOMMUFD=m): the
     # backend's IommuBackend::Auto then takes it. No Debian kernel up to 7.2 sets it.
-    if grep -q '^CONFIG_IOMMUFD=m' "$cfg"; then add_mod iommufd; fi
+    if grep -q '^CONFIG_IOMMUFD=m' "$cfg"; then mods+=(iommufd); fi
+    kmods_collect "$kmod" "$root/lib/modules" "$pkg" "${mods[@]}"
+    order=("${KMODS_ORDER[@]}")
     printf '%s\n' "${order[@]}" > "$root/lib/modules/load-order"
     echo "real-vfio setup: modules ${order[*]}" >&2
     rm -rf "$dir/x" "$dir/deb"              # keep only vmlinuz + initrd (~17 MB)
