@@ -132,35 +132,20 @@ pub trait Backend: DeviceLink {
     ) -> Result<(), LinkError>;
     /// IRQ_STATS for one vector, if the backend supports the query.
     fn irq_stats(&mut self, index: u32, vector: u32) -> Result<Option<IrqStats>, LinkError>;
-    /// The EOI policy the backend serves IRQ `index` with, when it says
-    /// (the extension's device description); `None` for a plain server.
-    fn eoi_policy(&mut self, _index: u32) -> Result<Option<EoiPolicy>, LinkError> {
+    /// The first level IRQ the backend serves with another EOI policy than
+    /// `wanted` ([`eoi_mismatch_in`] of its description); `None` when it
+    /// agrees or does not say (a plain server).
+    fn eoi_mismatch(&mut self, _wanted: EoiPolicy) -> Result<Option<EoiMismatch>, LinkError> {
         Ok(None)
     }
 }
 
-/// The shim's `--eoi` must be the backend's: the shim wires the interrupt for
-/// one policy (a resamplefd, level or edge delivery) and the backend unmasks
-/// by its own, so a mismatch would leave the guest waiting for an interrupt
-/// until the run times out. Checked before the guest starts, with the fix in
-/// the message.
-pub fn check_eoi_policy(
-    backend: &mut dyn Backend,
-    index: u32,
-    wanted: EoiPolicy,
-) -> Result<(), EoiMismatch> {
-    match backend.eoi_policy(index) {
-        Ok(Some(served)) if served != wanted => Err(EoiMismatch {
-            index,
-            served,
-            wanted,
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// The first level IRQ of `desc` the backend serves with another EOI policy
-/// than `wanted` (edge IRQs are not automasked: no EOI to agree on).
+/// than `wanted` (edge IRQs are not automasked: no EOI to agree on). The
+/// shim's `--eoi` must be the backend's: the shim wires the interrupt for one
+/// policy (a resamplefd, level or edge delivery) and the backend unmasks by its
+/// own, so a mismatch would leave the guest waiting for an interrupt until the
+/// run times out. Checked before the guest starts, with the fix in the message.
 pub fn eoi_mismatch_in(
     desc: &vfio_sidecar_protocol::ext::DeviceDescription,
     wanted: EoiPolicy,

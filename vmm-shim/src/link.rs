@@ -8,7 +8,7 @@ use vfio_sidecar_protocol::client::IrqData;
 use vfio_sidecar_protocol::message::{IrqAction, REGION_INFO_FLAG_MMAP};
 use vfio_sidecar_protocol::{Client, ClientError, ClientOptions, DmaProt};
 
-use crate::backend::{Backend, BackendRegion, EoiPolicy, IrqStats};
+use crate::backend::{Backend, BackendRegion, EoiMismatch, EoiPolicy, IrqStats};
 use crate::layout::PAGE_SIZE;
 use crate::memory::DmaEntry;
 use crate::mmio::{DeviceLink, LinkError, RegionSpec};
@@ -173,16 +173,12 @@ impl Backend for ProtoBackend {
         self.set_irq_eventfd(IrqAction::Unmask, index, vector, fd)
     }
 
-    fn eoi_policy(&mut self, index: u32) -> Result<Option<EoiPolicy>, LinkError> {
+    fn eoi_mismatch(&mut self, wanted: EoiPolicy) -> Result<Option<EoiMismatch>, LinkError> {
         if !self.client.negotiated().extension() {
             return Ok(None);
         }
         let (desc, _) = self.client.device_desc().map_err(transport)?;
-        Ok(desc
-            .irqs
-            .iter()
-            .find(|i| i.index == index)
-            .map(|i| i.eoi.policy))
+        Ok(crate::backend::eoi_mismatch_in(&desc, wanted))
     }
 
     fn irq_stats(&mut self, index: u32, vector: u32) -> Result<Option<IrqStats>, LinkError> {

@@ -153,7 +153,9 @@ pub fn run_in(
             "guest RAM must be {RAM_SIZE:#x} bytes"
         )));
     }
-    crate::backend::check_eoi_policy(backend, 0, opts.eoi)?;
+    if let Some(m) = backend.eoi_mismatch(opts.eoi)? {
+        return Err(m.into());
+    }
     let exec_negotiated = backend.exec_negotiated();
     let fault_expected = exec_negotiated && !opts.exec_all;
     let xfers = plan::plan(opts.transfers, opts.max_size, 8, fault_expected, opts.seed)?;
