@@ -71,7 +71,7 @@ fn generate_one(
         (Shell::Zsh, format!("contrib/completions/zsh/_{bin}")),
         (Shell::Fish, format!("contrib/completions/fish/{bin}.fish")),
     ] {
-        let mut c = without_hidden_subcommands(&cmd);
+        let mut c = cmd.clone();
         let mut buf = Vec::new();
         clap_complete::generate(shell, &mut c, bin, &mut buf);
         if shell == Shell::Bash {
@@ -102,34 +102,6 @@ systemd socket activation: \\fBserve\\fR uses the passed listening socket instea
 .SH EXIT STATUS\n0 when the guest ran and every check passed; 1 on a failed check or an error, with the reason on standard error; 2 for a command-line usage error.\n"
         ),
     }
-}
-
-/// `cmd` without its hidden subcommands (clap_complete offers them too; a
-/// hidden subcommand is internal, e.g. `vmm-shim backend`). clap cannot remove
-/// a subcommand, so the command is rebuilt from its parts.
-fn without_hidden_subcommands(cmd: &clap::Command) -> clap::Command {
-    if !cmd.get_subcommands().any(|s| s.is_hide_set()) {
-        return cmd.clone();
-    }
-    let name: &'static str = Box::leak(cmd.get_name().to_string().into_boxed_str());
-    let mut c = clap::Command::new(name).subcommand_required(cmd.is_subcommand_required_set());
-    if let Some(a) = cmd.get_about() {
-        c = c.about(a.clone());
-    }
-    if let Some(a) = cmd.get_long_about() {
-        c = c.long_about(a.clone());
-    }
-    if let Some(v) = cmd.get_version() {
-        let v: &'static str = Box::leak(v.to_string().into_boxed_str());
-        c = c.version(v);
-    }
-    for a in cmd.get_arguments() {
-        c = c.arg(a.clone());
-    }
-    for s in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        c = c.subcommand(s.clone());
-    }
-    c
 }
 
 /// clap_complete's bash script names its states inconsistently for a binary
@@ -269,31 +241,6 @@ mod tests {
             .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    #[test]
-    fn hidden_subcommands_are_not_completed() {
-        let files = generate().unwrap();
-        for (bin, cmd) in binaries() {
-            let hidden: Vec<String> = cmd
-                .get_subcommands()
-                .filter(|s| s.is_hide_set())
-                .map(|s| s.get_name().to_string())
-                .collect();
-            let script = &files
-                .iter()
-                .find(|(p, _)| p == &PathBuf::from(format!("contrib/completions/bash/{bin}")))
-                .unwrap()
-                .1;
-            let subs = bash_complete(bin, script, &[bin, ""]);
-            for h in &hidden {
-                assert!(
-                    !subs.split(' ').any(|w| w == h),
-                    "{bin}: {h} offered: {subs:?}"
-                );
-            }
-            assert!(subs.split(' ').count() >= 2, "{bin}: {subs:?}");
-        }
     }
 
     #[test]
