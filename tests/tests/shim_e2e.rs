@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vfio_sidecar_tests::{run_ok, workspace_bin, Sidecar, TempDir};
 
-fn kvm_available() -> bool {
-    vfio_sidecar_tests::kvm_usable()
-}
-
 /// Runs `vmm-shim run --json` against `socket`; returns (exit success, summary).
 fn shim_run(socket: &std::path::Path, eoi: &str, extra: &[&str]) -> (bool, Value) {
     let shim = workspace_bin("vmm-shim", "vmm-shim");
@@ -73,7 +69,7 @@ fn irq(v: &Value) -> (u64, u64) {
 
 #[test]
 fn guest_drives_pl330_for_each_eoi_policy() {
-    if !kvm_available() {
+    if !vfio_sidecar_tests::kvm_usable() {
         return;
     }
     for eoi in ["clear-register", "resample", "first-access"] {
@@ -114,7 +110,7 @@ fn guest_drives_pl330_for_each_eoi_policy() {
 
 #[test]
 fn fault_kinds_and_exec_all() {
-    if !kvm_available() {
+    if !vfio_sidecar_tests::kvm_usable() {
         return;
     }
     // Without the DMAGO gate the channel starts and faults on instruction fetch.
@@ -164,7 +160,7 @@ fn fault_kinds_and_exec_all() {
 /// growing from zero); the demo passes as without it.
 #[test]
 fn demo_guest_is_live_on_the_statistics_socket() {
-    if !kvm_available() {
+    if !vfio_sidecar_tests::kvm_usable() {
         return;
     }
     use vfio_sidecar::probe::stats::read_snapshot;
@@ -215,7 +211,7 @@ fn demo_guest_is_live_on_the_statistics_socket() {
 
 #[test]
 fn demo_runs_end_to_end() {
-    if !kvm_available() {
+    if !vfio_sidecar_tests::kvm_usable() {
         return;
     }
     let shim = workspace_bin("vmm-shim", "vmm-shim");
@@ -302,7 +298,7 @@ fn irq_sums(c: &vfio_sidecar::stats::Counters) -> (u64, u64) {
 
 #[test]
 fn repeated_shim_runs_report_per_session_counters() {
-    if !kvm_available() {
+    if !vfio_sidecar_tests::kvm_usable() {
         return;
     }
     use vfio_sidecar::probe::stats::read_snapshot;
